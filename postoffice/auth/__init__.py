@@ -1,0 +1,1 @@
+"""Users: the passwd-file database, password schemes and login throttling."""

@@ -1,0 +1,1 @@
+"""Putting messages into maildrops."""

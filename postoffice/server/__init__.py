@@ -1,0 +1,1 @@
+"""The asyncio server around the pure protocol core."""

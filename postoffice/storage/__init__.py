@@ -1,0 +1,1 @@
+"""Maildrops: the contract (``base``) and its backends (Maildir, in-memory)."""

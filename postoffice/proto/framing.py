@@ -1,0 +1,243 @@
+"""Bytes on the wire: command lines in, multi-line bodies out (RFC 1939 §3).
+
+Theory of operation
+-------------------
+Command lines end with CRLF; a bare LF is accepted too so that a person can type into
+``nc``. A line may be at most ``max_line_octets`` long including its line end (255 by
+RFC 2449 §4). A longer line is reported once, when its end arrives, and its bytes are
+dropped as they come, so memory stays bounded; a peer that sends more than
+``max_discard_octets`` without any line end is reported as a flood.
+
+A message body goes out "byte-stuffed": its stored form (LF or CRLF line ends) becomes
+CRLF lines, a line starting with ``.`` gets one more ``.``, and the reply ends with
+``CRLF.CRLF``. ``MessageEncoder`` does this chunk by chunk with bytes operations only (no
+per-line Python loop), carrying across chunk borders a held-back CR and whether the next
+byte starts a line. The octets it counts before stuffing equal the size LIST announces
+(RFC 1939 §11): each bare LF counts as CRLF and a missing final line end adds a CRLF.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+CRLF = b"\r\n"
+TERMINATOR = b".\r\n"
+
+
+class LineProblem(enum.Enum):
+    TOO_LONG = "TOO_LONG"
+    """A line longer than the limit ended; its content was dropped."""
+    FLOOD = "FLOOD"
+    """Too many octets without a line end: the peer should be disconnected."""
+
+
+@dataclass(slots=True)
+class LineBuffer:
+    """Splits incoming bytes into lines, within a length limit."""
+
+    max_line_octets: int = 255
+    max_discard_octets: int = 65536
+    _buffer: bytearray | None = None
+    _scanned: int = 0
+    _discarding: int = 0  # octets dropped of the current over-long line; 0 when not dropping
+
+    def __post_init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        assert self._buffer is not None
+        self._buffer += data
+
+    @property
+    def buffered(self) -> int:
+        """Octets received but not yet returned as lines."""
+        assert self._buffer is not None
+        return len(self._buffer)
+
+    def take_unread(self) -> bytes:
+        """Everything buffered and not yet returned, emptying the buffer."""
+        assert self._buffer is not None
+        unread = bytes(self._buffer)
+        self._buffer.clear()
+        self._scanned = 0
+        return unread
+
+    def next_line(self) -> bytes | LineProblem | None:
+        """The next line without its line end, a problem, or None when more data is needed."""
+        buffer = self._buffer
+        assert buffer is not None
+        end = buffer.find(b"\n", self._scanned)
+        if end < 0:
+            if self._discarding or len(buffer) > self.max_line_octets:
+                self._discarding += len(buffer)
+                buffer.clear()
+                self._scanned = 0
+                if self._discarding > self.max_discard_octets:
+                    self._discarding = 0
+                    return LineProblem.FLOOD
+            else:
+                self._scanned = len(buffer)
+            return None
+        line = bytes(buffer[:end])
+        del buffer[: end + 1]
+        self._scanned = 0
+        if self._discarding:
+            self._discarding = 0
+            return LineProblem.TOO_LONG
+        if len(line) + 1 > self.max_line_octets:  # +1: the LF; a CR is part of ``line``
+            return LineProblem.TOO_LONG
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        return line
+
+
+class MessageEncoder:
+    """Encodes a stored message, chunk by chunk, into a dot-stuffed multi-line body."""
+
+    __slots__ = ("_at_line_start", "_pending_cr", "octets")
+
+    def __init__(self) -> None:
+        self._pending_cr = False
+        self._at_line_start = True
+        self.octets = 0
+        """Octets sent so far, before dot-stuffing: comparable with the LIST size."""
+
+    def encode(self, chunk: bytes) -> bytes:
+        if self._pending_cr:
+            chunk = b"\r" + chunk
+            self._pending_cr = False
+        if chunk.endswith(b"\r"):
+            # The LF that may follow is in the next chunk; decide then.
+            chunk = chunk[:-1]
+            self._pending_cr = True
+        if not chunk:
+            return b""
+        if b"\n" in chunk:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        self.octets += len(chunk)
+        if self._at_line_start and chunk[:1] == b".":
+            chunk = b"." + chunk
+        chunk = chunk.replace(b"\n.", b"\n..")
+        self._at_line_start = chunk.endswith(b"\n")
+        return chunk
+
+    def finish(self) -> bytes:
+        """The end of the body: a line end if the message lacked one, then ``.CRLF``."""
+        tail = b""
+        if self._pending_cr:
+            tail = b"\r"
+            self._pending_cr = False
+            self._at_line_start = False
+        if not self._at_line_start or self.octets + len(tail) == 0:
+            tail += CRLF
+        self.octets += len(tail)
+        self._at_line_start = True
+        return tail + TERMINATOR
+
+
+def encode_message(data: bytes) -> bytes:
+    """The whole multi-line body for ``data`` (convenience for small messages and tests)."""
+    encoder = MessageEncoder()
+    return encoder.encode(data) + encoder.finish()
+
+
+class TopFilter:
+    """Passes a stored message's header, the blank line, and ``body_lines`` body lines.
+
+    RFC 1939 §7 (TOP): if the body has fewer lines, the whole message is passed.
+    """
+
+    __slots__ = ("_in_header", "_line_start", "_remaining", "done")
+
+    def __init__(self, body_lines: int) -> None:
+        self._remaining = body_lines
+        self._in_header = True
+        self._line_start = b""  # up to two first octets of the current header line
+        self.done = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.done:
+            return b""
+        position = 0
+        length = len(chunk)
+        while position < length:
+            end = chunk.find(b"\n", position)
+            if self._in_header:
+                if end < 0:
+                    self._line_start = (self._line_start + chunk[position : position + 2])[:2]
+                    return chunk
+                start = (self._line_start + chunk[position : min(end, position + 2)])[:2]
+                self._line_start = b""
+                position = end + 1
+                if start in (b"", b"\r"):
+                    self._in_header = False
+                    if self._remaining == 0:
+                        self.done = True
+                        return chunk[:position]
+            else:
+                if self._remaining == 0:
+                    self.done = True
+                    return chunk[:position]
+                if end < 0:
+                    return chunk
+                self._remaining -= 1
+                position = end + 1
+                if self._remaining == 0:
+                    self.done = True
+                    return chunk[:position]
+        return chunk
+
+
+class MultilineDecoder:
+    """Undoes dot-stuffing of a multi-line reply body and finds its end (client side).
+
+    Feed the octets after the status line; ``feed`` returns body octets (CRLF line ends as
+    sent, stuffing removed). ``done`` becomes true at the terminating ``.CRLF`` line, and
+    ``leftover`` then holds the octets received after it (pipelined replies).
+    """
+
+    __slots__ = ("_at_line_start", "_buffer", "done", "leftover", "octets")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._at_line_start = True
+        self.done = False
+        self.leftover = b""
+        self.octets = 0
+
+    def feed(self, data: bytes) -> bytes:
+        if self.done:
+            self.leftover += data
+            return b""
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
+        out: list[bytes] = []
+        position = 0
+        length = len(data)
+        while position < length:
+            if self._at_line_start:
+                if data[position] == 0x2E:  # "."
+                    head = data[position : position + 3]
+                    if head == TERMINATOR:
+                        self.done = True
+                        self.leftover = data[position + 3 :]
+                        break
+                    if len(head) < 3 and TERMINATOR.startswith(head):
+                        self._buffer = data[position:]  # cannot tell yet
+                        break
+                    position += 1  # a stuffed dot
+                self._at_line_start = False
+            # Only a line end followed by a dot needs attention; skip to the next one.
+            found = data.find(b"\n.", position)
+            if found < 0:
+                out.append(data[position:])
+                self._at_line_start = data.endswith(b"\n")
+                break
+            out.append(data[position : found + 1])
+            position = found + 1
+            self._at_line_start = True
+        body = b"".join(out)
+        self.octets += len(body)
+        return body

@@ -1,0 +1,443 @@
+"""The server side of a POP3 session as a pure state machine (RFC 1939, RFC 2449).
+
+Theory of operation
+-------------------
+The driver feeds peer octets with ``receive_data`` and calls ``next_event`` until it gets
+``NEED_DATA``; between calls it sends ``data_to_send()``. Commands the machine can answer
+from the session snapshot are answered at once, into the outgoing buffer, so a pipelined
+burst of them becomes one write. A command that needs the outside world (a password check,
+a message body, the UPDATE) comes back as an event, and the machine then refuses to parse
+further until the driver calls the matching answer method; this keeps replies in command
+order however many commands arrive in one segment (RFC 2449 §6.6).
+
+Message numbers, sizes and UIDLs are fixed at login from the snapshot the driver passes to
+``login_accepted`` (RFC 1939 §4). DELE and RSET only change marks held here; only the
+``UpdateRequest`` produced by QUIT in TRANSACTION ever tells the driver to delete.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic
+
+from postoffice.errors import LocalProtocolError
+from postoffice.proto import replies
+from postoffice.proto.commands import Command, CommandSyntaxError, parse_command, parse_number
+from postoffice.proto.events import (
+    NEED_DATA,
+    ApopLogin,
+    CloseConnection,
+    Event,
+    MessageRequest,
+    MessageT,
+    PasswordLogin,
+    UpdateRequest,
+)
+from postoffice.proto.framing import LineBuffer, LineProblem
+from postoffice.proto.replies import ResponseCode, err, multiline, ok
+from postoffice.proto.states import COMMAND_STATES, Pending, State
+from postoffice.secret import Secret
+
+_APOP_DIGEST_OCTETS = 32
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerSettings:
+    """What the protocol machine needs to know of the server's configuration."""
+
+    greeting: str = "postoffice ready"
+    signoff: str = "postoffice signing off"
+    apop_timestamp: str | None = None
+    """``<...>`` msg-id put in the greeting when APOP is enabled; fresh for each session."""
+    user_command: bool = True
+    """Whether USER/PASS is offered (RFC 2595 §2.3 lets a server refuse it before TLS)."""
+    expire: str = "NEVER"
+    login_delay: int | None = None
+    implementation: str | None = None
+    max_line_octets: int = 255
+    max_discard_octets: int = 65536
+    max_bad_commands: int = 20
+    max_login_failures: int = 3
+
+
+class LoginFailure:
+    """Why a login was rejected; each value is the exact ``-ERR`` line sent."""
+
+    BAD_CREDENTIALS = err("authentication failed", ResponseCode.AUTH)
+    IN_USE = err("maildrop is locked by another session", ResponseCode.IN_USE)
+    LOGIN_DELAY = err("minimum time between logins not yet reached", ResponseCode.LOGIN_DELAY)
+    TEMPORARY = err("maildrop temporarily unavailable, try again later", ResponseCode.SYS_TEMP)
+    PERMANENT = err("maildrop unavailable, contact the administrator", ResponseCode.SYS_PERM)
+    NOT_ALLOWED = err("plaintext login is not allowed here, use STLS first", ResponseCode.AUTH)
+
+
+@dataclass(slots=True)
+class SessionCounters:
+    """What the session did, for the log line at its end."""
+
+    commands: int = 0
+    bad_commands: int = 0
+    login_failures: int = 0
+    retrieved: int = 0
+    top: int = 0
+    deleted: int = 0
+
+
+class ServerConnection(Generic[MessageT]):
+    """One POP3 session, server side. Owns no socket, file or clock."""
+
+    def __init__(self, settings: ServerSettings | None = None) -> None:
+        self.settings = settings or ServerSettings()
+        self.state = State.AUTHORIZATION
+        self.pending = Pending.NOTHING
+        self.counters = SessionCounters()
+        self.username: str | None = None
+        self._user_given: str | None = None
+        self._lines = LineBuffer(
+            max_line_octets=self.settings.max_line_octets,
+            max_discard_octets=self.settings.max_discard_octets,
+        )
+        self._out: list[bytes] = []
+        self._messages: Sequence[MessageT] = ()
+        self._deleted: set[int] = set()  # 0-based indexes marked by DELE
+        self._count = 0  # messages not marked deleted
+        self._octets = 0  # and their octets
+        self._retrieved: set[int] = set()
+        self._pending_request: MessageRequest[MessageT] | None = None
+        self._close_reason: str | None = None
+        greeting = self.settings.greeting
+        if self.settings.apop_timestamp is not None:
+            greeting = f"{greeting} {self.settings.apop_timestamp}"
+        self._out.append(ok(replies.printable(greeting)))
+
+    # -- input and output ------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Octets from the peer. After the session closed they are ignored."""
+        if self.state is not State.CLOSED:
+            self._lines.feed(data)
+
+    @property
+    def buffered(self) -> int:
+        """Octets received and not yet parsed (the driver stops reading when this grows)."""
+        return self._lines.buffered
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the peer since the last call."""
+        if not self._out:
+            return b""
+        data = b"".join(self._out)
+        self._out.clear()
+        return data
+
+    def next_event(self) -> Event[MessageT]:
+        """Process buffered commands until one needs the driver or more data is needed."""
+        if self.pending is not Pending.NOTHING:
+            raise LocalProtocolError(f"waiting for the driver's answer to {self.pending.value}")
+        while True:
+            if self.state is State.CLOSED:
+                return CloseConnection(reason=self._close_reason or "closed")
+            line = self._lines.next_line()
+            if line is None:
+                return NEED_DATA
+            if line is LineProblem.FLOOD:
+                self._out.append(err("line too long, closing connection"))
+                self._close("line flood")
+                continue
+            if line is LineProblem.TOO_LONG:
+                self._bad_command(err("line too long"))
+                continue
+            assert isinstance(line, bytes)
+            event = self._handle_line(line)
+            if event is not None:
+                return event
+
+    # -- answers from the driver -----------------------------------------------------
+
+    def login_accepted(self, messages: Sequence[MessageT]) -> None:
+        """The password was right and the maildrop is locked; ``messages`` is the snapshot."""
+        self._require(Pending.LOGIN)
+        self.pending = Pending.NOTHING
+        self._messages = messages
+        self._count = len(messages)
+        self._octets = sum(message.size for message in messages)
+        self.state = State.TRANSACTION
+        self._user_given = None
+        count, octets = self._totals()
+        self._out.append(ok(f"maildrop has {count} messages ({octets} octets)"))
+
+    def login_rejected(self, failure: bytes = LoginFailure.BAD_CREDENTIALS) -> None:
+        """The login failed; ``failure`` is one of the ``LoginFailure`` lines."""
+        self._require(Pending.LOGIN)
+        self.pending = Pending.NOTHING
+        self._user_given = None
+        self.username = None
+        self._out.append(failure)
+        if failure in (LoginFailure.BAD_CREDENTIALS, LoginFailure.NOT_ALLOWED):
+            self.counters.login_failures += 1
+            if self.counters.login_failures >= self.settings.max_login_failures:
+                self._out.append(err("too many failed logins, closing connection"))
+                self._close("too many failed logins")
+
+    def message_follows(self) -> None:
+        """Queue the ``+OK`` line of RETR/TOP; the driver sends the encoded body after it."""
+        request = self._require_message()
+        if request.body_lines is None:
+            self._out.append(ok(f"{request.message.size} octets"))
+        else:
+            self._out.append(ok("top of message follows"))
+
+    def message_sent(self) -> None:
+        """The driver has sent the whole body including its terminating ``.`` line."""
+        request = self._require_message()
+        self.pending = Pending.NOTHING
+        self._pending_request = None
+        if request.body_lines is None:
+            self._retrieved.add(request.number - 1)
+            self.counters.retrieved += 1
+        else:
+            self.counters.top += 1
+
+    def message_unavailable(self) -> None:
+        """The message could not be read (gone, or an I/O error); nothing was sent for it."""
+        self._require_message()
+        self.pending = Pending.NOTHING
+        self._pending_request = None
+        self._out.append(err("message could not be read", ResponseCode.SYS_TEMP))
+
+    def update_done(self, *, removed_all: bool, remaining: int) -> None:
+        """UPDATE finished (RFC 1939 §6); the session then closes."""
+        self._require(Pending.UPDATE)
+        self.pending = Pending.NOTHING
+        if removed_all:
+            left = "maildrop empty" if remaining == 0 else _count(remaining, "message") + " left"
+            self._out.append(ok(f"{self.settings.signoff} ({left})"))
+        else:
+            self._out.append(err("some deleted messages not removed", ResponseCode.SYS_TEMP))
+        self._close("quit")
+
+    # -- internals -------------------------------------------------------------------
+
+    def _require(self, pending: Pending) -> None:
+        if self.pending is not pending:
+            raise LocalProtocolError(
+                f"not waiting for {pending.value} (waiting for {self.pending.value})"
+            )
+
+    def _require_message(self) -> MessageRequest[MessageT]:
+        self._require(Pending.MESSAGE)
+        assert self._pending_request is not None
+        return self._pending_request
+
+    def _close(self, reason: str) -> None:
+        self.state = State.CLOSED
+        self._close_reason = reason
+
+    def _bad_command(self, reply: bytes) -> None:
+        self._out.append(reply)
+        self.counters.bad_commands += 1
+        if self.counters.bad_commands >= self.settings.max_bad_commands:
+            self._out.append(err("too many bad commands, closing connection"))
+            self._close("too many bad commands")
+
+    def _handle_line(self, line: bytes) -> Event[MessageT] | None:
+        self.counters.commands += 1
+        try:
+            command = parse_command(line)
+        except CommandSyntaxError:
+            self._bad_command(err("unknown command or bad syntax"))
+            return None
+        states = COMMAND_STATES.get(command.keyword)
+        if states is None:
+            self._bad_command(err("unknown command"))
+            return None
+        if self.state not in states:
+            self._bad_command(
+                err(f"{command.keyword} is not allowed in the {self.state.value} state")
+            )
+            return None
+        try:
+            return self._dispatch(command)
+        except CommandSyntaxError as error:
+            self._bad_command(err(f"{command.keyword}: {error}"))
+            return None
+
+    def _dispatch(self, command: Command) -> Event[MessageT] | None:
+        keyword = command.keyword
+        arguments = command.arguments
+        if keyword == "CAPA":
+            _no_arguments(arguments)
+            self._out.append(multiline(ok("capability list follows"), self._capabilities()))
+        elif keyword == "QUIT":
+            _no_arguments(arguments)
+            return self._quit()
+        elif keyword == "USER":
+            self._user(arguments)
+        elif keyword == "PASS":
+            return self._pass(arguments)
+        elif keyword == "APOP":
+            return self._apop(arguments)
+        elif keyword in ("AUTH", "STLS"):
+            self._bad_command(err(f"{keyword} is not available"))
+        elif keyword == "STAT":
+            _no_arguments(arguments)
+            count, octets = self._totals()
+            self._out.append(ok(f"{count} {octets}"))
+        elif keyword == "LIST":
+            self._listing(arguments, uid=False)
+        elif keyword == "UIDL":
+            self._listing(arguments, uid=True)
+        elif keyword == "RETR":
+            (argument,) = _arguments(arguments, 1)
+            return self._request(argument, None)
+        elif keyword == "TOP":
+            number, lines = _arguments(arguments, 2)
+            return self._request(number, parse_number(lines, minimum=0))
+        elif keyword == "DELE":
+            (argument,) = _arguments(arguments, 1)
+            index = self._message_index(argument)
+            if index is not None:
+                self._deleted.add(index)
+                self._count -= 1
+                self._octets -= self._messages[index].size
+                self._out.append(ok(f"message {index + 1} deleted"))
+        elif keyword == "RSET":
+            _no_arguments(arguments)
+            self._deleted.clear()
+            self._count = len(self._messages)
+            self._octets = sum(message.size for message in self._messages)
+            count, octets = self._totals()
+            self._out.append(ok(f"maildrop has {count} messages ({octets} octets)"))
+        elif keyword == "NOOP":
+            _no_arguments(arguments)
+            self._out.append(ok())
+        else:  # pragma: no cover - COMMAND_STATES and this dispatch list must agree
+            raise LocalProtocolError(f"no handler for {keyword}")
+        return None
+
+    def _capabilities(self) -> list[bytes]:
+        settings = self.settings
+        tags = ["TOP"]
+        if settings.user_command:
+            tags.append("USER")
+        tags += ["UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
+        tags.append(f"EXPIRE {replies.printable(settings.expire)}")
+        if settings.login_delay is not None:
+            tags.append(f"LOGIN-DELAY {settings.login_delay}")
+        if settings.implementation:
+            tags.append(f"IMPLEMENTATION {replies.printable(settings.implementation)}")
+        return [tag.encode("ascii") for tag in tags]
+
+    def _quit(self) -> Event[MessageT] | None:
+        if self.state is State.AUTHORIZATION:
+            self._out.append(ok(self.settings.signoff))
+            self._close("quit")
+            return None
+        self.state = State.UPDATE
+        self.pending = Pending.UPDATE
+        deleted = [self._messages[index] for index in sorted(self._deleted)]
+        retrieved = [self._messages[index] for index in sorted(self._retrieved - self._deleted)]
+        self.counters.deleted = len(deleted)
+        return UpdateRequest(deleted=deleted, retrieved=retrieved)
+
+    def _user(self, arguments: tuple[bytes, ...]) -> None:
+        (argument,) = _arguments(arguments, 1)
+        if not self.settings.user_command:
+            self._out.append(LoginFailure.NOT_ALLOWED)
+            return
+        # Always +OK: a different answer for unknown names would reveal which exist.
+        self._user_given = argument.decode("utf-8", "replace")
+        self._out.append(ok("send PASS"))
+
+    def _pass(self, arguments: tuple[bytes, ...]) -> Event[MessageT] | None:
+        (argument,) = _arguments(arguments, 1)
+        if self._user_given is None:
+            self._bad_command(err("send USER first"))
+            return None
+        self.pending = Pending.LOGIN
+        self.username = self._user_given
+        return PasswordLogin(
+            username=self._user_given, password=Secret(argument.decode("utf-8", "replace"))
+        )
+
+    def _apop(self, arguments: tuple[bytes, ...]) -> Event[MessageT] | None:
+        name, digest = _arguments(arguments, 2)
+        timestamp = self.settings.apop_timestamp
+        if timestamp is None:
+            self._bad_command(err("APOP is not enabled"))
+            return None
+        text = digest.decode("ascii", "replace").lower()
+        if len(text) != _APOP_DIGEST_OCTETS or any(c not in "0123456789abcdef" for c in text):
+            raise CommandSyntaxError("digest must be 32 hexadecimal digits")
+        self.pending = Pending.LOGIN
+        self.username = name.decode("utf-8", "replace")
+        return ApopLogin(username=self.username, timestamp=timestamp, digest=text)
+
+    def _totals(self) -> tuple[int, int]:
+        return self._count, self._octets
+
+    def _message_index(self, argument: bytes) -> int | None:
+        """The 0-based index for a message-number argument, or None after queuing -ERR."""
+        number = parse_number(argument, minimum=0)
+        if not 1 <= number <= len(self._messages):
+            self._out.append(err("no such message"))
+            return None
+        if number - 1 in self._deleted:
+            self._out.append(err(f"message {number} already deleted"))
+            return None
+        return number - 1
+
+    def _listing(self, arguments: tuple[bytes, ...], *, uid: bool) -> None:
+        if len(arguments) > 1:
+            raise CommandSyntaxError("too many arguments")
+        if arguments:
+            index = self._message_index(arguments[0])
+            if index is not None:
+                message = self._messages[index]
+                value = message.uid if uid else str(message.size)
+                self._out.append(ok(f"{index + 1} {value}"))
+            return
+        deleted = self._deleted
+        if uid:
+            lines = [
+                f"{index + 1} {message.uid}".encode("ascii")
+                for index, message in enumerate(self._messages)
+                if index not in deleted
+            ]
+            first = ok("unique-id listing follows")
+        else:
+            lines = [
+                b"%d %d" % (index + 1, message.size)
+                for index, message in enumerate(self._messages)
+                if index not in deleted
+            ]
+            count, octets = self._totals()
+            first = ok(f"{count} messages ({octets} octets)")
+        self._out.append(multiline(first, lines))
+
+    def _request(self, argument: bytes, body_lines: int | None) -> Event[MessageT] | None:
+        index = self._message_index(argument)
+        if index is None:
+            return None
+        request = MessageRequest(
+            number=index + 1, message=self._messages[index], body_lines=body_lines
+        )
+        self.pending = Pending.MESSAGE
+        self._pending_request = request
+        return request
+
+
+def _no_arguments(arguments: tuple[bytes, ...]) -> None:
+    if arguments:
+        raise CommandSyntaxError("takes no arguments")
+
+
+def _arguments(arguments: tuple[bytes, ...], count: int) -> tuple[bytes, ...]:
+    if len(arguments) != count:
+        raise CommandSyntaxError(f"takes {_count(count, 'argument')}")
+    return arguments
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"

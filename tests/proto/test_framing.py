@@ -1,0 +1,117 @@
+"""Framing properties: dot-stuffing round trips, chunking never matters, TOP cuts right."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from postoffice.proto.framing import (
+    LineBuffer,
+    LineProblem,
+    MessageEncoder,
+    MultilineDecoder,
+    TopFilter,
+    encode_message,
+)
+
+# Messages rich in the octets that matter: dots, CR, LF.
+message_bytes = st.lists(
+    st.sampled_from([b".", b"\r", b"\n", b"\r\n", b"a", b"..", b"\n.\n", b"x y"]), max_size=60
+).map(b"".join) | st.binary(max_size=300)
+
+
+def reference_wire_form(data: bytes) -> bytes:
+    """The wire form, line by line: bare LF becomes CRLF; a final CRLF if missing."""
+    out = bytearray()
+    for index, octet in enumerate(data):
+        if octet == 0x0A and (index == 0 or data[index - 1] != 0x0D):
+            out += b"\r\n"
+        else:
+            out.append(octet)
+    if not out.endswith(b"\n"):
+        out += b"\r\n"
+    return bytes(out)
+
+
+def reference_stuff(wire: bytes) -> bytes:
+    lines = wire.split(b"\r\n")
+    assert lines[-1] == b""
+    stuffed = [b"." + line if line.startswith(b".") else line for line in lines[:-1]]
+    return b"\r\n".join(stuffed) + b"\r\n.\r\n"
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({cut % (len(data) + 1) for cut in cuts})
+    pieces = []
+    start = 0
+    for point in points:
+        pieces.append(data[start:point])
+        start = point
+    pieces.append(data[start:])
+    return pieces
+
+
+@given(message_bytes)
+def test_encoding_matches_the_reference(data: bytes) -> None:
+    wire = reference_wire_form(data)
+    encoder = MessageEncoder()
+    assert encoder.encode(data) + encoder.finish() == reference_stuff(wire)
+    assert encoder.octets == len(wire)
+
+
+@given(message_bytes, st.lists(st.integers(min_value=0), max_size=8))
+def test_encoding_in_chunks_equals_encoding_whole(data: bytes, cuts: list[int]) -> None:
+    encoder = MessageEncoder()
+    chunked = b"".join(encoder.encode(piece) for piece in split(data, cuts)) + encoder.finish()
+    assert chunked == encode_message(data)
+
+
+@given(message_bytes, st.lists(st.integers(min_value=0), max_size=8), st.binary(max_size=20))
+def test_decoder_undoes_the_encoder(data: bytes, cuts: list[int], after: bytes) -> None:
+    stream = encode_message(data) + after
+    decoder = MultilineDecoder()
+    body = b"".join(decoder.feed(piece) for piece in split(stream, cuts))
+    assert decoder.done
+    assert body == reference_wire_form(data)
+    assert decoder.leftover == after
+    assert decoder.octets == len(body)
+
+
+def test_decoder_waits_for_a_lone_dot() -> None:
+    decoder = MultilineDecoder()
+    assert decoder.feed(b"a\r\n.") == b"a\r\n"
+    assert not decoder.done
+    assert decoder.feed(b"\r") == b""
+    assert decoder.feed(b"\n") == b""
+    assert decoder.done
+
+
+@given(st.binary(max_size=2000), st.lists(st.integers(min_value=0), max_size=10))
+def test_line_buffer_feeding_in_pieces_equals_feeding_whole(data: bytes, cuts: list[int]) -> None:
+    def lines_of(pieces: list[bytes]) -> list[bytes | LineProblem]:
+        buffer = LineBuffer(max_line_octets=40, max_discard_octets=10_000)
+        out: list[bytes | LineProblem] = []
+        for piece in pieces:
+            buffer.feed(piece)
+            while (line := buffer.next_line()) is not None:
+                out.append(line)
+        return out
+
+    whole = lines_of([data])
+    assert lines_of(split(data, cuts)) == whole
+    assert LineProblem.FLOOD not in whole
+    for line in whole:
+        assert line is LineProblem.TOO_LONG or (isinstance(line, bytes) and len(line) < 40)
+
+
+@given(st.integers(min_value=0, max_value=5), st.lists(st.integers(min_value=0), max_size=6))
+def test_top_filter_cuts_after_n_body_lines(lines: int, cuts: list[int]) -> None:
+    message = b"A: 1\r\nB: 2\r\n\r\nl1\r\nl2\nl3\r\n.l4\r\nl5"
+    expected_body = [b"l1\r\n", b"l2\n", b"l3\r\n", b".l4\r\n", b"l5"][:lines]
+    top = TopFilter(lines)
+    got = b"".join(top.feed(piece) for piece in split(message, cuts))
+    assert got == b"A: 1\r\nB: 2\r\n\r\n" + b"".join(expected_body)
+
+
+def test_top_filter_handles_a_message_without_header() -> None:
+    assert TopFilter(1).feed(b"\nbody\nmore\n") == b"\nbody\n"

@@ -1,0 +1,67 @@
+"""Properties of the server machine over arbitrary input."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from .driver import Driver, Message
+
+commands = st.sampled_from(
+    [
+        b"USER alice\r\n",
+        b"PASS secret\r\n",
+        b"PASS wrong\r\n",
+        b"STAT\r\n",
+        b"LIST\r\n",
+        b"LIST 1\r\n",
+        b"UIDL 2\r\n",
+        b"RETR 1\r\n",
+        b"TOP 2 1\r\n",
+        b"DELE 1\r\n",
+        b"DELE 2\r\n",
+        b"RSET\r\n",
+        b"NOOP\r\n",
+        b"CAPA\r\n",
+        b"QUIT\r\n",
+        b"\n",
+        b"\r\n",
+        b"x" * 300 + b"\r\n",
+    ]
+)
+streams = st.lists(commands | st.binary(max_size=40), max_size=30).map(b"".join)
+
+
+def messages() -> list[Message]:
+    return [Message("u1", b"A: b\n\n.x\n"), Message("u2", b"C: d\r\n\r\nbody\r\n")]
+
+
+@settings(max_examples=300)
+@given(streams)
+def test_feeding_byte_by_byte_equals_feeding_whole(data: bytes) -> None:
+    whole = Driver(messages=messages())
+    expected = whole.feed(b"") + whole.feed(data)
+    single = Driver(messages=messages())
+    got = single.feed(b"") + b"".join(single.feed(data[i : i + 1]) for i in range(len(data)))
+    assert got == expected
+    assert single.committed == whole.committed
+
+
+@settings(max_examples=300)
+@given(streams)
+def test_every_reply_is_well_formed(data: bytes) -> None:
+    driver = Driver(messages=messages())
+    out = driver.feed(b"") + driver.feed(data)
+    # Walk the replies: each status line is +OK or -ERR, printable, at most 512 octets.
+    for line in out.split(b"\r\n"):
+        if line.startswith((b"+OK", b"-ERR")):
+            assert len(line) + 2 <= 512
+            assert all(32 <= octet < 127 for octet in line)
+
+
+@given(streams)
+def test_nothing_is_deleted_without_quit(data: bytes) -> None:
+    driver = Driver(messages=messages())
+    driver.feed(b"")
+    driver.feed(data.replace(b"QUIT", b"NOOP"))
+    assert driver.committed is None

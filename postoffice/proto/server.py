@@ -358,7 +358,7 @@ class ServerConnection(Generic[MessageT]):
         self.pending = Pending.LOGIN
         self.username = self._user_given
         return PasswordLogin(
-            username=self._user_given, password=Secret(argument.decode("utf-8", "replace"))
+            username=self._user_given, password=Secret(argument.decode("utf-8", "surrogateescape"))
         )
 
     def _apop(self, arguments: tuple[bytes, ...]) -> Event[MessageT] | None:

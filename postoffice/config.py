@@ -1,0 +1,306 @@
+"""The server's configuration: TOML in, frozen dataclasses out, every error naming its key.
+
+Keys not given take the embedded defaults, which are what ``make run`` serves: data under
+``./var``, POP3 on ``127.0.0.1:1110``. Relative paths are relative to the configuration
+file (or to the working directory when there is none).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from postoffice.errors import ConfigError
+
+DEFAULT_LISTEN = ("127.0.0.1:1110",)
+MAILDIR_PLACEHOLDERS = ("user", "localpart", "domain", "home", "data_dir")
+MINIMUM_IDLE_TIMEOUT = 600.0  # RFC 1939 §3: the autologout timer must be at least 10 minutes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pop3Config:
+    listen: tuple[ListenAddress, ...]
+    greeting: str = "postoffice ready"
+    implementation: str = ""
+    expire: str = "NEVER"
+    login_delay: float = 0.0
+    apop: bool = False
+    max_line_length: int = 255
+    max_bad_commands: int = 20
+    max_login_failures: int = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthConfig:
+    passwd_file: Path
+    lowercase_names: bool = False
+    failure_delay: float = 2.0
+    failure_delay_max: float = 15.0
+    trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    hash_threads: int = 4
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MailConfig:
+    maildir: str
+    """Template with {user}, {localpart}, {domain}, {home}, {data_dir}; an absolute path
+    once the placeholders are filled in (relative templates are made absolute at load)."""
+    no_flag_updates: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LimitsConfig:
+    max_connections: int = 1000
+    max_connections_per_ip: int = 20
+    max_sessions_per_user: int = 10
+    login_timeout: float = 60.0
+    idle_timeout: float = 600.0
+    send_timeout: float = 300.0
+    shutdown_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    data_dir: Path
+    log_file: Path | None = None
+    log_level: str = "info"
+    pop3: Pop3Config
+    auth: AuthConfig
+    mail: MailConfig
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    source: Path | None = None
+
+
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+_SIZE = re.compile(r"\s*([0-9]+)\s*([KMG]i?B|B)?\s*", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 1024,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+
+
+def parse_duration(value: object, key: str) -> float:
+    """Seconds from a number or a string such as ``"90s"``, ``"10m"``, ``"2h"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f'{key}: expected a duration such as 30 or "10m", got {value!r}')
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    else:
+        raise ConfigError(f'{key}: expected a duration such as 30 or "10m", got {value!r}')
+    if seconds < 0:
+        raise ConfigError(f"{key}: must not be negative")
+    return seconds
+
+
+def parse_size(value: object, key: str) -> int:
+    """Octets from a number or a string such as ``"50MB"`` or ``"10MiB"``."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str) and (match := _SIZE.fullmatch(value)):
+        return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
+    raise ConfigError(f'{key}: expected a size such as 1048576 or "50MB", got {value!r}')
+
+
+def parse_listen(value: str, key: str) -> ListenAddress:
+    """``host:port`` or ``[v6]:port``; port 0 asks the system for a free port."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^:\[\]]+):([0-9]{1,5})", value)
+    if not match:
+        raise ConfigError(f'{key}: expected "host:port" or "[v6 address]:port", got {value!r}')
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    if port > 65535:
+        raise ConfigError(f"{key}: port {port} is out of range")
+    return ListenAddress(host=host, port=port)
+
+
+class _Table:
+    """Reads one TOML table, remembering which keys were used so leftovers are errors."""
+
+    def __init__(self, data: Mapping[str, Any], name: str) -> None:
+        self.data = data
+        self.name = name
+        self.used: set[str] = set()
+
+    def key(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def get(self, key: str, default: Any) -> Any:
+        self.used.add(key)
+        return self.data.get(key, default)
+
+    def string(self, key: str, default: str) -> str:
+        value = self.get(key, default)
+        if not isinstance(value, str):
+            raise ConfigError(f"{self.key(key)}: expected a string, got {value!r}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.key(key)}: expected true or false, got {value!r}")
+        return value
+
+    def integer(self, key: str, default: int, *, minimum: int = 0, maximum: int = 2**31) -> int:
+        value = self.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{self.key(key)}: expected a whole number, got {value!r}")
+        if not minimum <= value <= maximum:
+            raise ConfigError(f"{self.key(key)}: must be between {minimum} and {maximum}")
+        return value
+
+    def duration(self, key: str, default: float) -> float:
+        return parse_duration(self.get(key, default), self.key(key))
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = self.get(key, list(default))
+        if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+            raise ConfigError(f"{self.key(key)}: expected a list of strings, got {value!r}")
+        return tuple(value)
+
+    def table(self, key: str) -> _Table:
+        value = self.get(key, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{self.key(key)}: expected a table")
+        return _Table(value, self.key(key))
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            names = ", ".join(self.key(key) for key in unknown)
+            raise ConfigError(f"{names}: unknown key")
+
+
+def load_config(path: Path | None = None, *, data: Mapping[str, Any] | None = None) -> Config:
+    """Load and validate a configuration file; ``None`` gives the embedded default."""
+    base = Path.cwd()
+    if path is not None:
+        try:
+            with open(path, "rb") as file:
+                data = tomllib.load(file)
+        except FileNotFoundError as error:
+            raise ConfigError(f"{path}: configuration file not found") from error
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from error
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read: {error.strerror}") from error
+        base = path.resolve().parent
+    root = _Table(data or {}, "")
+
+    def resolve(value: str) -> Path:
+        return (base / Path(value).expanduser()).resolve()
+
+    data_dir = resolve(root.string("data_dir", "var"))
+    log_file_text = root.string("log_file", "")
+    log_level = root.string("log_level", "info").lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log_level: expected one of debug, info, warning, error")
+
+    pop3_table = root.table("pop3")
+    listen = tuple(
+        parse_listen(item, pop3_table.key("listen"))
+        for item in pop3_table.strings("listen", DEFAULT_LISTEN)
+    )
+    expire = pop3_table.get("expire", "NEVER")
+    if isinstance(expire, int) and not isinstance(expire, bool) and expire >= 0:
+        expire = str(expire)
+    if not isinstance(expire, str) or not (expire == "NEVER" or expire.isdigit()):
+        raise ConfigError('pop3.expire: expected "NEVER" or a number of days')
+    pop3 = Pop3Config(
+        listen=listen,
+        greeting=pop3_table.string("greeting", "postoffice ready"),
+        implementation=pop3_table.string("implementation", ""),
+        expire=expire,
+        login_delay=pop3_table.duration("login_delay", 0.0),
+        apop=pop3_table.boolean("apop", False),
+        max_line_length=pop3_table.integer("max_line_length", 255, minimum=255, maximum=65536),
+        max_bad_commands=pop3_table.integer("max_bad_commands", 20, minimum=1),
+        max_login_failures=pop3_table.integer("max_login_failures", 3, minimum=1),
+    )
+    pop3_table.finish()
+
+    auth_table = root.table("auth")
+    passwd_text = auth_table.string("passwd_file", "")
+    networks = []
+    for item in auth_table.strings("trusted_networks", ()):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError as error:
+            raise ConfigError(f"auth.trusted_networks: {item!r} is not a network") from error
+    auth = AuthConfig(
+        passwd_file=resolve(passwd_text) if passwd_text else data_dir / "passwd",
+        lowercase_names=auth_table.boolean("lowercase_names", False),
+        failure_delay=auth_table.duration("failure_delay", 2.0),
+        failure_delay_max=auth_table.duration("failure_delay_max", 15.0),
+        trusted_networks=tuple(networks),
+        hash_threads=auth_table.integer("hash_threads", 4, minimum=1, maximum=256),
+    )
+    auth_table.finish()
+
+    mail_table = root.table("mail")
+    template = mail_table.string("maildir", "{data_dir}/mail/{user}/Maildir")
+    _check_template(template, "mail.maildir")
+    if not template.startswith(("/", "{data_dir}", "{home}", "~")):
+        template = str(base) + "/" + template
+    mail = MailConfig(
+        maildir=template,
+        no_flag_updates=mail_table.boolean("no_flag_updates", False),
+    )
+    mail_table.finish()
+
+    limits_table = root.table("limits")
+    idle_timeout = limits_table.duration("idle_timeout", 600.0)
+    if idle_timeout < MINIMUM_IDLE_TIMEOUT:
+        raise ConfigError("limits.idle_timeout: RFC 1939 requires at least 10 minutes (600)")
+    limits = LimitsConfig(
+        max_connections=limits_table.integer("max_connections", 1000, minimum=1),
+        max_connections_per_ip=limits_table.integer("max_connections_per_ip", 20, minimum=1),
+        max_sessions_per_user=limits_table.integer("max_sessions_per_user", 10, minimum=1),
+        login_timeout=limits_table.duration("login_timeout", 60.0),
+        idle_timeout=idle_timeout,
+        send_timeout=limits_table.duration("send_timeout", 300.0),
+        shutdown_timeout=limits_table.duration("shutdown_timeout", 10.0),
+    )
+    limits_table.finish()
+    root.finish()
+
+    return Config(
+        data_dir=data_dir,
+        log_file=resolve(log_file_text) if log_file_text else None,
+        log_level=log_level,
+        pop3=pop3,
+        auth=auth,
+        mail=mail,
+        limits=limits,
+        source=path.resolve() if path is not None else None,
+    )
+
+
+def _check_template(template: str, key: str) -> None:
+    for name in re.findall(r"\{([^{}]*)\}", template):
+        if name not in MAILDIR_PLACEHOLDERS:
+            allowed = ", ".join("{" + item + "}" for item in MAILDIR_PLACEHOLDERS)
+            raise ConfigError(f"{key}: unknown placeholder {{{name}}}; use {allowed}")
+    if "{user}" not in template and "{localpart}" not in template and "{home}" not in template:
+        raise ConfigError(f"{key}: must contain {{user}}, {{localpart}} or {{home}}")

@@ -76,6 +76,7 @@ _NEW, _CUR, _TMP = "new", "cur", "tmp"
 _MTIME_MARGIN_NS = 2_000_000_000
 _CHUNK = 1 << 16
 _UID_RE = re.compile(r"[\x21-\x7e]{1,70}")
+_MICROS_RE = re.compile(r"M([0-9]{1,6})(?![0-9])")
 _TAG_RE = re.compile(r"[A-Za-z]+=.*", re.DOTALL)
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -143,13 +144,18 @@ def _size_tags(base: str) -> tuple[int, int] | None:
     return s, w
 
 
-def _sort_key(key: str) -> tuple[int, str, str]:
-    """Oldest first: the delivery time before the first ``.``, then the base name."""
+def _sort_key(key: str) -> tuple[int, int, str, str]:
+    """Oldest first: the delivery time before the first ``.``, then the base name.
+
+    Within one second, an ``M<microseconds>`` right after the dot (our names, Dovecot's)
+    orders deliveries, since ``M99`` < ``M123`` would not as text.
+    """
     name = key[4:]
-    head = name.partition(".")[0]
+    head, _, rest = name.partition(".")
     # A name without a time prefix cannot be dated; it sorts as oldest.
     seconds = int(head) if head.isascii() and head.isdigit() else 0
-    return (seconds, _base_name(name), key)
+    micros = _MICROS_RE.match(rest)
+    return (seconds, int(micros[1]) if micros else -1, _base_name(name), key)
 
 
 def _seen_name(name: str) -> str | None:

@@ -1,0 +1,414 @@
+"""Maildir-specific behaviour: names, UIDLs, size tags, the index cache, flock, flags."""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from postoffice.errors import MaildropInUseError, StorageError
+from postoffice.storage import maildir as maildir_module
+from postoffice.storage.base import StoredMessage
+from postoffice.storage.maildir import INDEX_NAME, MaildirMaildrop, ensure_maildir
+from postoffice.storage.wire import wire_size
+from tests.storage.test_contract import UID_RE
+
+
+@pytest.fixture
+def md(tmp_path: Path) -> Path:
+    path = tmp_path / "Maildir"
+    ensure_maildir(path)
+    return path
+
+
+def put(md: Path, key: str, data: bytes = b"Subject: x\n\nbody\n") -> Path:
+    path = md / key
+    path.write_bytes(data)
+    return path
+
+
+def snap(md: Path) -> list[StoredMessage]:
+    return MaildirMaildrop(md).snapshot()
+
+
+def age_directories(md: Path, seconds: int = 100) -> None:
+    """Set new/ and cur/ mtimes into the past, as if nothing changed for a while."""
+    past = time.time_ns() - seconds * 1_000_000_000
+    for sub in ("new", "cur"):
+        os.utime(md / sub, ns=(past, past))
+
+
+def test_ensure_maildir_creates_private_directories(tmp_path: Path) -> None:
+    """cur/, new/ and tmp/ are created with mode 0700 (or stricter through umask)."""
+    ensure_maildir(tmp_path / "a" / "Maildir")
+    for sub in ("cur", "new", "tmp"):
+        mode = stat.S_IMODE(os.stat(tmp_path / "a" / "Maildir" / sub).st_mode)
+        assert mode & 0o077 == 0
+
+
+def test_missing_maildir_without_create(tmp_path: Path) -> None:
+    """create=False refuses a directory that is not a maildir."""
+    with pytest.raises(StorageError):
+        MaildirMaildrop(tmp_path / "nothing", create=False).snapshot()
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_only_complete_regular_files_are_served(md: Path) -> None:
+    """tmp/, dot files, directories and symlinks are never listed."""
+    put(md, "tmp/1.in-progress")
+    put(md, "new/.2.hidden")
+    (md / "new" / "3.subdir").mkdir()
+    (md / "new" / "4.link").symlink_to(md / "tmp" / "1.in-progress")
+    put(md, "new/5.real")
+    assert [m.key for m in snap(md)] == ["new/5.real"]
+
+
+def test_order_is_delivery_time_then_name(md: Path) -> None:
+    """Oldest first by the time prefix (numerically), microseconds within a second."""
+    put(md, "cur/20.a:2,S")
+    put(md, "new/100.b")
+    put(md, "new/3.c")
+    put(md, "new/20.M99P1.h")
+    put(md, "new/20.M123P1.h")
+    keys = [m.key for m in snap(md)]
+    assert keys == ["new/3.c", "cur/20.a:2,S", "new/20.M99P1.h", "new/20.M123P1.h", "new/100.b"]
+
+
+def test_uidl_survives_moves_and_flag_changes(md: Path) -> None:
+    """Another program moving new/X to cur/X:2, and then to X:2,S keeps the UIDL."""
+    put(md, "new/1700000000.M1P2.host,S=17,W=20")
+    first = snap(md)
+    assert first[0].uid == "1700000000.M1P2.host"
+    os.rename(md / first[0].key, md / "cur/1700000000.M1P2.host,S=17,W=20:2,")
+    assert snap(md)[0].uid == first[0].uid
+    os.rename(
+        md / "cur/1700000000.M1P2.host,S=17,W=20:2,", md / "cur/1700000000.M1P2.host,S=17,W=20:2,S"
+    )
+    assert snap(md)[0].uid == first[0].uid
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["1." + "x" * 80, "2.caf\u00e9", "3.with space", "4.tab\there", "5.\udcff-undecodable"],
+)
+def test_odd_names_get_a_valid_stable_digest(md: Path, name: str) -> None:
+    """A base name that is no valid UIDL gets a digest UIDL, the same in every session."""
+    path = md / "new" / name
+    path.write_bytes(b"x\n")
+    uid = snap(md)[0].uid
+    assert UID_RE.fullmatch(uid)
+    assert uid.startswith("D") and len(uid) == 41
+    os.rename(path, md / "cur" / (name + ":2,S"))
+    (md / INDEX_NAME).unlink()
+    assert snap(md)[0].uid == uid
+
+
+def test_duplicate_uidls_are_resolved_stably(md: Path) -> None:
+    """Two names with the same UIDL: the first keeps it, the other gets a digest, always."""
+    put(md, "new/100.abc,XX=1")
+    put(md, "new/100.abc,XX=2")
+    put(md, "new/101.abc")
+    messages = snap(md)
+    assert messages[0].uid == "100.abc"
+    assert messages[1].uid.startswith("D")
+    assert len({m.uid for m in messages}) == 3
+    assert snap(md) == messages
+    (md / INDEX_NAME).unlink()
+    assert snap(md) == messages
+
+
+def test_known_uid_is_not_taken_by_a_newcomer(md: Path) -> None:
+    """A file that sorts first but arrives later cannot steal a UIDL already handed out."""
+    put(md, "new/200.abc,XX=1")
+    before = snap(md)
+    put(md, "new/200.abc,XX=0")
+    after = {m.key: m.uid for m in snap(md)}
+    assert after["new/200.abc,XX=1"] == before[0].uid == "200.abc"
+    assert after["new/200.abc,XX=0"].startswith("D")
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "size"),
+    [
+        ("1.t,S=5,W=9", b"abcd\n", 9),  # agrees with the file: believed without reading
+        ("2.t,S=6,W=9", b"abcd\n", 6),  # S is not the file size: counted
+        ("3.t,S=5,W=11", b"abcd\n", 6),  # W above 2*S: counted
+        ("4.t,S=5,W=4", b"abcd\n", 6),  # W below S: counted
+        ("5.t,S=0,W=0", b"", 2),  # an empty file is counted (its wire size is 2)
+        ("6.t,W=9", b"abcd\n", 6),  # W without S: counted
+        ("7.t,S=5,W=x", b"abcd\n", 6),  # malformed: counted
+    ],
+)
+def test_size_tags_are_trusted_only_when_they_agree(
+    md: Path, name: str, data: bytes, size: int
+) -> None:
+    """,S=,W= tags give the size only when S is the file size and S <= W <= 2S."""
+    put(md, f"new/{name}", data)
+    assert snap(md)[0].size == size
+
+
+def test_large_file_is_counted_in_chunks(md: Path) -> None:
+    """A file bigger than one read chunk, with CRLF split at a chunk edge, counts exactly."""
+    data = b"a" * (65536 - 1) + b"\r\n" + b"line\n" * 50000
+    put(md, "new/1.big", data)
+    assert snap(md)[0].size == wire_size(data)
+
+
+# -- the index cache -----------------------------------------------------------------------
+
+
+def test_cache_is_written_and_trusted_when_directories_are_old(
+    md: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With old, unchanged directory mtimes the next snapshot reads no directory."""
+    put(md, "new/1.a")
+    put(md, "cur/2.b:2,S", b"two\r\n")
+    age_directories(md)
+    first = snap(md)
+    assert (md / INDEX_NAME).is_file()
+
+    def no_listing(path: object) -> object:
+        raise AssertionError("directory listed although the cache is trusted")
+
+    monkeypatch.setattr(os, "scandir", no_listing)
+    assert snap(md) == first
+
+
+def test_stale_cache_notices_added_and_removed_files(md: Path) -> None:
+    """A file added or removed after the cache was written changes the listing."""
+    put(md, "new/1.a")
+    put(md, "new/2.b")
+    age_directories(md)
+    snap(md)
+    snap(md)  # now from the trusted cache
+    put(md, "new/3.c")
+    (md / "new" / "1.a").unlink()
+    assert [m.key for m in snap(md)] == ["new/2.b", "new/3.c"]
+
+
+def test_change_in_the_same_tick_is_not_hidden(md: Path) -> None:
+    """A cache written within 2 s of the last change is not trusted even if mtimes match."""
+    put(md, "new/1.a")
+    snap(md)
+    mtimes = [os.stat(md / sub).st_mtime_ns for sub in ("new", "cur")]
+    put(md, "new/2.b")
+    # Pretend the change fell in the same timestamp tick: the mtime did not move.
+    os.utime(md / "new", ns=(mtimes[0], mtimes[0]))
+    assert [m.key for m in snap(md)] == ["new/1.a", "new/2.b"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda raw: b"garbage",
+        lambda raw: raw[: len(raw) // 2],
+        lambda raw: raw[:-3] + bytes([raw[-3] ^ 1]) + raw[-2:],
+        lambda raw: raw.replace(b"postoffice-index 1", b"postoffice-index 9"),
+        lambda raw: b"",
+    ],
+    ids=["garbage", "truncated", "bitflip", "version", "empty"],
+)
+def test_corrupt_cache_is_rebuilt(md: Path, damage: object) -> None:
+    """A damaged cache is ignored, the snapshot is right, and a good cache replaces it."""
+    put(md, "new/1.a", b"one\n")
+    put(md, "new/2.b", b"two")
+    age_directories(md)
+    first = snap(md)
+    raw = (md / INDEX_NAME).read_bytes()
+    assert callable(damage)
+    (md / INDEX_NAME).write_bytes(damage(raw))
+    assert snap(md) == first
+    assert maildir_module._load_index(md / INDEX_NAME) is not None
+
+
+def test_forged_cache_with_valid_checksum_cannot_escape(md: Path) -> None:
+    """Entries with keys outside new/ and cur/ or invalid UIDs make the cache untrusted."""
+    put(md, "new/1.a", b"one\n")
+    age_directories(md)
+    snap(md)
+    index = maildir_module._load_index(md / INDEX_NAME)
+    assert index is not None
+    index.entries["new/../../etc/passwd"] = (1, 3, "evil")
+    maildir_module._write_index(md, index)
+    assert maildir_module._load_index(md / INDEX_NAME) is None
+    assert [m.key for m in snap(md)] == ["new/1.a"]
+
+
+def test_cache_is_used_only_for_names_it_knows(md: Path) -> None:
+    """A cached size is used for its exact key; a renamed file is measured afresh."""
+    put(md, "new/1.a", b"one\n")
+    put(md, "new/2.b", b"two\n")
+    snap(md)
+    index = maildir_module._load_index(md / INDEX_NAME)
+    assert index is not None
+    index.entries["new/1.a"] = (4, 999, "1.a")
+    index.entries["new/2.b"] = (4, 888, "2.b")
+    index.dirs = None  # force a listing, which may still use sizes of known names
+    maildir_module._write_index(md, index)
+    os.rename(md / "new" / "2.b", md / "cur" / "2.b:2,S")
+    sizes = {m.key: m.size for m in snap(md)}
+    assert sizes == {"new/1.a": 999, "cur/2.b:2,S": 5}
+
+
+def test_correct_size_updates_the_cache(md: Path) -> None:
+    """correct_size records the size RETR found for the next session."""
+    put(md, "new/1.a", b"one\n")
+    maildrop = MaildirMaildrop(md)
+    maildrop.lock()
+    message = maildrop.snapshot()[0]
+    maildrop.correct_size(message, 42)
+    maildrop.unlock()
+    assert snap(md)[0].size == 42
+
+
+def test_unwritable_cache_is_not_fatal(md: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """If the cache cannot be written the snapshot still succeeds and leaves no temp file."""
+    put(md, "new/1.a", b"one\n")
+
+    def full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert [m.size for m in snap(md)] == [5]
+    assert sorted(os.listdir(md)) == ["cur", "new", "tmp"]
+
+
+# -- locking -------------------------------------------------------------------------------
+
+HOLD_LOCK = """
+import sys
+from pathlib import Path
+from postoffice.storage.maildir import MaildirMaildrop
+m = MaildirMaildrop(Path(sys.argv[1]))
+m.lock()
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+TRY_LOCK = """
+import sys
+from pathlib import Path
+from postoffice.errors import MaildropInUseError
+from postoffice.storage.maildir import MaildirMaildrop
+try:
+    MaildirMaildrop(Path(sys.argv[1])).lock()
+except MaildropInUseError:
+    sys.exit(3)
+"""
+
+
+def test_lock_excludes_another_process_and_dies_with_it(md: Path) -> None:
+    """A lock held by another process excludes us; SIGKILL of that process releases it."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(md)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == b"locked\n"
+        with pytest.raises(MaildropInUseError):
+            MaildirMaildrop(md).lock()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    mine = MaildirMaildrop(md)
+    mine.lock()
+    assert subprocess.run([sys.executable, "-c", TRY_LOCK, str(md)]).returncode == 3
+    mine.unlock()
+    assert subprocess.run([sys.executable, "-c", TRY_LOCK, str(md)]).returncode == 0
+
+
+def test_lock_descriptor_is_close_on_exec(md: Path) -> None:
+    """The lock descriptor is not inherited by programs we start."""
+    maildrop = MaildirMaildrop(md)
+    maildrop.lock()
+    fd = maildrop._lock_fd
+    assert fd is not None
+    assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    maildrop.unlock()
+
+
+def test_forgotten_maildrop_releases_its_lock(md: Path) -> None:
+    """A maildrop dropped without unlock() releases the lock when collected."""
+    first = MaildirMaildrop(md)
+    first.lock()
+    del first
+    gc.collect()
+    MaildirMaildrop(md).lock()
+
+
+# -- commit --------------------------------------------------------------------------------
+
+
+def test_commit_marks_retrieved_mail_seen(md: Path) -> None:
+    """Retrieved mail moves new/ -> cur/ with :2,S; flags stay sorted; deleted just go."""
+    put(md, "new/1.a")
+    put(md, "cur/2.b:2,RF")
+    put(md, "cur/3.c:2,S")
+    put(md, "new/4.d")
+    put(md, "new/5.e")
+    maildrop = MaildirMaildrop(md)
+    maildrop.lock()
+    messages = maildrop.snapshot()
+    result = maildrop.commit(deleted=[messages[4]], retrieved=messages)
+    assert (result.removed, result.remaining) == (1, 4)
+    assert sorted(os.listdir(md / "new")) == []
+    assert sorted(os.listdir(md / "cur")) == ["1.a:2,S", "2.b:2,FRS", "3.c:2,S", "4.d:2,S"]
+    maildrop.unlock()
+    assert [m.uid for m in snap(md)] == [m.uid for m in messages[:4]]
+
+
+def test_commit_without_flag_updates_leaves_names(md: Path) -> None:
+    """flag_updates=False removes deleted mail but renames nothing."""
+    put(md, "new/1.a")
+    put(md, "new/2.b")
+    maildrop = MaildirMaildrop(md, flag_updates=False)
+    messages = maildrop.snapshot()
+    maildrop.commit(deleted=[messages[1]], retrieved=messages)
+    assert os.listdir(md / "new") == ["1.a"]
+    assert os.listdir(md / "cur") == []
+
+
+def test_renamed_message_is_still_opened_and_deleted(md: Path) -> None:
+    """A message another program renamed after our snapshot is found by its base name."""
+    put(md, "new/1.a", b"first\n")
+    put(md, "new/2.b", b"second\n")
+    maildrop = MaildirMaildrop(md)
+    maildrop.lock()
+    messages = maildrop.snapshot()
+    os.rename(md / "new/1.a", md / "cur/1.a:2,S")
+    os.rename(md / "new/2.b", md / "cur/2.b:2,RS")
+    with maildrop.open(messages[0]) as f:
+        assert f.read() == b"first\n"
+    result = maildrop.commit(deleted=messages, retrieved=[])
+    assert (result.removed, result.not_removed, result.remaining) == (2, 0, 0)
+    assert os.listdir(md / "cur") == []
+
+
+def test_failed_unlink_counts_as_not_removed(md: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unlink failing with an error other than ENOENT is reported, not hidden."""
+    put(md, "new/1.a")
+    put(md, "new/2.b")
+    maildrop = MaildirMaildrop(md)
+    messages = maildrop.snapshot()
+    real_unlink = os.unlink
+
+    def unlink(path: object, *args: object, **kwargs: object) -> None:
+        if str(path).endswith("1.a"):
+            raise PermissionError(13, "Permission denied")
+        real_unlink(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    result = maildrop.commit(deleted=messages, retrieved=[])
+    assert (result.removed, result.not_removed, result.remaining) == (1, 1, 1)
+    monkeypatch.undo()
+    assert [m.key for m in snap(md)] == ["new/1.a"]

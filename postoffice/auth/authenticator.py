@@ -1,0 +1,144 @@
+"""Checks a user name and password against the user database, off the event loop.
+
+Theory of operation: a password hash (Argon2, bcrypt) costs tens to hundreds of
+milliseconds of CPU, so each check runs in a small dedicated thread pool; a burst of logins
+queues there while the event loop keeps serving sessions. The database lookup runs in the
+same job, since a passwd-file reload reads the disk. An invalid or unknown name is checked
+against DUMMY_HASH so that the reply takes as long as for a real user: timing does not tell
+an attacker which names exist. This module logs user names only after they passed the
+allow-list, and never a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import threading
+from concurrent.futures import Executor, ThreadPoolExecutor
+
+from postoffice.auth.base import UserDatabase, UserRecord
+from postoffice.auth.schemes import (
+    DUMMY_HASH,
+    is_weak_scheme,
+    plaintext_password,
+    scheme_of,
+    verify_password,
+)
+from postoffice.auth.usernames import validate_username
+from postoffice.errors import InvalidUsernameError, UnknownSchemeError
+from postoffice.secret import Secret
+
+_log = logging.getLogger(__name__)
+
+_APOP_DIGEST = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def _burn(password: Secret) -> None:
+    """Spend the work of a real check, for names that have no password to check."""
+    verify_password(DUMMY_HASH, password)
+
+
+def apop_digest(timestamp: str, password: Secret) -> str:
+    """RFC 1939 section 7: lower-case hex MD5 of the greeting timestamp and the password."""
+    data = (timestamp + password.reveal()).encode("utf-8", "surrogateescape")
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()  # APOP is MD5 by definition
+
+
+class Authenticator:
+    """Verifies logins against a UserDatabase in a bounded thread pool.
+
+    ``executor``, if given, is used instead of a private pool and is not shut down by
+    ``close``. Database errors (AuthError, e.g. an unreadable passwd-file) propagate: the
+    caller answers with a temporary failure rather than "wrong password".
+    """
+
+    def __init__(
+        self,
+        database: UserDatabase,
+        *,
+        max_concurrent_hashes: int = 4,
+        executor: Executor | None = None,
+    ) -> None:
+        if max_concurrent_hashes < 1:
+            raise ValueError("max_concurrent_hashes must be at least 1")
+        self._database = database
+        self._owns_executor = executor is None
+        self._executor: Executor = executor or ThreadPoolExecutor(
+            max_workers=max_concurrent_hashes, thread_name_prefix="postoffice-auth"
+        )
+        self._weak_warned: set[str] = set()
+        self._weak_lock = threading.Lock()
+
+    async def verify(self, username: str, password: Secret) -> UserRecord | None:
+        """The user's record if ``password`` is right, else None (same work either way)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._verify, username, password)
+
+    async def verify_apop(self, username: str, timestamp: str, digest: str) -> UserRecord | None:
+        """The user's record if ``digest`` is the APOP digest of ``timestamp`` and the
+        password, else None. Only users with a plaintext stored password can use APOP."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, self._verify_apop, username, timestamp, digest
+        )
+
+    def close(self) -> None:
+        """Shut the private thread pool down; queued checks are cancelled."""
+        if self._owns_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # The methods below run in the executor's threads.
+
+    def _lookup(self, username: str) -> UserRecord | None:
+        try:
+            validate_username(username)
+        except InvalidUsernameError:
+            return None
+        return self._database.lookup(username)
+
+    def _verify(self, username: str, password: Secret) -> UserRecord | None:
+        record = self._lookup(username)
+        if record is None:
+            _burn(password)
+            return None
+        try:
+            ok = verify_password(record.password_hash, password)
+        except UnknownSchemeError as exc:
+            _log.warning("user %s cannot log in: %s", record.name, exc)
+            _burn(password)
+            return None
+        self._warn_if_weak(record)
+        return record if ok else None
+
+    def _verify_apop(self, username: str, timestamp: str, digest: str) -> UserRecord | None:
+        record = self._lookup(username)
+        plain = plaintext_password(record.password_hash) if record is not None else None
+        # Compute a digest even without a password, so timing says nothing about the user.
+        expected = apop_digest(timestamp, plain or Secret(secrets.token_hex(16)))
+        if not _APOP_DIGEST.fullmatch(digest):
+            return None
+        matches = hmac.compare_digest(expected.encode("ascii"), digest.lower().encode("ascii"))
+        if record is None:
+            return None
+        if plain is None:
+            _log.info("user %s tried APOP but has no plaintext password", record.name)
+            return None
+        self._warn_if_weak(record)
+        return record if matches else None
+
+    def _warn_if_weak(self, record: UserRecord) -> None:
+        if not is_weak_scheme(record.password_hash):
+            return
+        with self._weak_lock:
+            if record.name in self._weak_warned:
+                return
+            self._weak_warned.add(record.name)
+        _log.warning(
+            "user %s has a password in the weak scheme %s; consider rehashing it",
+            record.name,
+            scheme_of(record.password_hash),
+        )

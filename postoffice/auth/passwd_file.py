@@ -197,7 +197,10 @@ def _check_hash(password_hash: str) -> bytes:
     _check_field(password_hash, "the password hash")
     if not is_known_scheme(password_hash):
         raise PasswdFileError("the password hash uses a scheme postoffice cannot verify")
-    return password_hash.encode("utf-8")
+    try:
+        return password_hash.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PasswdFileError("the password hash is not valid UTF-8 text") from None
 
 
 @contextmanager

@@ -300,7 +300,7 @@ def test_edits_validate_the_name(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "bad_hash", ["{PLAIN}with:colon", "{PLAIN}new\nline", "", "{CRAM-MD5}00ff"]
+    "bad_hash", ["{PLAIN}with:colon", "{PLAIN}new\nline", "", "{CRAM-MD5}00ff", "{PLAIN}\udcff"]
 )
 def test_edits_refuse_bad_hashes_without_quoting_them(tmp_path: Path, bad_hash: str) -> None:
     """A hash that would break the line or cannot be verified is refused, never echoed."""

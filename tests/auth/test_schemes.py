@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -287,3 +289,28 @@ def test_plaintext_password(stored: str, plain: str | None) -> None:
     """Only plaintext schemes give their password back (for APOP)."""
     secret = plaintext_password(stored)
     assert (secret.reveal() if secret is not None else None) == plain
+
+
+@pytest.mark.skipif(shutil.which("doveadm") is None, reason="Dovecot's doveadm is not installed")
+@pytest.mark.parametrize(
+    ("scheme", "rounds"),
+    [
+        ("ARGON2ID", 1),
+        ("ARGON2I", 1),
+        ("BLF-CRYPT", 4),
+        ("SHA512-CRYPT", 10000),
+        ("SHA256-CRYPT", None),
+        ("PBKDF2", None),
+        ("SCRAM-SHA-256", None),
+        ("SSHA512", None),
+        ("PLAIN", None),
+    ],
+)
+def test_dovecot_verifies_our_hashes(scheme: str, rounds: int | None) -> None:
+    """When doveadm is installed, it accepts what hash_password writes (optional check)."""
+    password = "pä ss wörd ✓"
+    stored = hash_password(Secret(password), scheme, rounds=rounds, memory_kib=1024)
+    right = subprocess.run(["doveadm", "pw", "-t", stored, "-p", password], capture_output=True)
+    wrong = subprocess.run(["doveadm", "pw", "-t", stored, "-p", "x"], capture_output=True)
+    assert right.returncode == 0
+    assert wrong.returncode != 0

@@ -1,0 +1,75 @@
+"""Parsing the bodies of CAPA, LIST and UIDL replies (RFC 2449 §5, RFC 1939 §5, §7)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from postoffice.errors import RemoteProtocolError
+
+_UIDL = re.compile(r"[\x21-\x7e]{1,70}")  # RFC 1939 §7: 1 to 70 characters 0x21..0x7E
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Capabilities:
+    """The CAPA answer: tag (upper case) to its arguments."""
+
+    tags: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __contains__(self, tag: str) -> bool:
+        return tag.upper() in self.tags
+
+    def arguments(self, tag: str) -> tuple[str, ...]:
+        return self.tags.get(tag.upper(), ())
+
+    @property
+    def sasl(self) -> tuple[str, ...]:
+        return tuple(mechanism.upper() for mechanism in self.arguments("SASL"))
+
+
+def parse_capabilities(body: bytes) -> Capabilities:
+    tags: dict[str, tuple[str, ...]] = {}
+    for line in body.decode("utf-8", "replace").splitlines():
+        words = line.split()
+        if words:
+            tags[words[0].upper()] = tuple(words[1:])
+    return Capabilities(tags=tags)
+
+
+def _pairs(body: bytes, what: str) -> list[tuple[int, str]]:
+    pairs: list[tuple[int, str]] = []
+    for line in body.split(b"\r\n"):
+        if not line:
+            continue
+        parts = line.split(b" ")
+        # RFC 1939 §7 allows text after the size in LIST; be lenient on extra fields there.
+        if len(parts) < 2 or not parts[0].isdigit():
+            raise RemoteProtocolError(f"malformed {what} line: {line[:80]!r}")
+        pairs.append((int(parts[0]), parts[1].decode("ascii", "replace")))
+    return pairs
+
+
+def parse_scan_listing(body: bytes) -> dict[int, int]:
+    """Message number to size, from a LIST body."""
+    sizes: dict[int, int] = {}
+    for number, size in _pairs(body, "LIST"):
+        if not size.isdigit():
+            raise RemoteProtocolError(f"malformed LIST size for message {number}")
+        sizes[number] = int(size)
+    return sizes
+
+
+def parse_uidl_listing(body: bytes) -> dict[int, str]:
+    """Message number to unique id, from a UIDL body; a repeated id is a server fault."""
+    uids: dict[int, str] = {}
+    seen: set[str] = set()
+    for number, uid in _pairs(body, "UIDL"):
+        if not _UIDL.fullmatch(uid):
+            raise RemoteProtocolError(f"malformed unique id for message {number}")
+        if uid in seen:
+            # Two messages with one id: deleting by id could remove the wrong one.
+            raise RemoteProtocolError(f"the server lists unique id {uid!r} twice")
+        seen.add(uid)
+        uids[number] = uid
+    return uids

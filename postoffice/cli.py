@@ -1,0 +1,267 @@
+"""The ``postoffice`` command: serve, user, deliver, check-config."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from postoffice import __version__
+from postoffice.auth import passwd_file
+from postoffice.auth.base import UserRecord
+from postoffice.auth.schemes import hash_password
+from postoffice.auth.usernames import validate_username
+from postoffice.config import Config, load_config
+from postoffice.errors import (
+    ConfigError,
+    InvalidUsernameError,
+    PasswdFileError,
+    PostofficeError,
+    TemporaryDeliveryError,
+)
+from postoffice.secret import Secret
+
+EX_USAGE = 64
+EX_NOUSER = 67
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="TOML configuration file (default: the embedded default, data under ./var).",
+)
+
+
+def _load(config_path: Path | None) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as error:
+        raise click.ClickException(f"configuration error: {error}") from error
+
+
+def _setup_logging(config: Config, *, verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else getattr(logging, config.log_level.upper())
+    handler: logging.Handler
+    if config.log_file is not None:
+        config.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(config.log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="postoffice")
+def main() -> None:
+    """postoffice: a POP3 server (serve) and its tools."""
+
+
+@main.command()
+@config_option
+@click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
+def serve(config_path: Path | None, verbose: bool) -> None:
+    """Run the POP3 server in the foreground until SIGTERM or Ctrl-C."""
+    from postoffice.server.app import serve as serve_forever
+
+    config = _load(config_path)
+    _setup_logging(config, verbose=verbose)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    users = (
+        passwd_file.list_users(config.auth.passwd_file) if config.auth.passwd_file.exists() else []
+    )
+    config_hint = f" --config {config_path}" if config_path else ""
+    listen = config.pop3.listen[0]
+    if not users:
+        click.echo(
+            "postoffice: no users yet. In another terminal:\n"
+            f"  postoffice user add alice{config_hint}          # asks for a password\n"
+            f"  postoffice deliver alice{config_hint} < message.eml\n"
+            f"  curl pop3://{listen.host}:{listen.port}/1 --user alice   # read message 1\n",
+            err=True,
+        )
+    try:
+        asyncio.run(serve_forever(config))
+    except OSError as error:
+        raise click.ClickException(f"cannot start: {error}") from error
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command("check-config")
+@config_option
+def check_config(config_path: Path | None) -> None:
+    """Validate the configuration and print what it would serve."""
+    config = _load(config_path)
+    click.echo(f"configuration: {config.source or 'embedded default'}")
+    click.echo(f"data_dir: {config.data_dir}")
+    for address in config.pop3.listen:
+        click.echo(f"POP3 listener: {address}")
+    click.echo(f"users: {config.auth.passwd_file}")
+    if config.auth.passwd_file.exists():
+        click.echo(f"  {len(passwd_file.list_users(config.auth.passwd_file))} users")
+    else:
+        click.echo("  (file does not exist yet)")
+    click.echo(f"maildir: {config.mail.maildir}")
+    click.echo(f"APOP: {'on' if config.pop3.apop else 'off'}")
+    click.echo(f"EXPIRE: {config.pop3.expire}")
+    if config.pop3.login_delay:
+        click.echo(f"LOGIN-DELAY: {config.pop3.login_delay:.0f} seconds")
+    limits = config.limits
+    click.echo(
+        f"limits: {limits.max_connections} connections, {limits.max_connections_per_ip} per "
+        f"address, {limits.max_sessions_per_user} sessions per user, idle timeout "
+        f"{limits.idle_timeout:.0f}s, login timeout {limits.login_timeout:.0f}s"
+    )
+    click.echo("configuration is valid")
+
+
+@main.group()
+def user() -> None:
+    """Manage users in the passwd-file (Dovecot format)."""
+
+
+def _read_password(password_stdin: bool) -> Secret:
+    if password_stdin or not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.ClickException("the password must not be empty")
+    return Secret(password)
+
+
+scheme_option = click.option(
+    "--scheme",
+    default="ARGON2ID",
+    show_default=True,
+    help="Password scheme: ARGON2ID, BLF-CRYPT, SHA512-CRYPT, SSHA512 or PLAIN.",
+)
+stdin_option = click.option(
+    "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
+)
+
+
+@user.command("add")
+@config_option
+@scheme_option
+@stdin_option
+@click.argument("name")
+def user_add(config_path: Path | None, scheme: str, password_stdin: bool, name: str) -> None:
+    """Add a user; the password is asked for (or read from stdin), never taken from argv."""
+    config = _load(config_path)
+    name = _checked_name(name)
+    password = _read_password(password_stdin)
+    try:
+        encoded = hash_password(password, scheme.upper())
+        config.auth.passwd_file.parent.mkdir(parents=True, exist_ok=True)
+        passwd_file.add_user(config.auth.passwd_file, name, encoded)
+    except (PasswdFileError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"added {name} to {config.auth.passwd_file}")
+
+
+@user.command("passwd")
+@config_option
+@scheme_option
+@stdin_option
+@click.argument("name")
+def user_passwd(config_path: Path | None, scheme: str, password_stdin: bool, name: str) -> None:
+    """Set a user's password."""
+    config = _load(config_path)
+    name = _checked_name(name)
+    password = _read_password(password_stdin)
+    try:
+        passwd_file.set_password(
+            config.auth.passwd_file, name, hash_password(password, scheme.upper())
+        )
+    except (PasswdFileError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"password of {name} changed")
+
+
+@user.command("del")
+@config_option
+@click.argument("name")
+def user_del(config_path: Path | None, name: str) -> None:
+    """Remove a user from the passwd-file (their mail stays on disk)."""
+    config = _load(config_path)
+    try:
+        passwd_file.delete_user(config.auth.passwd_file, _checked_name(name))
+    except PasswdFileError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"removed {name}")
+
+
+@user.command("list")
+@config_option
+def user_list(config_path: Path | None) -> None:
+    """List the users."""
+    config = _load(config_path)
+    if not config.auth.passwd_file.exists():
+        return
+    try:
+        for record in passwd_file.list_users(config.auth.passwd_file):
+            click.echo(record.name)
+    except PasswdFileError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _checked_name(name: str) -> str:
+    try:
+        return validate_username(name)
+    except InvalidUsernameError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@main.command()
+@config_option
+@click.argument("users", nargs=-1, required=True)
+def deliver(config_path: Path | None, users: tuple[str, ...]) -> None:
+    """Deliver the message on stdin to each USER's maildrop.
+
+    Exit codes follow sysexits: 0 delivered, 67 unknown user, 75 temporary failure (the
+    MTA should retry), 78 configuration error.
+    """
+    from postoffice.delivery.maildir import deliver_to_maildir
+    from postoffice.storage.paths import maildir_for
+
+    try:
+        config = load_config(config_path)
+    except ConfigError as error:
+        click.echo(f"postoffice deliver: configuration error: {error}", err=True)
+        sys.exit(EX_CONFIG)
+    database = passwd_file.PasswdFile(
+        config.auth.passwd_file, lowercase_names=config.auth.lowercase_names
+    )
+    records: list[UserRecord] = []
+    for name in users:
+        try:
+            record = database.lookup(validate_username(name))
+        except InvalidUsernameError:
+            record = None
+        if record is None:
+            click.echo(f"postoffice deliver: {name!r}: no such user", err=True)
+            sys.exit(EX_NOUSER)
+        records.append(record)
+    message = sys.stdin.buffer.read()
+    for record in records:
+        try:
+            path = maildir_for(config.mail.maildir, data_dir=config.data_dir, user=record)
+            deliver_to_maildir(path, message)
+        except TemporaryDeliveryError as error:
+            click.echo(f"postoffice deliver: {record.name}: {error}", err=True)
+            sys.exit(EX_TEMPFAIL)
+        except PostofficeError as error:
+            click.echo(f"postoffice deliver: {record.name}: {error}", err=True)
+            sys.exit(EX_TEMPFAIL)

@@ -1,0 +1,317 @@
+"""The fetcher's account file: TOML in, one frozen ``Account`` per ``[accounts.NAME]`` out.
+
+Every account inherits the keys of ``[defaults]`` it does not set itself. Relative paths
+(``ca_file``, ``maildir``, ``state_dir``) are relative to the file's folder, and
+``password_command`` runs there, so the example in issue 5 works as written. Every error
+names the key (``accounts.office.port``, or ``defaults.mode`` when inherited).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from postoffice.config import parse_duration, parse_size
+from postoffice.errors import ConfigError
+
+__all__ = [
+    "Account",
+    "AuthMethod",
+    "FetchConfig",
+    "Mode",
+    "Oversize",
+    "TlsMode",
+    "default_config_path",
+    "load_fetch_config",
+]
+
+
+class Mode(enum.Enum):
+    KEEP = "keep"
+    DELETE = "delete"
+
+
+class TlsMode(enum.Enum):
+    IMPLICIT = "implicit"  # RFC 8314: TLS from the first octet (pop3s)
+    STARTTLS = "starttls"  # RFC 2595: STLS, and never fall back to cleartext
+    NONE = "none"
+
+
+class AuthMethod(enum.Enum):
+    AUTO = "auto"  # SASL PLAIN, else LOGIN, else USER/PASS; never APOP unless asked
+    USER = "user"
+    APOP = "apop"
+    PLAIN = "plain"
+    LOGIN = "login"
+
+
+class Oversize(enum.Enum):
+    SKIP = "skip"  # leave it on the server, warn each session
+    DELETE = "delete"  # delete it from the server unread
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Account:
+    name: str
+    host: str
+    port: int
+    tls: TlsMode
+    ca_file: Path | None
+    fingerprint: str | None
+    """Lower-case hex SHA-256 of the server's certificate (DER), when pinned."""
+    insecure: bool
+    user: str
+    password_command: str
+    auth: AuthMethod
+    mode: Mode
+    maildir: Path
+    state_dir: Path
+    delete_after_days: float | None
+    max_message_size: int | None
+    oversize: Oversize
+    max_messages_per_session: int | None
+    timeout: float
+    workdir: Path
+    """The configuration file's folder: where ``password_command`` runs."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FetchConfig:
+    path: Path
+    accounts: Mapping[str, Account]
+
+
+_ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_FINGERPRINT = re.compile(r"sha256:((?:[0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2})")
+_NOT_YET = ("mbox", "mda", "lmtp")
+_KEYS = frozenset(
+    {
+        "host",
+        "port",
+        "tls",
+        "ca_file",
+        "fingerprint",
+        "insecure",
+        "user",
+        "password_command",
+        "auth",
+        "mode",
+        "maildir",
+        "state_dir",
+        "delete_after_days",
+        "max_message_size",
+        "oversize",
+        "max_messages_per_session",
+        "timeout",
+        *_NOT_YET,
+    }
+)
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def default_config_path() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
+    return Path(base) / "postoffice" / "fetch.toml"
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(base) / "postoffice"
+
+
+class _Settings:
+    """An account's keys merged over ``[defaults]``; each value remembers where it was set."""
+
+    def __init__(self, name: str, own: Mapping[str, Any], defaults: Mapping[str, Any]) -> None:
+        self._values: dict[str, tuple[Any, str]] = {}
+        for table, prefix in ((defaults, "defaults"), (own, f"accounts.{name}")):
+            for key, value in table.items():
+                if key not in _KEYS:
+                    raise ConfigError(f"{prefix}.{key}: unknown key")
+                self._values[key] = (value, f"{prefix}.{key}")
+        self.name = name
+
+    def key(self, key: str) -> str:
+        return self._values[key][1] if key in self._values else f"accounts.{self.name}.{key}"
+
+    def has(self, key: str) -> bool:
+        return key in self._values
+
+    def raw(self, key: str) -> Any:
+        return self._values[key][0] if key in self._values else None
+
+    def string(self, key: str, default: str | None = None) -> str:
+        value = self.raw(key)
+        if value is None:
+            if default is None:
+                raise ConfigError(f"{self.key(key)}: required")
+            return default
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{self.key(key)}: expected a non-empty string, got {value!r}")
+        return value
+
+    def choice(self, key: str, enum_type: type[_E], default: _E) -> _E:
+        value = self.string(key, default.value)
+        try:
+            return enum_type(value)
+        except ValueError:
+            allowed = ", ".join(f'"{member.value}"' for member in enum_type)
+            raise ConfigError(
+                f"{self.key(key)}: expected one of {allowed}, got {value!r}"
+            ) from None
+
+    def integer(self, key: str, *, minimum: int, maximum: int) -> int | None:
+        value = self.raw(key)
+        if value is None:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{self.key(key)}: expected a whole number, got {value!r}")
+        if not minimum <= value <= maximum:
+            raise ConfigError(f"{self.key(key)}: must be between {minimum} and {maximum}")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        value = self.raw(key)
+        if value is None:
+            return False
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.key(key)}: expected true or false, got {value!r}")
+        return value
+
+    def path(self, key: str, base: Path, default: Path | None = None) -> Path | None:
+        if not self.has(key):
+            return default
+        path = Path(self.string(key)).expanduser()
+        return path if path.is_absolute() else base / path
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _account(name: str, settings: _Settings, base: Path) -> Account:
+    for key in _NOT_YET:
+        if settings.has(key):
+            raise ConfigError(f"{settings.key(key)}: not supported yet; use maildir")
+    tls = settings.choice("tls", TlsMode, TlsMode.IMPLICIT)
+    insecure = settings.boolean("insecure")
+    host = settings.string("host")
+    if tls is TlsMode.NONE and not (_is_loopback(host) or insecure):
+        raise ConfigError(
+            f'{settings.key("tls")}: "none" sends the password in clear text; it is allowed '
+            f"only for a loopback host, or with insecure = true"
+        )
+    port = settings.integer("port", minimum=1, maximum=65535)
+    if port is None:
+        port = 995 if tls is TlsMode.IMPLICIT else 110
+    ca_file = settings.path("ca_file", base)
+    fingerprint = None
+    if settings.has("fingerprint"):
+        match = _FINGERPRINT.fullmatch(settings.string("fingerprint"))
+        if match is None:
+            raise ConfigError(
+                f'{settings.key("fingerprint")}: expected "sha256:" and 64 hexadecimal digits'
+            )
+        fingerprint = match.group(1).replace(":", "").lower()
+    if ca_file is not None and fingerprint is not None:
+        raise ConfigError(f"{settings.key('fingerprint')}: give either ca_file or fingerprint")
+    if tls is TlsMode.NONE and (ca_file is not None or fingerprint is not None):
+        raise ConfigError(f'{settings.key("tls")}: "none" cannot check ca_file or fingerprint')
+    if ca_file is not None and not ca_file.is_file():
+        raise ConfigError(f"{settings.key('ca_file')}: {ca_file} is not a readable file")
+    auth = settings.choice("auth", AuthMethod, AuthMethod.AUTO)
+    days = settings.raw("delete_after_days")
+    delete_after_days = None
+    if days is not None:
+        if isinstance(days, bool) or not isinstance(days, int | float) or days < 0:
+            raise ConfigError(
+                f"{settings.key('delete_after_days')}: expected a number of days, got {days!r}"
+            )
+        delete_after_days = float(days)
+    max_size = None
+    if settings.has("max_message_size"):
+        max_size = parse_size(settings.raw("max_message_size"), settings.key("max_message_size"))
+    timeout = 60.0
+    if settings.has("timeout"):
+        timeout = parse_duration(settings.raw("timeout"), settings.key("timeout"))
+        if timeout <= 0:
+            raise ConfigError(f"{settings.key('timeout')}: must be more than zero")
+    maildir = settings.path("maildir", base, Path.home() / "Maildir")
+    state_dir = settings.path("state_dir", base, _default_state_dir())
+    assert maildir is not None and state_dir is not None
+    return Account(
+        name=name,
+        host=host,
+        port=port,
+        tls=tls,
+        ca_file=ca_file,
+        fingerprint=fingerprint,
+        insecure=insecure,
+        user=settings.string("user"),
+        password_command=settings.string("password_command"),
+        auth=auth,
+        mode=settings.choice("mode", Mode, Mode.KEEP),
+        maildir=maildir,
+        state_dir=state_dir,
+        delete_after_days=delete_after_days,
+        max_message_size=max_size,
+        oversize=settings.choice("oversize", Oversize, Oversize.SKIP),
+        max_messages_per_session=settings.integer(
+            "max_messages_per_session", minimum=1, maximum=10**9
+        ),
+        timeout=timeout,
+        workdir=base,
+    )
+
+
+def parse_fetch_config(data: Mapping[str, Any], path: Path) -> FetchConfig:
+    """Validate already-parsed TOML ``data`` read from ``path``."""
+    path = path.absolute()
+    base = path.parent
+    for key in data:
+        if key not in ("defaults", "accounts"):
+            raise ConfigError(f"{key}: unknown key (expected [defaults] or [accounts.NAME])")
+    defaults = data.get("defaults", {})
+    if not isinstance(defaults, dict):
+        raise ConfigError("defaults: expected a table")
+    accounts_table = data.get("accounts", {})
+    if not isinstance(accounts_table, dict):
+        raise ConfigError("accounts: expected tables such as [accounts.office]")
+    if not accounts_table:
+        raise ConfigError("accounts: no account defined (add an [accounts.NAME] table)")
+    accounts: dict[str, Account] = {}
+    for name, own in accounts_table.items():
+        if not _ACCOUNT_NAME.fullmatch(name):
+            raise ConfigError(
+                f"accounts.{name}: account names use letters, digits, '.', '_' and '-'"
+            )
+        if not isinstance(own, dict):
+            raise ConfigError(f"accounts.{name}: expected a table")
+        accounts[name] = _account(name, _Settings(name, own, defaults), base)
+    return FetchConfig(path=path, accounts=accounts)
+
+
+def load_fetch_config(path: Path) -> FetchConfig:
+    """Read and validate the account file at ``path``."""
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: account file not found") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from error
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from error
+    return parse_fetch_config(data, path)

@@ -1,0 +1,181 @@
+"""Per-account memory of unique ids: SQLite in WAL mode with ``synchronous = FULL``.
+
+One row per UIDL the server has listed: when this machine first saw it (for
+``delete_after_days``), when it was delivered and under which local name, whether a DELE
+is owed (``delete_pending``: sent or to be sent, not yet committed by QUIT ``+OK``), and when
+the deletion was committed. Every method is one transaction, and with ``synchronous =
+FULL`` a transaction is on disk when the method returns: the session relies on this to
+journal a delivery before it sends DELE.
+
+Rows whose UIDL is absent from a complete listing are kept for ``grace`` seconds before
+they are forgotten, so a server that briefly hides messages does not cause re-downloads.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Entry", "Journal", "journal_path"]
+
+FORGET_AFTER = 30 * 86400.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    uidl TEXT PRIMARY KEY,
+    first_seen REAL NOT NULL,
+    delivered_at REAL,
+    local_name TEXT,
+    size INTEGER,
+    delete_pending INTEGER NOT NULL DEFAULT 0,
+    deleted_at REAL,
+    gone_since REAL
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Entry:
+    uidl: str
+    first_seen: float
+    delivered_at: float | None
+    local_name: str | None
+    delete_pending: bool
+    deleted_at: float | None
+
+    @property
+    def delivered(self) -> bool:
+        return self.delivered_at is not None
+
+
+def journal_path(state_dir: Path, account: str) -> Path:
+    return state_dir / f"{account}.journal.sqlite3"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """The UIDL journal of one account. Not thread-safe: use from one task at a time."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        created = not path.exists()
+        self.path = path
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves. check_same_thread=False:
+        # the session calls us through asyncio.to_thread, one call at a time.
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")  # fsync the WAL at every commit
+        self._db.executescript(_SCHEMA)
+        if created:
+            _fsync_dir(path.parent)  # the new file's name must survive a crash too
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _write(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(sql, rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def entries(self) -> dict[str, Entry]:
+        rows = self._db.execute(
+            "SELECT uidl, first_seen, delivered_at, local_name, delete_pending, deleted_at "
+            "FROM messages"
+        )
+        return {
+            row[0]: Entry(
+                uidl=row[0],
+                first_seen=row[1],
+                delivered_at=row[2],
+                local_name=row[3],
+                delete_pending=bool(row[4]),
+                deleted_at=row[5],
+            )
+            for row in rows
+        }
+
+    def record_listing(self, present: Iterable[str], now: float, *, complete: bool) -> None:
+        """Note every listed UIDL's first sighting; after a ``complete`` listing, age out
+        rows the server no longer has, and settle DELEs the server did commit."""
+        listed = list(present)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO messages (uidl, first_seen) VALUES (?, ?) "
+                "ON CONFLICT (uidl) DO UPDATE SET gone_since = NULL",
+                [(uidl, now) for uidl in listed],
+            )
+            if complete:
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS listed (uidl TEXT PRIMARY KEY)")
+                db.execute("DELETE FROM listed")
+                db.executemany("INSERT OR IGNORE INTO listed VALUES (?)", [(u,) for u in listed])
+                absent = "uidl NOT IN (SELECT uidl FROM listed)"
+                # A DELE whose QUIT +OK we never saw, yet the message is gone: it committed.
+                db.execute(
+                    f"UPDATE messages SET delete_pending = 0, deleted_at = ? "  # noqa: S608
+                    f"WHERE delete_pending = 1 AND {absent}",
+                    (now,),
+                )
+                db.execute(
+                    f"UPDATE messages SET gone_since = ? WHERE gone_since IS NULL AND {absent}",  # noqa: S608
+                    (now,),
+                )
+                db.execute("DELETE FROM messages WHERE gone_since < ?", (now - FORGET_AFTER,))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def record_delivered(
+        self, uidl: str, *, local_name: str, size: int, now: float, delete: bool
+    ) -> None:
+        """The message is durable locally; with ``delete`` a DELE is owed from now on."""
+        self._write(
+            "INSERT INTO messages (uidl, first_seen, delivered_at, local_name, size, "
+            "delete_pending) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (uidl) DO UPDATE SET delivered_at = excluded.delivered_at, "
+            "local_name = excluded.local_name, size = excluded.size, "
+            "delete_pending = excluded.delete_pending",
+            [(uidl, now, now, local_name, size, int(delete))],
+        )
+
+    def mark_delete_pending(self, uidls: Iterable[str]) -> None:
+        """A DELE is owed for these (expired in keep mode, or oversize to be deleted)."""
+        self._write("UPDATE messages SET delete_pending = 1 WHERE uidl = ?", [(u,) for u in uidls])
+
+    def record_deleted(self, uidls: Iterable[str], now: float) -> None:
+        """QUIT was answered ``+OK``: these deletions are committed on the server."""
+        self._write(
+            "UPDATE messages SET delete_pending = 0, deleted_at = ? WHERE uidl = ?",
+            [(now, u) for u in uidls],
+        )
+
+    def adopt(self, delivered: Mapping[str, str], now: float) -> None:
+        """Record deliveries found on disk but missing here (a crash before the journal)."""
+        self._write(
+            "UPDATE messages SET delivered_at = ?, local_name = ? WHERE uidl = ? "
+            "AND delivered_at IS NULL",
+            [(now, name, uidl) for uidl, name in delivered.items()],
+        )

@@ -1,0 +1,120 @@
+"""The UIDL journal and the Maildir destination, each on its own."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from postoffice.fetch.delivery import MaildirDestination, message_key
+from postoffice.fetch.journal import FORGET_AFTER, Journal, journal_path
+
+
+def test_journal_is_wal_with_full_sync(tmp_path: Path) -> None:
+    path = journal_path(tmp_path / "state", "office")
+    with Journal(path):
+        pass
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
+
+
+def test_journal_records_survive_reopening(tmp_path: Path) -> None:
+    path = journal_path(tmp_path, "a")
+    with Journal(path) as journal:
+        journal.record_listing(["u1", "u2"], 100.0, complete=True)
+        journal.record_delivered("u1", local_name="n1", size=10, now=110.0, delete=True)
+    with Journal(path) as journal:
+        entries = journal.entries()
+    assert entries["u1"].delivered and entries["u1"].delete_pending
+    assert entries["u1"].first_seen == 100.0
+    assert not entries["u2"].delivered
+
+
+def test_first_seen_is_kept_across_listings(tmp_path: Path) -> None:
+    with Journal(journal_path(tmp_path, "a")) as journal:
+        journal.record_listing(["u1"], 100.0, complete=True)
+        journal.record_listing(["u1", "u2"], 200.0, complete=True)
+        entries = journal.entries()
+    assert entries["u1"].first_seen == 100.0
+    assert entries["u2"].first_seen == 200.0
+
+
+def test_pending_delete_absent_from_listing_is_settled(tmp_path: Path) -> None:
+    with Journal(journal_path(tmp_path, "a")) as journal:
+        journal.record_listing(["u1"], 1.0, complete=True)
+        journal.record_delivered("u1", local_name="n", size=1, now=2.0, delete=True)
+        journal.record_listing([], 3.0, complete=True)
+        entry = journal.entries()["u1"]
+    assert not entry.delete_pending and entry.deleted_at == 3.0
+
+
+def test_absent_rows_are_forgotten_after_the_grace_period(tmp_path: Path) -> None:
+    with Journal(journal_path(tmp_path, "a")) as journal:
+        journal.record_listing(["u1", "u2"], 1.0, complete=True)
+        journal.record_listing(["u2"], 2.0, complete=True)
+        journal.record_listing(["u2"], 2.0 + FORGET_AFTER / 2, complete=True)
+        assert "u1" in journal.entries()
+        journal.record_listing(["u2"], 3.0 + FORGET_AFTER, complete=True)
+        assert set(journal.entries()) == {"u2"}
+
+
+def test_record_deleted_and_adopt(tmp_path: Path) -> None:
+    with Journal(journal_path(tmp_path, "a")) as journal:
+        journal.record_listing(["u1", "u2"], 1.0, complete=True)
+        journal.mark_delete_pending(["u1"])
+        assert journal.entries()["u1"].delete_pending
+        journal.record_deleted(["u1"], 5.0)
+        journal.adopt({"u2": "new/x"}, 6.0)
+        entries = journal.entries()
+    assert entries["u1"].deleted_at == 5.0 and not entries["u1"].delete_pending
+    assert entries["u2"].local_name == "new/x" and entries["u2"].delivered
+
+
+def test_maildir_delivery_converts_line_ends_and_tags_sizes(tmp_path: Path) -> None:
+    destination = MaildirDestination(tmp_path / "Maildir", "office")
+    destination.prepare()
+    sink = destination.begin("uid-1")
+    for chunk in (b"Subject: x\r", b"\n\r\nbody\r", b"\nend\r\n"):
+        sink.write(chunk)
+    name = sink.commit()
+    assert name.startswith(message_key("office", "uid-1") + ",")
+    data = (tmp_path / "Maildir" / "new" / name).read_bytes()
+    assert data == b"Subject: x\n\nbody\nend\n"
+    assert name.endswith(f",S={len(data)},W={len(data) + 4}")
+    assert os.listdir(tmp_path / "Maildir" / "tmp") == []
+
+
+def test_aborted_message_leaves_nothing(tmp_path: Path) -> None:
+    destination = MaildirDestination(tmp_path / "Maildir", "office")
+    destination.prepare()
+    sink = destination.begin("uid-1")
+    sink.write(b"partial")
+    sink.abort()
+    for sub in ("tmp", "new", "cur"):
+        assert os.listdir(tmp_path / "Maildir" / sub) == []
+
+
+def test_prepare_removes_only_our_leftovers(tmp_path: Path) -> None:
+    destination = MaildirDestination(tmp_path / "Maildir", "office")
+    destination.prepare()
+    destination.begin("uid-1").write(b"crashed before rename")  # never committed
+    (tmp_path / "Maildir" / "tmp" / "123.other.host").write_bytes(b"someone else's")
+    destination.prepare()
+    assert os.listdir(tmp_path / "Maildir" / "tmp") == ["123.other.host"]
+
+
+def test_find_delivered_sees_new_and_cur_with_flags(tmp_path: Path) -> None:
+    maildir = tmp_path / "Maildir"
+    destination = MaildirDestination(maildir, "office")
+    destination.prepare()
+    for uidl in ("u1", "u2"):
+        sink = destination.begin(uidl)
+        sink.write(b"m\r\n")
+        sink.commit()
+    (name,) = [n for n in os.listdir(maildir / "new") if n.startswith(message_key("office", "u2"))]
+    os.rename(maildir / "new" / name, maildir / "cur" / (name + ":2,S"))
+    found = destination.find_delivered(["u1", "u2", "u3"])
+    assert set(found) == {"u1", "u2"}
+    assert found["u2"].startswith("cur/")
+    assert MaildirDestination(maildir, "home").find_delivered(["u1"]) == {}

@@ -192,9 +192,15 @@ class _Table:
             raise ConfigError(f"{names}: unknown key")
 
 
-def load_config(path: Path | None = None, *, data: Mapping[str, Any] | None = None) -> Config:
-    """Load and validate a configuration file; ``None`` gives the embedded default."""
-    base = Path.cwd()
+def load_config(
+    path: Path | None = None, *, data: Mapping[str, Any] | None = None, base: Path | None = None
+) -> Config:
+    """Load and validate a configuration file; ``None`` gives the embedded default.
+
+    ``data`` (already parsed TOML) and ``base`` (the folder relative paths start from) serve
+    callers that build a configuration in memory.
+    """
+    base = base or Path.cwd()
     if path is not None:
         try:
             with open(path, "rb") as file:

@@ -6,9 +6,11 @@ import asyncio
 import os
 import shutil
 import threading
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,19 +19,24 @@ from postoffice.config import load_config
 from postoffice.delivery.maildir import deliver_to_maildir
 from postoffice.server.app import Pop3Server
 
-BASE_CONFIG = """
-data_dir = "var"
-log_level = "debug"
+BASE_CONFIG: dict[str, Any] = {
+    "data_dir": "var",
+    "log_level": "debug",
+    "pop3": {"listen": ["127.0.0.1:0"]},
+    "auth": {"failure_delay": 0},
+    "limits": {"shutdown_timeout": 1},
+}
 
-[pop3]
-listen = ["127.0.0.1:0"]
 
-[auth]
-failure_delay = 0
-
-[limits]
-shutdown_timeout = 1
-"""
+def merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``extra`` laid over it, table by table."""
+    result = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = value
+    return result
 
 
 def require_tool(name: str) -> str:
@@ -55,10 +62,6 @@ class ServerHarness:
     users: dict[str, str] = field(default_factory=dict)
 
     @property
-    def config_path(self) -> Path:
-        return self.root / "postoffice.toml"
-
-    @property
     def passwd(self) -> Path:
         return self.root / "var" / "passwd"
 
@@ -73,9 +76,10 @@ class ServerHarness:
     def deliver(self, user: str, message: bytes) -> str:
         return deliver_to_maildir(self.maildir(user), message)
 
-    def start(self, extra_config: str = "") -> None:
-        self.config_path.write_text(BASE_CONFIG + extra_config)
-        config = load_config(self.config_path)
+    def start(self, extra_config: str = "", **tables: dict[str, Any]) -> None:
+        """Start serving; ``extra_config`` (TOML) and ``tables`` override the test defaults."""
+        data = merged(merged(BASE_CONFIG, tomllib.loads(extra_config)), tables)
+        config = load_config(data=data, base=self.root)
         ready = threading.Event()
         failure: list[BaseException] = []
 

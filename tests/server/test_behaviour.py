@@ -1,0 +1,174 @@
+"""Server behaviour that needs configuration: APOP, LOGIN-DELAY, timeouts, limits, sizes."""
+
+from __future__ import annotations
+
+import asyncio
+import poplib
+import re
+import socket
+import statistics
+import time
+
+import pytest
+
+from postoffice.auth import passwd_file
+from postoffice.auth.schemes import hash_password
+from postoffice.secret import Secret
+from tests.conftest import ServerHarness
+from tests.server.test_loopback import read_until, wait_until
+
+
+def test_apop_login_with_a_fresh_timestamp_each_greeting(harness: ServerHarness) -> None:
+    harness.add_user("alice", "tanstaaf")
+    harness.deliver("alice", b"Subject: a\n\nb\n")
+    harness.start(pop3={"apop": True})
+    first = poplib.POP3(harness.host, harness.port, timeout=10)
+    second = poplib.POP3(harness.host, harness.port, timeout=10)
+    assert re.search(rb"<[^<>@]+@[^<>]+>$", first.welcome) is not None
+    assert first.welcome != second.welcome
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        second.apop("alice", "wrong")
+    assert first.apop("alice", "tanstaaf").startswith(b"+OK maildrop has 1 messages")
+    first.quit()
+    second.quit()
+
+
+def test_apop_is_off_by_default(pop3_server: ServerHarness) -> None:
+    pop = poplib.POP3(pop3_server.host, pop3_server.port, timeout=10)
+    assert b"<" not in pop.welcome
+    with pytest.raises(poplib.error_proto):
+        pop.apop("alice", "secret")
+
+
+def test_login_delay_is_advertised_and_enforced_after_a_right_password(
+    pop3_server: ServerHarness,
+) -> None:
+    pop3_server.stop()
+    pop3_server.start(pop3={"login_delay": 300})
+    pop = poplib.POP3(pop3_server.host, pop3_server.port, timeout=10)
+    assert pop.capa()["LOGIN-DELAY"] == ["300"]
+    pop.user("alice")
+    pop.pass_("secret")
+    pop.quit()
+    again = poplib.POP3(pop3_server.host, pop3_server.port, timeout=10)
+    again.user("alice")
+    with pytest.raises(poplib.error_proto, match=r"\[AUTH\]"):
+        again.pass_("wrong")  # a wrong password learns nothing about the delay
+    again.user("alice")
+    with pytest.raises(poplib.error_proto, match=r"\[LOGIN-DELAY\]"):
+        again.pass_("secret")
+    again.quit()
+    # The lock was released after the refusal: another user is unaffected.
+    other = poplib.POP3(pop3_server.host, pop3_server.port, timeout=10)
+    other.user("bob")
+    assert other.pass_("hunter2").startswith(b"+OK")
+    other.quit()
+
+
+def test_login_timeout_closes_silently(harness: ServerHarness) -> None:
+    harness.start(limits={"login_timeout": 0.3})
+    with socket.create_connection((harness.host, harness.port)) as sock:
+        greeting = read_until(sock, lambda d: d.endswith(b"\r\n"))
+        started = time.monotonic()
+        assert sock.recv(100) == b""  # closed, no reply
+        assert 0.2 < time.monotonic() - started < 5
+    assert greeting.startswith(b"+OK")
+
+
+def test_connections_per_address_are_capped(harness: ServerHarness) -> None:
+    harness.start(limits={"max_connections_per_ip": 2})
+    first = socket.create_connection((harness.host, harness.port))
+    second = socket.create_connection((harness.host, harness.port))
+    try:
+        for sock in (first, second):
+            assert read_until(sock, lambda d: d.endswith(b"\r\n")).startswith(b"+OK")
+        with socket.create_connection((harness.host, harness.port)) as third:
+            reply = read_until(third, lambda d: d.endswith(b"\r\n"))
+            assert reply == b"-ERR [SYS/TEMP] too many connections, try again later\r\n"
+    finally:
+        first.close()
+        second.close()
+    assert harness.server is not None
+    wait_until(lambda: harness.server is None or harness.server.context.limits.total == 0)
+    with socket.create_connection((harness.host, harness.port)) as fourth:
+        assert read_until(fourth, lambda d: d.endswith(b"\r\n")).startswith(b"+OK")
+
+
+def test_a_wrong_size_tag_is_corrected_after_retr(harness: ServerHarness) -> None:
+    harness.add_user("alice", "secret")
+    body = b"Subject: tagged\n\none\ntwo\nthree\n"
+    real_size = len(body) + body.count(b"\n")
+    wrong = len(body) + 2  # plausible (between S and 2*S) but wrong
+    new = harness.maildir("alice") / "new"
+    new.mkdir(parents=True)
+    for sub in ("cur", "tmp"):
+        (harness.maildir("alice") / sub).mkdir()
+    (new / f"1700000000.M1P1Q1.host,S={len(body)},W={wrong}").write_bytes(body)
+    harness.start(mail={"no_flag_updates": True})
+    pop = poplib.POP3(harness.host, harness.port, timeout=10)
+    pop.user("alice")
+    pop.pass_("secret")
+    reply: object = pop.list(1)  # typeshed has the one-message form wrong
+    assert reply == b"+OK 1 %d" % wrong
+    assert pop.retr(1)[2] == real_size
+    pop.quit()
+    pop = poplib.POP3(harness.host, harness.port, timeout=10)
+    pop.user("alice")
+    pop.pass_("secret")
+    corrected: object = pop.list(1)
+    assert corrected == b"+OK 1 %d" % real_size
+    pop.quit()
+
+
+async def test_many_logins_at_once_do_not_stall_sessions_already_in(
+    harness: ServerHarness,
+) -> None:
+    harness.passwd.parent.mkdir(parents=True, exist_ok=True)
+    # A real memory-hard hash, so each verification costs real work off the event loop.
+    encoded = hash_password(Secret("right"), "ARGON2ID", memory_kib=16384, rounds=2)
+    passwd_file.add_user(harness.passwd, "carol", encoded)
+    harness.add_user("alice", "secret")
+    harness.start(
+        limits={"max_connections_per_ip": 1000, "max_connections": 1000},
+        pop3={"max_login_failures": 10},
+    )
+    reader, writer = await asyncio.open_connection(harness.host, harness.port)
+    await reader.readline()
+    writer.write(b"USER alice\r\nPASS secret\r\n")
+    await reader.readline()
+    assert (await reader.readline()).startswith(b"+OK maildrop")
+
+    async def noop_latency() -> float:
+        started = time.perf_counter()
+        writer.write(b"NOOP\r\n")
+        assert await reader.readline() == b"+OK\r\n"
+        return time.perf_counter() - started
+
+    quiet = [await noop_latency() for _ in range(20)]
+
+    async def storm_login() -> bytes:
+        storm_reader, storm_writer = await asyncio.open_connection(harness.host, harness.port)
+        await storm_reader.readline()
+        storm_writer.write(b"USER carol\r\nPASS wrong\r\n")
+        await storm_reader.readline()
+        reply = await storm_reader.readline()
+        storm_writer.close()
+        return reply
+
+    storm = asyncio.gather(*(storm_login() for _ in range(200)))
+    during = []
+    while not storm.done():
+        during.append(await noop_latency())
+        await asyncio.sleep(0.01)
+    replies = await storm
+    assert replies == [b"-ERR [AUTH] authentication failed\r\n"] * 200
+    assert len(during) >= 5
+    writer.close()
+    print(
+        f"NOOP latency quiet median {statistics.median(quiet) * 1000:.2f} ms, during 200 "
+        f"logins median {statistics.median(during) * 1000:.2f} ms max {max(during) * 1000:.2f} ms"
+    )
+    # The event loop keeps answering: no NOOP waits for the hashing queue (the whole storm
+    # takes seconds). The client shares this process, so allow for its own scheduling.
+    assert statistics.median(during) < 0.05
+    assert max(during) < 0.5

@@ -54,6 +54,44 @@ class ApopLogin:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SaslStart:
+    """AUTH mechanism [initial-response] (RFC 5034 §4).
+
+    Answer with ``sasl_challenge``, ``login_accepted`` or ``login_rejected``.
+    ``initial_response`` is None when the client sent none, and b"" for ``=``.
+    """
+
+    mechanism: str
+    initial_response: bytes | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SaslResponse:
+    """The client's (base64-decoded) answer to the last challenge."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SaslCancelled:
+    """The client cancelled with ``*`` or sent bad base64; ``-ERR`` is already queued."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StartTls:
+    """STLS was accepted (RFC 2595 §4): send what is queued, then run the TLS handshake.
+
+    Octets that arrived after the STLS line have been discarded, never read as commands
+    (the STARTTLS command-injection class of bugs); ``discarded`` counts them.
+    Answer with ``tls_started`` once the handshake is done.
+    """
+
+    discarded: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MessageRequest(Generic[MessageT]):
     """RETR (``body_lines`` None) or TOP. Answer with ``message_follows`` and stream it."""
 
@@ -82,6 +120,10 @@ Event = (
     NeedData
     | PasswordLogin
     | ApopLogin
+    | SaslStart
+    | SaslResponse
+    | SaslCancelled
+    | StartTls
     | MessageRequest[MessageT]
     | UpdateRequest[MessageT]
     | CloseConnection

@@ -17,6 +17,9 @@ Message numbers, sizes and UIDLs are fixed at login from the snapshot the driver
 
 from __future__ import annotations
 
+import base64
+import binascii
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic
@@ -32,6 +35,10 @@ from postoffice.proto.events import (
     MessageRequest,
     MessageT,
     PasswordLogin,
+    SaslCancelled,
+    SaslResponse,
+    SaslStart,
+    StartTls,
     UpdateRequest,
 )
 from postoffice.proto.framing import LineBuffer, LineProblem
@@ -50,8 +57,16 @@ class ServerSettings:
     signoff: str = "postoffice signing off"
     apop_timestamp: str | None = None
     """``<...>`` msg-id put in the greeting when APOP is enabled; fresh for each session."""
-    user_command: bool = True
-    """Whether USER/PASS is offered (RFC 2595 §2.3 lets a server refuse it before TLS)."""
+    stls: bool = False
+    """Offer STLS (RFC 2595): a plain listener of a server that has a certificate."""
+    tls_active: bool = False
+    plaintext_allowed: bool = True
+    """Whether USER/PASS and plaintext SASL mechanisms are offered now (RFC 2595 §2.3)."""
+    sasl_mechanisms: tuple[str, ...] = ()
+    plaintext_mechanisms: frozenset[str] = frozenset({"PLAIN", "LOGIN", "OAUTHBEARER", "XOAUTH2"})
+    """Mechanisms that reveal a reusable secret to an eavesdropper: hidden before TLS."""
+    max_sasl_line_octets: int = 16384
+    """SASL responses may be longer than command lines (RFC 5034 §4)."""
     expire: str = "NEVER"
     login_delay: int | None = None
     implementation: str | None = None
@@ -70,6 +85,7 @@ class LoginFailure:
     TEMPORARY = err("maildrop temporarily unavailable, try again later", ResponseCode.SYS_TEMP)
     PERMANENT = err("maildrop unavailable, contact the administrator", ResponseCode.SYS_PERM)
     NOT_ALLOWED = err("plaintext login is not allowed here, use STLS first", ResponseCode.AUTH)
+    CANCELLED = err("authentication cancelled")
 
 
 @dataclass(slots=True)
@@ -106,6 +122,9 @@ class ServerConnection(Generic[MessageT]):
         self._retrieved: set[int] = set()
         self._pending_request: MessageRequest[MessageT] | None = None
         self._close_reason: str | None = None
+        self._sasl = False  # an AUTH exchange is under way
+        self._awaiting_sasl_response = False  # the next line answers a challenge
+        self.discarded_octets = 0
         greeting = self.settings.greeting
         if self.settings.apop_timestamp is not None:
             greeting = f"{greeting} {self.settings.apop_timestamp}"
@@ -115,7 +134,10 @@ class ServerConnection(Generic[MessageT]):
 
     def receive_data(self, data: bytes) -> None:
         """Octets from the peer. After the session closed they are ignored."""
-        if self.state is not State.CLOSED:
+        if self.pending is Pending.TLS:
+            # Between STLS and the handshake nothing may be read as a command (RFC 2595 §4).
+            self.discarded_octets += len(data)
+        elif self.state is not State.CLOSED:
             self._lines.feed(data)
 
     @property
@@ -148,6 +170,8 @@ class ServerConnection(Generic[MessageT]):
             if line is LineProblem.TOO_LONG:
                 self._bad_command(err("line too long"))
                 continue
+            if self._awaiting_sasl_response:
+                return self._sasl_line(line)
             assert isinstance(line, bytes)
             event = self._handle_line(line)
             if event is not None:
@@ -155,10 +179,13 @@ class ServerConnection(Generic[MessageT]):
 
     # -- answers from the driver -----------------------------------------------------
 
-    def login_accepted(self, messages: Sequence[MessageT]) -> None:
-        """The password was right and the maildrop is locked; ``messages`` is the snapshot."""
+    def login_accepted(self, messages: Sequence[MessageT], *, username: str | None = None) -> None:
+        """The login was right and the maildrop is locked; ``messages`` is the snapshot."""
         self._require(Pending.LOGIN)
         self.pending = Pending.NOTHING
+        self._sasl = False
+        if username is not None:
+            self.username = username
         self._messages = messages
         self._count = len(messages)
         self._octets = sum(message.size for message in messages)
@@ -171,6 +198,7 @@ class ServerConnection(Generic[MessageT]):
         """The login failed; ``failure`` is one of the ``LoginFailure`` lines."""
         self._require(Pending.LOGIN)
         self.pending = Pending.NOTHING
+        self._sasl = False
         self._user_given = None
         self.username = None
         self._out.append(failure)
@@ -179,6 +207,26 @@ class ServerConnection(Generic[MessageT]):
             if self.counters.login_failures >= self.settings.max_login_failures:
                 self._out.append(err("too many failed logins, closing connection"))
                 self._close("too many failed logins")
+
+    def sasl_challenge(self, data: bytes) -> None:
+        """Send a SASL challenge (``+ base64``); the client's answer becomes ``SaslResponse``."""
+        self._require(Pending.LOGIN)
+        if not self._sasl:
+            raise LocalProtocolError("no AUTH exchange is under way")
+        self.pending = Pending.NOTHING
+        self._awaiting_sasl_response = True
+        self._lines.max_line_octets = self.settings.max_sasl_line_octets
+        self._out.append(b"+ " + base64.b64encode(data) + b"\r\n")
+
+    def tls_started(self, *, plaintext_allowed: bool) -> None:
+        """The STLS handshake completed; everything said before it is forgotten."""
+        self._require(Pending.TLS)
+        self.pending = Pending.NOTHING
+        self.settings = dataclasses.replace(
+            self.settings, tls_active=True, stls=False, plaintext_allowed=plaintext_allowed
+        )
+        self._user_given = None
+        self.username = None
 
     def message_follows(self) -> None:
         """Queue the ``+OK`` line of RETR/TOP; the driver sends the encoded body after it."""
@@ -278,8 +326,11 @@ class ServerConnection(Generic[MessageT]):
             return self._pass(arguments)
         elif keyword == "APOP":
             return self._apop(arguments)
-        elif keyword in ("AUTH", "STLS"):
-            self._bad_command(err(f"{keyword} is not available"))
+        elif keyword == "STLS":
+            _no_arguments(arguments)
+            return self._stls()
+        elif keyword == "AUTH":
+            return self._auth(arguments)
         elif keyword == "STAT":
             _no_arguments(arguments)
             count, octets = self._totals()
@@ -319,8 +370,13 @@ class ServerConnection(Generic[MessageT]):
     def _capabilities(self) -> list[bytes]:
         settings = self.settings
         tags = ["TOP"]
-        if settings.user_command:
+        if settings.stls and not settings.tls_active:
+            tags.append("STLS")
+        if settings.plaintext_allowed:
             tags.append("USER")
+        mechanisms = self._visible_mechanisms()
+        if mechanisms:
+            tags.append("SASL " + " ".join(mechanisms))
         tags += ["UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
         tags.append(f"EXPIRE {replies.printable(settings.expire)}")
         if settings.login_delay is not None:
@@ -343,10 +399,8 @@ class ServerConnection(Generic[MessageT]):
 
     def _user(self, arguments: tuple[bytes, ...]) -> None:
         (argument,) = _arguments(arguments, 1)
-        if not self.settings.user_command:
-            self._out.append(LoginFailure.NOT_ALLOWED)
-            return
-        # Always +OK: a different answer for unknown names would reveal which exist.
+        # Always +OK (even where plaintext login is refused: PASS says so, after the same
+        # work as a wrong password): a different answer for unknown names would reveal which exist.
         self._user_given = argument.decode("utf-8", "replace")
         self._out.append(ok("send PASS"))
 
@@ -373,6 +427,66 @@ class ServerConnection(Generic[MessageT]):
         self.pending = Pending.LOGIN
         self.username = name.decode("utf-8", "replace")
         return ApopLogin(username=self.username, timestamp=timestamp, digest=text)
+
+    def _visible_mechanisms(self) -> list[str]:
+        settings = self.settings
+        return [
+            mechanism
+            for mechanism in settings.sasl_mechanisms
+            if settings.plaintext_allowed or mechanism not in settings.plaintext_mechanisms
+        ]
+
+    def _stls(self) -> Event[MessageT] | None:
+        if self.settings.tls_active:
+            self._bad_command(err("TLS is already active"))
+            return None
+        if not self.settings.stls:
+            self._bad_command(err("STLS is not available"))
+            return None
+        self._out.append(ok("begin TLS negotiation"))
+        discarded = len(self._lines.take_unread())
+        self.discarded_octets += discarded
+        self.pending = Pending.TLS
+        return StartTls(discarded=discarded)
+
+    def _auth(self, arguments: tuple[bytes, ...]) -> Event[MessageT] | None:
+        if not arguments:
+            # RFC 1734-style discovery, still used by Outlook.
+            names = [name.encode("ascii") for name in self._visible_mechanisms()]
+            self._out.append(multiline(ok("supported mechanisms follow"), names))
+            return None
+        if len(arguments) > 2:
+            raise CommandSyntaxError("takes a mechanism and an optional initial response")
+        mechanism = arguments[0].decode("ascii", "replace").upper()
+        if mechanism not in self.settings.sasl_mechanisms:
+            self._bad_command(err("unsupported authentication mechanism"))
+            return None
+        initial: bytes | None = None
+        if len(arguments) == 2:
+            decoded = _decode_base64(arguments[1])
+            if decoded is None:
+                self._bad_command(err("malformed base64 in initial response"))
+                return None
+            initial = decoded
+        self.pending = Pending.LOGIN
+        self._sasl = True
+        return SaslStart(mechanism=mechanism, initial_response=initial)
+
+    def _sasl_line(self, line: bytes | LineProblem) -> Event[MessageT]:
+        self._awaiting_sasl_response = False
+        self._lines.max_line_octets = self.settings.max_line_octets
+        if line == b"*":
+            self._sasl = False
+            self._out.append(LoginFailure.CANCELLED)
+            return SaslCancelled(reason="cancelled by client")
+        decoded = _decode_base64(line) if isinstance(line, bytes) else None
+        if decoded is None:
+            self._sasl = False
+            self._out.append(err("malformed SASL response"))
+            self.counters.bad_commands += 1
+            return SaslCancelled(reason="malformed response")
+        self.pending = Pending.LOGIN
+        return SaslResponse(data=decoded)
 
     def _totals(self) -> tuple[int, int]:
         return self._count, self._octets
@@ -426,6 +540,16 @@ class ServerConnection(Generic[MessageT]):
         self.pending = Pending.MESSAGE
         self._pending_request = request
         return request
+
+
+def _decode_base64(data: bytes) -> bytes | None:
+    """Strict base64 (RFC 4648 §4); ``=`` alone is the empty string (RFC 5034 §4)."""
+    if data == b"=":
+        return b""
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
 
 
 def _no_arguments(arguments: tuple[bytes, ...]) -> None:

@@ -21,7 +21,8 @@ class Pending(enum.Enum):
     """What the connection waits for from its driver before it reads the next command."""
 
     NOTHING = "NOTHING"
-    LOGIN = "LOGIN"  # PASS or APOP: is the password right, can the maildrop be locked?
+    LOGIN = "LOGIN"  # PASS, APOP or AUTH: is the login right, can the maildrop be locked?
+    TLS = "TLS"  # STLS: the driver runs the TLS handshake
     MESSAGE = "MESSAGE"  # RETR or TOP: the driver streams the message
     UPDATE = "UPDATE"  # QUIT in TRANSACTION: the driver commits the deletions
 

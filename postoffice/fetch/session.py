@@ -1,0 +1,382 @@
+"""One fetch session for one account: list, download, journal, delete, quit.
+
+Theory of operation
+-------------------
+RFC 1939 §6 deletes nothing until QUIT is answered ``+OK``, and a UIDL names a message
+for good (§7). So a DELE is cheap to repeat and all the risk is local. The order, for
+every message, is:
+
+1. RETR streamed into the destination's ``tmp/``; accepted only after the terminating
+   dot (a dropped connection aborts it and leaves nothing); a size different from LIST
+   is logged but the message is kept, since the dot proves it is complete;
+2. fsync the file, rename into ``new/``, fsync ``new/`` (``delivery``);
+3. journal the UIDL as delivered, durably (``journal``, SQLite ``synchronous = FULL``);
+4. only then DELE it (delete mode, or keep mode past ``delete_after_days``);
+5. at the end QUIT, and only a ``+OK`` marks the DELEs as committed in the journal.
+
+A crash or a dropped connection anywhere leaves one of: a tmp file (removed at the next
+start), a file in ``new/`` not yet journaled (found by its name, derived from (account,
+UIDL), and journaled at the next start instead of downloaded), or DELEs not committed
+(re-sent at the next session, without downloading). None of them loses or duplicates.
+
+At start the session reconciles before planning: every listed UIDL is recorded with its
+first-seen time, delivered copies found on disk are adopted, and DELEs the server did
+commit (their UIDL is gone) are settled. With PIPELINING (RFC 2449 §6.6) UIDL and LIST go
+out together and RETR/DELE go out in a window; without it, one command at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from postoffice.errors import RemoteProtocolError
+from postoffice.fetch.auth import login, read_password
+from postoffice.fetch.config import Account, Mode, Oversize
+from postoffice.fetch.delivery import Destination, MessageSink
+from postoffice.fetch.errors import FetchError, ServerRefusedError
+from postoffice.fetch.journal import Entry, Journal
+from postoffice.fetch.transport import Pop3Client, connect
+from postoffice.proto.client_events import (
+    BodyData,
+    MultilineEnd,
+    MultilineStart,
+    Reply,
+    Request,
+)
+from postoffice.proto.listings import (
+    Capabilities,
+    parse_capabilities,
+    parse_scan_listing,
+    parse_uidl_listing,
+)
+
+__all__ = ["Options", "Plan", "ServerMessage", "SessionResult", "make_plan", "run_session"]
+
+logger = logging.getLogger(__name__)
+
+WINDOW = 16  # commands in flight when pipelining
+DAY = 86400.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerMessage:
+    number: int
+    uidl: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    dry_run: bool = False
+    list_only: bool = False
+    clock: Callable[[], float] = time.time
+
+
+@dataclass(slots=True, kw_only=True)
+class Plan:
+    fetch: list[ServerMessage] = field(default_factory=list)
+    delete: list[ServerMessage] = field(default_factory=list)
+    """DELE without downloading: already delivered, expired, or oversize to delete."""
+    skip: list[ServerMessage] = field(default_factory=list)
+    """Oversize, left on the server."""
+    deferred: int = 0
+    """New messages left for a later session (``max_messages_per_session``)."""
+
+    def status(self, message: ServerMessage) -> str:
+        if message in self.fetch:
+            return "new"
+        if message in self.skip:
+            return "too big"
+        if message in self.delete:
+            return "to delete"
+        return "fetched"
+
+
+@dataclass(slots=True, kw_only=True)
+class SessionResult:
+    account: str
+    listed: int = 0
+    fetched: int = 0
+    octets: int = 0
+    deleted: int = 0
+    skipped: int = 0
+    failed: int = 0
+    deferred: int = 0
+    listing: list[ServerMessage] = field(default_factory=list)
+    plan: Plan | None = None
+
+
+class _AccountLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    def process(self, msg: object, kwargs: object) -> tuple[str, object]:  # type: ignore[override]
+        assert self.extra is not None
+        return f"{self.extra['account']}: {msg}", kwargs
+
+
+def make_plan(
+    account: Account, listing: list[ServerMessage], entries: Mapping[str, Entry], now: float
+) -> Plan:
+    """What this session should do with each listed message."""
+    plan = Plan()
+    expiry = None
+    if account.mode is Mode.KEEP and account.delete_after_days is not None:
+        expiry = now - account.delete_after_days * DAY
+    for message in listing:
+        entry = entries.get(message.uidl)
+        if entry is not None and entry.delivered:
+            expired = expiry is not None and entry.first_seen <= expiry
+            if entry.delete_pending or account.mode is Mode.DELETE or expired:
+                plan.delete.append(message)
+        elif entry is not None and entry.delete_pending:
+            plan.delete.append(message)  # oversize, deleted unread
+        elif account.max_message_size is not None and message.size > account.max_message_size:
+            if account.oversize is Oversize.DELETE:
+                plan.delete.append(message)
+            else:
+                plan.skip.append(message)
+        elif (
+            account.max_messages_per_session is not None
+            and len(plan.fetch) >= account.max_messages_per_session
+        ):
+            plan.deferred += 1
+        else:
+            plan.fetch.append(message)
+    return plan
+
+
+async def _capabilities(client: Pop3Client) -> Capabilities:
+    await client.send(Request(keyword="CAPA"))
+    body = await client.collect()
+    return Capabilities() if isinstance(body, Reply) else parse_capabilities(body)
+
+
+async def _listing(client: Pop3Client, pipelining: bool) -> list[ServerMessage]:
+    uidl, scan = Request(keyword="UIDL"), Request(keyword="LIST")
+    if pipelining:
+        await client.send(uidl, scan)
+        uidl_body, scan_body = await client.collect(), await client.collect()
+    else:
+        await client.send(uidl)
+        uidl_body = await client.collect()
+        await client.send(scan)
+        scan_body = await client.collect()
+    if isinstance(uidl_body, Reply):
+        raise ServerRefusedError(
+            f"the server does not support UIDL ({uidl_body.text}); without unique ids "
+            f"postoffice cannot tell fetched messages from new ones"
+        )
+    if isinstance(scan_body, Reply):
+        raise ServerRefusedError(f"LIST failed: {scan_body.text}")
+    uids, sizes = parse_uidl_listing(uidl_body), parse_scan_listing(scan_body)
+    if set(uids) != set(sizes):
+        raise RemoteProtocolError("UIDL and LIST list different message numbers")
+    return [ServerMessage(number=n, uidl=uids[n], size=sizes[n]) for n in sorted(uids)]
+
+
+async def run_session(
+    account: Account,
+    *,
+    journal: Journal | None,
+    destination: Destination,
+    options: Options | None = None,
+) -> SessionResult:
+    """Fetch ``account`` once. ``journal`` may be None only for a dry run or a listing."""
+    options = options or Options()
+    log = _AccountLog(logger, {"account": account.name})
+    result = SessionResult(account=account.name)
+    readonly = options.dry_run or options.list_only
+    if journal is None and not readonly:
+        raise ValueError("a journal is needed unless nothing is changed")
+    password = await read_password(account)
+    log.debug("connecting to %s:%d (%s)", account.host, account.port, account.tls.value)
+    client = await connect(account)
+    try:
+        capabilities = await _capabilities(client)
+        assert client.greeted_with is not None
+        method = await login(client, account, password, capabilities, client.greeted_with)
+        log.debug("logged in as %r with %s", account.user, method.value)
+        if account.mode is Mode.KEEP and capabilities.arguments("EXPIRE")[:1] == ("0",):
+            log.warning("the server announces EXPIRE 0: it deletes messages once retrieved")
+        pipelining = "PIPELINING" in capabilities
+        listing = await _listing(client, pipelining)
+        result.listing = listing
+        result.listed = len(listing)
+        now = options.clock()
+        entries: dict[str, Entry] = {}
+        if journal is not None:
+            if not readonly:
+                await asyncio.to_thread(
+                    journal.record_listing, [m.uidl for m in listing], now, complete=True
+                )
+            entries = await asyncio.to_thread(journal.entries)
+        undelivered = [m.uidl for m in listing if not _delivered(entries, m.uidl)]
+        if undelivered and not readonly:
+            await asyncio.to_thread(destination.prepare)
+            found = await asyncio.to_thread(destination.find_delivered, undelivered)
+            if found and journal is not None:
+                log.warning("%d delivered before a crash; journaling them now", len(found))
+                await asyncio.to_thread(journal.adopt, found, options.clock())
+                entries = await asyncio.to_thread(journal.entries)
+        plan = make_plan(account, listing, entries, now)
+        result.plan = plan
+        result.skipped = len(plan.skip)
+        result.deferred = plan.deferred
+        for message in plan.skip:
+            log.warning(
+                "message %s is %d octets, over max_message_size; left on the server",
+                message.uidl,
+                message.size,
+            )
+        deleted: list[str] = []
+        if readonly:
+            log.info(
+                "%d messages: %d new, %d to delete, %d too big%s",
+                len(listing),
+                len(plan.fetch),
+                len(plan.delete),
+                len(plan.skip),
+                " (dry run)" if options.dry_run else "",
+            )
+        else:
+            assert journal is not None
+            transfer = _Transfer(client, account, journal, destination, log, options, pipelining)
+            await transfer.run(plan, result)
+            deleted = transfer.deleted
+        reply = await client.command(Request(keyword="QUIT"))
+        if not readonly:
+            assert journal is not None
+            if reply.ok:
+                # RFC 1939 §6: +OK to QUIT means the deletions are done.
+                await asyncio.to_thread(journal.record_deleted, deleted, options.clock())
+                result.deleted = len(deleted)
+            elif deleted:
+                log.warning("QUIT answered -ERR (%s); deletions will be retried", reply.text)
+                result.failed += 1
+    finally:
+        await client.close()
+    log.info(
+        "%d fetched (%d octets), %d deleted, %d left new, %d skipped",
+        result.fetched,
+        result.octets,
+        result.deleted,
+        result.deferred,
+        result.skipped,
+    )
+    return result
+
+
+def _delivered(entries: Mapping[str, Entry], uidl: str) -> bool:
+    entry = entries.get(uidl)
+    return entry is not None and entry.delivered
+
+
+class _Transfer:
+    """RETR and DELE, pipelined in a window, in the durability order of the module doc."""
+
+    def __init__(
+        self,
+        client: Pop3Client,
+        account: Account,
+        journal: Journal,
+        destination: Destination,
+        log: _AccountLog,
+        options: Options,
+        pipelining: bool,
+    ) -> None:
+        self.client = client
+        self.account = account
+        self.journal = journal
+        self.destination = destination
+        self.log = log
+        self.clock = options.clock
+        self.window = WINDOW if pipelining else 1
+        self.todo: deque[tuple[str, ServerMessage]] = deque()
+        self.in_flight: deque[tuple[str, ServerMessage]] = deque()
+        self.deleted: list[str] = []
+        self.sink: MessageSink | None = None
+
+    async def _pump(self) -> None:
+        batch: list[Request] = []
+        while self.todo and len(self.in_flight) + len(batch) < self.window:
+            keyword, message = self.todo.popleft()
+            self.in_flight.append((keyword, message))
+            batch.append(Request(keyword=keyword, arguments=(str(message.number),)))
+        if batch:
+            await self.client.send(*batch)
+
+    async def run(self, plan: Plan, result: SessionResult) -> None:
+        unread = [m.uidl for m in plan.delete if not _delivered(self.journal.entries(), m.uidl)]
+        if unread:
+            # Oversize messages deleted unread: owe the DELE durably before sending it.
+            await asyncio.to_thread(self.journal.mark_delete_pending, unread)
+        self.todo.extend(("DELE", message) for message in plan.delete)
+        self.todo.extend(("RETR", message) for message in plan.fetch)
+        total = len(plan.fetch)
+        try:
+            while self.todo or self.in_flight:
+                await self._pump()
+                await self._step(result, total)
+        finally:
+            if self.sink is not None:
+                self.sink.abort()  # never journaled: the next session fetches it again
+                self.sink = None
+
+    async def _step(self, result: SessionResult, total: int) -> None:
+        event = await self.client.next_event()
+        keyword, message = self.in_flight[0]
+        if isinstance(event, Reply):
+            self.in_flight.popleft()
+            if keyword == "DELE":
+                if event.ok:
+                    self.deleted.append(message.uidl)
+                else:
+                    self.log.warning("DELE of %s refused: %s", message.uidl, event.text)
+            else:
+                self.log.warning("RETR of %s refused: %s", message.uidl, event.text)
+                result.failed += 1
+        elif isinstance(event, MultilineStart):
+            self.sink = self.destination.begin(message.uidl)
+        elif isinstance(event, BodyData):
+            assert self.sink is not None
+            self.sink.write(event.data)
+        elif isinstance(event, MultilineEnd):
+            self.in_flight.popleft()
+            await self._delivered(message, event.octets, result, total)
+        else:
+            raise RemoteProtocolError(f"unexpected {type(event).__name__} during RETR/DELE")
+
+    async def _delivered(
+        self, message: ServerMessage, octets: int, result: SessionResult, total: int
+    ) -> None:
+        sink, self.sink = self.sink, None
+        assert sink is not None
+        if octets != message.size:
+            self.log.warning(
+                "message %s: LIST said %d octets, RETR sent %d; kept (the end marker arrived)",
+                message.uidl,
+                message.size,
+                octets,
+            )
+        try:
+            name = await asyncio.to_thread(sink.commit)
+        except OSError as error:
+            sink.abort()
+            raise FetchError(f"cannot deliver to {self.account.maildir}: {error}") from error
+        delete = self.account.mode is Mode.DELETE
+        await asyncio.to_thread(
+            self.journal.record_delivered,
+            message.uidl,
+            local_name=name,
+            size=octets,
+            now=self.clock(),
+            delete=delete,
+        )
+        result.fetched += 1
+        result.octets += octets
+        self.log.info("%d/%d: %s, %d octets", result.fetched, total, message.uidl, octets)
+        if delete:
+            self.todo.appendleft(("DELE", message))

@@ -84,11 +84,11 @@ class Plan:
     """DELE without downloading: already delivered, expired, or oversize to delete."""
     skip: list[ServerMessage] = field(default_factory=list)
     """Oversize, left on the server."""
-    deferred: int = 0
+    later: list[ServerMessage] = field(default_factory=list)
     """New messages left for a later session (``max_messages_per_session``)."""
 
     def status(self, message: ServerMessage) -> str:
-        if message in self.fetch:
+        if message in self.fetch or message in self.later:
             return "new"
         if message in self.skip:
             return "too big"
@@ -142,7 +142,7 @@ def make_plan(
             account.max_messages_per_session is not None
             and len(plan.fetch) >= account.max_messages_per_session
         ):
-            plan.deferred += 1
+            plan.later.append(message)
         else:
             plan.fetch.append(message)
     return plan
@@ -224,7 +224,7 @@ async def run_session(
         plan = make_plan(account, listing, entries, now)
         result.plan = plan
         result.skipped = len(plan.skip)
-        result.deferred = plan.deferred
+        result.deferred = len(plan.later)
         for message in plan.skip:
             log.warning(
                 "message %s is %d octets, over max_message_size; left on the server",
@@ -236,7 +236,7 @@ async def run_session(
             log.info(
                 "%d messages: %d new, %d to delete, %d too big%s",
                 len(listing),
-                len(plan.fetch),
+                len(plan.fetch) + len(plan.later),
                 len(plan.delete),
                 len(plan.skip),
                 " (dry run)" if options.dry_run else "",

@@ -1,0 +1,91 @@
+"""``postoffice fetch``: the command line of the fetcher.
+
+Progress is plain log lines on stderr for now (one per message, a summary per account);
+``--list`` prints a table on stdout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from postoffice.errors import ConfigError
+from postoffice.fetch.config import default_config_path, load_fetch_config
+from postoffice.fetch.runner import EXIT_CONFIG, Outcome, exit_code, fetch_all
+from postoffice.fetch.session import Options
+
+__all__ = ["fetch"]
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _print_listing(outcomes: list[Outcome]) -> None:
+    for outcome in outcomes:
+        result = outcome.result
+        if result is None:
+            click.echo(f"{outcome.account}: failed: {outcome.error}")
+            continue
+        plan = result.plan
+        click.echo(f"{outcome.account}: {result.listed} messages on the server")
+        for message in result.listing:
+            status = plan.status(message) if plan is not None else "?"
+            click.echo(f"  {message.number:>6} {message.size:>10}  {status:<9}  {message.uidl}")
+
+
+@click.command("fetch")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Account file (default: ~/.config/postoffice/fetch.toml).",
+)
+@click.option("--dry-run", is_flag=True, help="Log in and show what would be done; change nothing.")
+@click.option(
+    "--list", "list_only", is_flag=True, help="List the server's messages and which are new."
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Debugging detail (never passwords).")
+@click.argument("accounts", nargs=-1)
+def fetch(
+    config_path: Path | None,
+    dry_run: bool,
+    list_only: bool,
+    quiet: bool,
+    verbose: bool,
+    accounts: tuple[str, ...],
+) -> None:
+    """Fetch mail from the POP3 ACCOUNTS (default: every account in the file).
+
+    Exit codes: 0 fetched something; 1 nothing new; 2 an account or a message failed
+    (others may have been fetched; also when another fetcher holds an account's lock);
+    3 the account file is wrong.
+    """
+    _setup_logging(quiet, verbose)
+    path = config_path or default_config_path()
+    try:
+        config = load_fetch_config(path)
+        unknown = [name for name in accounts if name not in config.accounts]
+        if unknown:
+            known = ", ".join(config.accounts)
+            raise ConfigError(f"{path}: no account {', '.join(unknown)} (accounts: {known})")
+    except ConfigError as error:
+        click.echo(f"postoffice fetch: configuration error: {error}", err=True)
+        sys.exit(EXIT_CONFIG)
+    selected = [config.accounts[name] for name in accounts or config.accounts]
+    options = Options(dry_run=dry_run, list_only=list_only)
+    outcomes = asyncio.run(fetch_all(selected, options))
+    if list_only:
+        _print_listing(outcomes)
+    sys.exit(exit_code(outcomes))

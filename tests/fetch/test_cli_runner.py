@@ -1,0 +1,140 @@
+"""``postoffice fetch`` end to end (the fake server in its own thread), locks, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from postoffice.fetch.cli import fetch
+from postoffice.fetch.errors import AccountLockedError
+from postoffice.fetch.runner import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_FETCHED,
+    EXIT_NOTHING_NEW,
+    Outcome,
+    account_lock,
+    exit_code,
+    fetch_account,
+)
+from postoffice.fetch.session import SessionResult
+
+from .fakeserver import FakePop3Server
+from .helpers import five_messages, maildir_files, make_account
+
+
+@pytest.fixture
+def threaded_server() -> Iterator[FakePop3Server]:
+    """The fake server on its own event loop, for code that calls ``asyncio.run``."""
+    fake = FakePop3Server(messages=five_messages())
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
+    try:
+        yield fake
+    finally:
+        asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def write_config(root: Path, port: int, extra: str = "") -> Path:
+    (root / "alice.secret").write_text("secret\n")
+    path = root / "fetch.toml"
+    path.write_text(
+        f"""
+[defaults]
+mode = "keep"
+state_dir = "state"
+
+[accounts.office]
+host = "127.0.0.1"
+port = {port}
+tls = "none"
+user = "alice"
+password_command = "cat alice.secret"
+maildir = "mail/office"
+{extra}
+"""
+    )
+    return path
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(fetch, list(args))
+    return result.exit_code, result.output
+
+
+def test_fetch_then_nothing_new(tmp_path: Path, threaded_server: FakePop3Server) -> None:
+    config = write_config(tmp_path, threaded_server.port)
+    assert run("--config", str(config), "office")[0] == EXIT_FETCHED
+    assert len(maildir_files(tmp_path / "mail" / "office")) == 5
+    assert run("--config", str(config), "-q")[0] == EXIT_NOTHING_NEW
+
+
+def test_list_shows_new_and_fetched(tmp_path: Path, threaded_server: FakePop3Server) -> None:
+    config = write_config(tmp_path, threaded_server.port, "max_messages_per_session = 2\n")
+    code, output = run("--config", str(config), "--list")
+    assert code == EXIT_NOTHING_NEW
+    assert output.count(" new ") == 5
+    assert not (tmp_path / "mail").exists(), "--list changes nothing"
+    run("--config", str(config))
+    code, output = run("--config", str(config), "--list")
+    table = [line.split()[2] for line in output.splitlines() if line.endswith(("uid-1", "uid-5"))]
+    assert table == ["fetched", "new"]
+    assert "uid-1" in output
+
+
+def test_dry_run_changes_nothing(tmp_path: Path, threaded_server: FakePop3Server) -> None:
+    config = write_config(tmp_path, threaded_server.port, 'mode = "delete"\n')
+    assert run("--config", str(config), "--dry-run")[0] == EXIT_NOTHING_NEW
+    assert not (tmp_path / "mail").exists()
+    assert len(threaded_server.messages) == 5
+    assert sum(threaded_server.retrieved.values()) == 0
+
+
+def test_configuration_errors_exit_3(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 1, "colour = 1\n")
+    code, output = run("--config", str(config))
+    assert code == EXIT_CONFIG
+    assert "accounts.office.colour: unknown key" in output
+    config = write_config(tmp_path, 1)
+    code, output = run("--config", str(config), "home")
+    assert code == EXIT_CONFIG and "no account home" in output
+    assert run("--config", str(tmp_path / "missing.toml"))[0] == EXIT_CONFIG
+
+
+def test_unreachable_server_is_a_failure(tmp_path: Path) -> None:
+    config = write_config(tmp_path, 1)  # nothing listens on port 1
+    code, output = run("--config", str(config))
+    assert code == EXIT_FAILURE
+    assert "cannot connect to 127.0.0.1:1" in output
+
+
+async def test_two_fetchers_never_run_one_account(tmp_path: Path) -> None:
+    account = make_account(tmp_path)
+    with (
+        account_lock(account.state_dir, account.name),
+        pytest.raises(AccountLockedError, match="another fetcher"),
+    ):
+        await fetch_account(account)
+    with pytest.raises(OSError):  # the lock is free again; port 1 refuses
+        await fetch_account(account)
+
+
+def test_exit_codes() -> None:
+    fetched = SessionResult(account="a", fetched=1)
+    nothing = SessionResult(account="b")
+    failed_message = SessionResult(account="c", fetched=3, failed=1)
+    assert exit_code([Outcome(account="a", result=fetched, error=None)]) == EXIT_FETCHED
+    assert exit_code([Outcome(account="b", result=nothing, error=None)]) == EXIT_NOTHING_NEW
+    assert exit_code([Outcome(account="c", result=failed_message, error=None)]) == EXIT_FAILURE
+    broken = Outcome(account="d", result=None, error=OSError("x"))
+    assert exit_code([Outcome(account="a", result=fetched, error=None), broken]) == EXIT_FAILURE

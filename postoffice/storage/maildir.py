@@ -44,20 +44,21 @@ the time the directories were listed. Rules:
 from __future__ import annotations
 
 import base64
+import bisect
 import contextlib
 import errno
 import fcntl
 import hashlib
-import json
+import itertools
 import logging
 import os
 import re
 import secrets
 import stat
+import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -71,11 +72,16 @@ logger = logging.getLogger(__name__)
 
 LOCK_NAME = "postoffice.lock"
 INDEX_NAME = "postoffice-index"
-_INDEX_MAGIC = b"postoffice-index 1\n"
+_INDEX_MAGIC = b"postoffice-index 2\n"
 _NEW, _CUR, _TMP = "new", "cur", "tmp"
 _MTIME_MARGIN_NS = 2_000_000_000
 _CHUNK = 1 << 16
 _UID_RE = re.compile(r"[\x21-\x7e]{1,70}")
+_FAST_NAME_RE = re.compile(
+    r"((\d{1,18})\.(?:M(\d{1,6})(?!\d))?[\x21-\x2b\x2d-\x39\x3b-\x7e]*)"  # unique: a valid UIDL
+    r"(?:,S=(\d{1,18}))?(?:,W=(\d{1,18}))?(:.*)?",
+    re.DOTALL | re.ASCII,
+)
 _MICROS_RE = re.compile(r"M([0-9]{1,6})(?![0-9])")
 _TAG_RE = re.compile(r"[A-Za-z]+=.*", re.DOTALL)
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -84,6 +90,10 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _Entry = tuple[int, int, str]
 # Per directory (new/, cur/): (inode, mtime in ns).
 _DirState = tuple[tuple[int, int], tuple[int, int]]
+# A new file while listing: (seconds, microseconds, base, key, disk, wire, natural uid).
+_Row = tuple[int, int, str, str, int, int, str]
+# A file's (inode, mtime in ns, size).
+_FileId = tuple[int, int, int]
 
 
 def ensure_maildir(path: Path) -> None:
@@ -144,18 +154,76 @@ def _size_tags(base: str) -> tuple[int, int] | None:
     return s, w
 
 
-def _sort_key(key: str) -> tuple[int, int, str, str]:
-    """Oldest first: the delivery time before the first ``.``, then the base name.
+def _parse_name(name: str) -> tuple[int, int, str, str, tuple[int, int] | None]:
+    """(seconds, microseconds or -1, base name, natural UIDL, (S, W) tags) of a file name.
 
-    Within one second, an ``M<microseconds>`` right after the dot (our names, Dovecot's)
-    orders deliveries, since ``M99`` < ``M123`` would not as text.
+    Oldest first means: the delivery time before the first ``.``, then, within one second,
+    an ``M<microseconds>`` right after the dot (our names, Dovecot's), then the base name.
     """
-    name = key[4:]
-    head, _, rest = name.partition(".")
+    match = _FAST_NAME_RE.fullmatch(name)
+    if match is not None:  # the usual shape, parsed by one regex
+        unique, seconds, micros, s, w, info = match.groups()
+        base = name if info is None else name[: match.start(6)]
+        natural = unique if len(unique) <= 70 else _digest_uid(unique)
+        tags = (int(s), int(w)) if s is not None and w is not None else None
+        return int(seconds), -1 if micros is None else int(micros), base, natural, tags
+    base = _base_name(name)
+    head, _, rest = base.partition(".")
     # A name without a time prefix cannot be dated; it sorts as oldest.
-    seconds = int(head) if head.isascii() and head.isdigit() else 0
-    micros = _MICROS_RE.match(rest)
-    return (seconds, int(micros[1]) if micros else -1, _base_name(name), key)
+    seconds_ = int(head) if head.isascii() and head.isdigit() else 0
+    micros_match = _MICROS_RE.match(rest)
+    micros_ = int(micros_match[1]) if micros_match else -1
+    return seconds_, micros_, base, _natural_uid(base), _size_tags(base)
+
+
+def _order(keys: list[str], item: int | _Row) -> tuple[int, int, str, str]:
+    """The sort key of a known key (by position) or of a new row."""
+    if isinstance(item, int):
+        key = keys[item]
+        seconds, micros, base, _, _ = _parse_name(key[4:])
+        return (seconds, micros, base, key)
+    return item[:4]
+
+
+def _wins(key: str, other: str) -> bool:
+    """Of two names of one message, the cur/ one, else the smaller, is served."""
+    if key[:4] != other[:4]:
+        return key.startswith("cur/")
+    return key < other
+
+
+def _dedupe(keys: list[str], kept: list[int], rows: list[_Row]) -> tuple[list[int], list[_Row]]:
+    """One entry per base name (a message moved while we listed is seen twice)."""
+    best: dict[str, _Row] = {}
+    for row in rows:
+        previous = best.get(row[2])
+        if previous is None or _wins(row[3], previous[3]):
+            best[row[2]] = row
+    known_base = {keys[i][4:].partition(":")[0]: i for i in kept}
+    dropped: set[int] = set()
+    result = []
+    for base, row in best.items():
+        i = known_base.get(base)
+        if i is None or _wins(row[3], keys[i]):
+            result.append(row)
+            if i is not None:
+                dropped.add(i)
+    if dropped:
+        kept = [i for i in kept if i not in dropped]
+    return kept, result
+
+
+def _measure(entry: os.DirEntry[str], tags: tuple[int, int] | None) -> tuple[int, int] | None:
+    """(disk size, wire size) from trustworthy tags or by reading; None if not servable."""
+    if tags is not None:
+        s, w = tags
+        if 0 < s <= w <= 2 * s:
+            try:
+                if entry.stat(follow_symlinks=False).st_size == s:
+                    return s, w
+            except FileNotFoundError:
+                return None
+    return _count_file(Path(entry.path))
 
 
 def _seen_name(name: str) -> str | None:
@@ -186,18 +254,86 @@ def _valid_key(key: object) -> bool:
 # -- the index cache -----------------------------------------------------------------------
 
 
-@dataclass(slots=True, kw_only=True)
+_Columns = tuple[list[str], list[int], list[int], list[str]]
+
+
 class _Index:
-    dirs: _DirState | None
-    """The directories as they were when listed; None: the listing must not be trusted."""
-    listed_ns: int
-    entries: dict[str, _Entry]
+    """The cache in memory: columns as loaded (cheap), or a dict once it is changed."""
+
+    __slots__ = ("_columns", "_entries", "dirs", "listed_ns")
+
+    def __init__(
+        self,
+        *,
+        dirs: _DirState | None,
+        listed_ns: int,
+        entries: dict[str, _Entry] | None = None,
+        columns: _Columns | None = None,
+    ) -> None:
+        self.dirs = dirs
+        """The directories as they were when listed; None: the listing must not be trusted."""
+        self.listed_ns = listed_ns
+        self._entries = entries
+        self._columns = columns
 
     def trusted(self, dirs: _DirState) -> bool:
         if self.dirs is None or self.dirs != dirs:
             return False
         newest = max(dirs[0][1], dirs[1][1])
         return self.listed_ns - newest > _MTIME_MARGIN_NS
+
+    @property
+    def entries(self) -> dict[str, _Entry]:
+        """Key -> (disk size, wire size, uid), in snapshot order; safe to change."""
+        if self._entries is None:
+            keys, disk, wire, uids = self.columns()
+            self._entries = dict(zip(keys, zip(disk, wire, uids, strict=True), strict=True))
+            self._columns = None  # the lists may be shared with other sessions
+        return self._entries
+
+    def columns(self) -> _Columns:
+        """(keys, disk sizes, wire sizes, uids); never change these lists in place."""
+        if self._columns is not None:
+            return self._columns
+        entries = self._entries or {}
+        return (
+            list(entries),
+            [e[0] for e in entries.values()],
+            [e[1] for e in entries.values()],
+            [e[2] for e in entries.values()],
+        )
+
+    def copy(self) -> _Index:
+        return _Index(
+            dirs=self.dirs,
+            listed_ns=self.listed_ns,
+            entries=None if self._entries is None else dict(self._entries),
+            columns=self._columns,
+        )
+
+
+def _valid_uids(uids: list[str]) -> bool:
+    """All 1-70 characters in 0x21-0x7E and unique, checked with C-speed string methods."""
+    if not uids:
+        return True
+    blob = "".join(uids)
+    return (
+        blob.isascii()
+        and blob.isprintable()  # for ASCII: 0x20-0x7E
+        and " " not in blob
+        and min(map(len, uids)) >= 1
+        and max(map(len, uids)) <= 70
+        and len(set(uids)) == len(uids)
+    )
+
+
+# The file: the magic line, the SHA-256 of the body, then the body (UTF-8, surrogateescape):
+#   "NEW_INO NEW_MTIME CUR_INO CUR_MTIME LISTED_NS COUNT" (or "- - - - LISTED_NS COUNT")
+#   disk sizes, space-separated
+#   wire sizes, space-separated
+#   COUNT lines of UIDs
+#   COUNT lines of keys
+# Columns rather than records: loading is a few C-level splits, not a Python loop.
 
 
 def _load_index(path: Path) -> _Index | None:
@@ -213,56 +349,109 @@ def _load_index(path: Path) -> _Index | None:
     if hashlib.sha256(body).hexdigest().encode("ascii") != checksum:
         return None
     try:
-        data = json.loads(body)
-        dirs_raw = data["dirs"]
-        dirs: _DirState | None = None
-        if dirs_raw is not None:
-            (new_ino, new_mtime), (cur_ino, cur_mtime) = dirs_raw
-            dirs = ((int(new_ino), int(new_mtime)), (int(cur_ino), int(cur_mtime)))
-        listed_ns = data["listed_ns"]
-        entries: dict[str, _Entry] = {}
-        for key, disk, wire, uid in data["entries"]:
-            if not (
-                _valid_key(key)
-                and type(disk) is int
-                and type(wire) is int
-                and type(uid) is str
-                and _UID_RE.fullmatch(uid)
-            ):
-                return None
-            entries[key] = (disk, wire, uid)
-        if type(listed_ns) is not int:
+        lines = body.decode("utf-8", "surrogateescape").split("\n")
+        head = lines[0].split(" ")
+        if len(head) != 6:
             return None
-    except (ValueError, TypeError, KeyError, AttributeError):
+        listed_ns, n = int(head[4]), int(head[5])
+        dirs: _DirState | None = None
+        if head[0] != "-":
+            dirs = ((int(head[0]), int(head[1])), (int(head[2]), int(head[3])))
+        if n < 0 or len(lines) != 3 + 2 * n + 1 or lines[-1]:
+            return None
+        disk = list(map(int, lines[1].split()))
+        wire = list(map(int, lines[2].split()))
+        uids = lines[3 : 3 + n]
+        keys = lines[3 + n : 3 + 2 * n]
+    except ValueError:  # includes UnicodeDecodeError
         return None
-    return _Index(dirs=dirs, listed_ns=listed_ns, entries=entries)
+    if len(disk) != n or len(wire) != n or (n and min(*disk, *wire, 0) < 0):
+        return None
+    if not _valid_uids(uids) or len(set(keys)) != n:
+        return None
+    # Keys are checked when used (_valid_key), not here: that keeps loading cheap.
+    return _Index(dirs=dirs, listed_ns=listed_ns, columns=(keys, disk, wire, uids))
 
 
-def _write_index(maildir: Path, index: _Index) -> None:
-    """Replace the index atomically; log (do not raise) on failure."""
-    body = json.dumps(
-        {
-            "dirs": index.dirs,
-            "listed_ns": index.listed_ns,
-            "entries": [[key, *entry] for key, entry in index.entries.items()],
-        },
-        separators=(",", ":"),
-    ).encode("ascii")
-    data = _INDEX_MAGIC + hashlib.sha256(body).hexdigest().encode("ascii") + b"\n" + body
+def _write_index(maildir: Path, index: _Index) -> _FileId | None:
+    """Replace the index atomically and return its identity; log (not raise) a failure."""
+    keys, disk, wire, uids = index.columns()
+    dirs = index.dirs
+    if "\n" in "".join(keys):
+        # A name with a line feed cannot be stored; without it the listing is incomplete.
+        keep = [i for i, key in enumerate(keys) if "\n" not in key]
+        keys = [keys[i] for i in keep]
+        disk = [disk[i] for i in keep]
+        wire = [wire[i] for i in keep]
+        uids = [uids[i] for i in keep]
+        dirs = None
+    head = "- - - -" if dirs is None else f"{dirs[0][0]} {dirs[0][1]} {dirs[1][0]} {dirs[1][1]}"
+    text = "\n".join(
+        [
+            f"{head} {index.listed_ns} {len(keys)}",
+            " ".join(map(str, disk)),
+            " ".join(map(str, wire)),
+            *uids,
+            *keys,
+            "",
+        ]
+    )
     tmp = maildir / f".{INDEX_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
     try:
+        body = text.encode("utf-8", "surrogateescape")
+        data = _INDEX_MAGIC + hashlib.sha256(body).hexdigest().encode("ascii") + b"\n" + body
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             with open(fd, "wb", closefd=False) as f:
                 f.write(data)
             os.fsync(fd)
+            written = _file_id(os.fstat(fd))
         finally:
             os.close(fd)
         os.replace(tmp, maildir / INDEX_NAME)
-    except OSError as exc:
+    except (OSError, UnicodeEncodeError) as exc:
         logger.warning("cannot write maildir index in %s: %s", maildir, exc)
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        return None
+    return written
+
+
+def _file_id(st: os.stat_result) -> _FileId:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+# Snapshots recently taken in this process, reused while the index file and directories
+# are unchanged, so a repeated login on a large maildrop costs a few stat calls.
+_memo: dict[Path, tuple[_FileId, _Index, list[StoredMessage]]] = {}
+_memo_lock = threading.Lock()
+_MEMO_MESSAGES = 300_000
+
+
+def _remember(path: Path, file_id: _FileId, index: _Index, messages: list[StoredMessage]) -> None:
+    frozen = _Index(dirs=index.dirs, listed_ns=index.listed_ns, columns=index.columns())
+    with _memo_lock:
+        _memo.pop(path, None)
+        _memo[path] = (file_id, frozen, messages)
+        total = sum(len(entry[2]) for entry in _memo.values())
+        while total > _MEMO_MESSAGES and len(_memo) > 1:
+            oldest = next(iter(_memo))
+            total -= len(_memo.pop(oldest)[2])
+
+
+def _recall(path: Path, dirs: _DirState) -> tuple[_Index, list[StoredMessage]] | None:
+    with _memo_lock:
+        hit = _memo.get(path)
+    if hit is None:
+        return None
+    file_id, index, messages = hit
+    try:
+        current = _file_id(os.stat(path / INDEX_NAME))
+    except OSError:
+        return None
+    if current != file_id or not index.trusted(dirs):
+        return None
+    return index.copy(), list(messages)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -327,7 +516,8 @@ class MaildirMaildrop:
         self._prepared = False
         self._lock_fd: int | None = None
         self._lock_finalizer: weakref.finalize[[int], MaildirMaildrop] | None = None
-        self._messages: dict[str, StoredMessage] = {}
+        self._snapshot: list[StoredMessage] = []
+        self._by_key: dict[str, StoredMessage] | None = None  # built when first needed
         self._index = _Index(dirs=None, listed_ns=0, entries={})
         self._moved: dict[str, str] = {}  # snapshot key -> where open() found it since
 
@@ -388,25 +578,40 @@ class MaildirMaildrop:
     def snapshot(self) -> list[StoredMessage]:
         """The complete messages in ``new/`` and ``cur/``, oldest first, with UIDL and size."""
         self._prepare()
-        index = _load_index(self._path / INDEX_NAME)
         listed_ns = time.time_ns()  # before the stat: see the module docstring
         try:
             dirs = self._dir_state()
-            messages = None
-            if index is not None and index.trusted(dirs):
-                self._index = index
-                messages = self._from_trusted(index)
-            if messages is None:
-                known = index.entries if index is not None else {}
-                self._index = _Index(dirs=dirs, listed_ns=listed_ns, entries={})
-                messages = self._from_listing(known)
-                _write_index(self._path, self._index)
+            recalled = _recall(self._path, dirs)
+            if recalled is not None:
+                self._index, messages = recalled
+            else:
+                messages = self._from_index_or_listing(dirs, listed_ns)
         except OSError as exc:
             if isinstance(exc, StorageError):
                 raise
             raise StorageError(f"cannot list maildir {self._path}: {exc}") from exc
-        self._messages = {m.key: m for m in messages}
+        self._snapshot = messages
+        self._by_key = None
         self._moved = {}
+        return list(messages)
+
+    def _from_index_or_listing(self, dirs: _DirState, listed_ns: int) -> list[StoredMessage]:
+        index = _load_index(self._path / INDEX_NAME)
+        file_id: _FileId | None
+        if index is not None and index.trusted(dirs):
+            self._index = index
+            file_id = _file_id(os.stat(self._path / INDEX_NAME))
+        else:
+            columns = self._list(index.columns() if index is not None else ([], [], [], []))
+            self._index = _Index(dirs=dirs, listed_ns=listed_ns, columns=columns)
+            file_id = _write_index(self._path, self._index)
+        keys, _, wire, uids = self._index.columns()
+        messages = [
+            StoredMessage(key=key, uid=uid, size=size)
+            for key, uid, size in zip(keys, uids, wire, strict=True)
+        ]
+        if file_id is not None:
+            _remember(self._path, file_id, self._index, messages)
         return messages
 
     def _dir_state(self) -> _DirState:
@@ -414,88 +619,91 @@ class MaildirMaildrop:
         cur = os.stat(self._path / _CUR)
         return ((new.st_ino, new.st_mtime_ns), (cur.st_ino, cur.st_mtime_ns))
 
-    def _from_trusted(self, index: _Index) -> list[StoredMessage] | None:
-        messages = []
-        taken: set[str] = set()
-        for key, (_, size, uid) in index.entries.items():
-            if uid in taken:  # only a forged file could do this: list again
-                return None
-            taken.add(uid)
-            messages.append(StoredMessage(key=key, uid=uid, size=size))
-        return messages
-
-    def _from_listing(self, known: dict[str, _Entry]) -> list[StoredMessage]:
+    def _list(self, known: _Columns) -> _Columns:
+        """List new/ and cur/; known keys keep their cached sizes, UIDs and order."""
+        keys, disk, wire, uids = known
+        position = dict(zip(keys, range(len(keys)), strict=True))
+        present = bytearray(len(keys))
+        added: list[tuple[str, os.DirEntry[str]]] = []
         # new/ first, then cur/: a message moved between the two listings is then seen
-        # twice rather than not at all, and the cur/ name wins.
-        found: dict[str, tuple[str, os.DirEntry[str]]] = {}
+        # twice rather than not at all; _dedupe keeps the cur/ name.
         for sub in (_NEW, _CUR):
+            prefix = sub + "/"
             with os.scandir(self._path / sub) as it:
                 for entry in it:
                     name = entry.name
                     if name.startswith("."):
                         continue
+                    key = prefix + name
+                    i = position.get(key)
+                    if i is not None:
+                        present[i] = 1
+                        continue
                     try:
-                        if not entry.is_file(follow_symlinks=False):
-                            continue
+                        if entry.is_file(follow_symlinks=False):
+                            added.append((key, entry))
                     except OSError:
                         continue
-                    base = _base_name(name)
-                    previous = found.get(base)
-                    key = f"{sub}/{name}"
-                    if previous is None or previous[0][:4] == "new/" or key < previous[0]:
-                        found[base] = (key, entry)
+        kept = list(itertools.compress(range(len(keys)), present))
+        if not added:
+            if len(kept) == len(keys):
+                return known
+            return (
+                [keys[i] for i in kept],
+                [disk[i] for i in kept],
+                [wire[i] for i in kept],
+                [uids[i] for i in kept],
+            )
 
-        rows: list[tuple[str, int, int, str | None]] = []
-        for base, (key, entry) in found.items():
-            cached = known.get(key)
-            if cached is not None:
-                rows.append((key, cached[0], cached[1], cached[2]))
-                continue
-            measured = self._measure(base, entry)
+        rows: list[_Row] = []
+        for key, entry in added:
+            seconds, micros, base, natural, tags = _parse_name(key[4:])
+            measured = _measure(entry, tags)
             if measured is not None:
-                rows.append((key, measured[0], measured[1], None))
-        rows.sort(key=lambda row: _sort_key(row[0]))
+                rows.append((seconds, micros, base, key, *measured, natural))
+        kept, rows = _dedupe(keys, kept, rows)
 
-        # Known UIDs keep their UID even if a newer file would claim it first by order.
-        taken: set[str] = set()
-        uids: list[str | None] = []
-        for _key, _disk, _wire, uid in rows:
-            if uid is not None and uid not in taken:
-                taken.add(uid)
-                uids.append(uid)
-            else:
-                uids.append(None)
-        messages = []
-        entries = self._index.entries
-        for (key, disk, wire, _), uid in zip(rows, uids, strict=True):
-            if uid is None:
-                base = _base_name(key[4:])
-                uid = _natural_uid(base)
-                if uid in taken:
-                    uid = _alternate_uid(base, taken)
-                taken.add(uid)
-            entries[key] = (disk, wire, uid)
-            messages.append(StoredMessage(key=key, uid=uid, size=wire))
-        return messages
+        # Known rows are in order already; insert a few new ones, or sort everything.
+        items: list[int | _Row] = list(kept)
+        rows.sort()
+        if len(rows) * 20 < len(kept):
+            for row in rows:
+                at = bisect.bisect_right(items, row[:4], key=lambda item: _order(keys, item))
+                items.insert(at, row)
+        else:
+            items.extend(rows)
+            items.sort(key=lambda item: _order(keys, item))
 
-    def _measure(self, base: str, entry: os.DirEntry[str]) -> tuple[int, int] | None:
-        tags = _size_tags(base)
-        if tags is not None:
-            s, w = tags
-            if 0 < s <= w <= 2 * s:
-                try:
-                    st_size = entry.stat(follow_symlinks=False).st_size
-                except FileNotFoundError:
-                    return None
-                if st_size == s:
-                    return s, w
-        return _count_file(Path(entry.path))
+        # A UID handed out before stays; a new file whose UID is taken gets a digest.
+        taken = {uids[i] for i in kept}
+        out_keys: list[str] = []
+        out_disk: list[int] = []
+        out_wire: list[int] = []
+        out_uids: list[str] = []
+        for item in items:
+            if isinstance(item, int):
+                out_keys.append(keys[item])
+                out_disk.append(disk[item])
+                out_wire.append(wire[item])
+                out_uids.append(uids[item])
+                continue
+            uid = item[6]
+            if uid in taken:
+                uid = _alternate_uid(item[2], taken)
+            taken.add(uid)
+            out_keys.append(item[3])
+            out_disk.append(item[4])
+            out_wire.append(item[5])
+            out_uids.append(uid)
+        return out_keys, out_disk, out_wire, out_uids
 
     # reading ---------------------------------------------------------------------------
 
     def _check_member(self, messages: Iterable[StoredMessage]) -> None:
+        if self._by_key is None:
+            self._by_key = {m.key: m for m in self._snapshot}
         for message in messages:
-            if self._messages.get(message.key) != message:
+            if self._by_key.get(message.key) != message:
                 raise ValueError(f"{message.key!r} is not in this session's snapshot")
 
     def open(self, message: StoredMessage) -> BinaryIO:
@@ -520,8 +728,13 @@ class MaildirMaildrop:
             raise StorageError(f"cannot open {message.key}: {exc}") from exc
         raise MessageVanishedError(f"message {message.key} is gone")
 
+    def _file(self, key: str) -> Path:
+        if not _valid_key(key):  # only a forged index could bring such a key
+            raise StorageError(f"invalid message key {key!r}")
+        return self._path / key
+
     def _open_key(self, key: str) -> BinaryIO:
-        fd = os.open(self._path / key, _READ_FLAGS)
+        fd = os.open(self._file(key), _READ_FLAGS)
         return open(fd, "rb")
 
     def correct_size(self, message: StoredMessage, size: int) -> None:
@@ -547,7 +760,8 @@ class MaildirMaildrop:
         """
         self._check_member([*deleted, *retrieved])
         relocator = _Relocator(self._path)
-        entries = self._index.entries
+        gone: set[str] = set()
+        renamed: dict[str, str] = {}
         deleted_keys = dict.fromkeys(m.key for m in deleted)
         removed = not_removed = 0
         for key in deleted_keys:
@@ -558,33 +772,48 @@ class MaildirMaildrop:
                 logger.error("cannot remove %s from %s: %s", key, self._path, exc)
             else:
                 removed += 1
-                entries.pop(key, None)
+                gone.add(key)
         if self._flag_updates:
             for message in retrieved:
                 if message.key in deleted_keys:
                     continue
                 try:
-                    self._mark_seen(message.key, relocator)
+                    new_key = self._mark_seen(message.key, relocator)
                 except OSError as exc:
                     logger.warning("cannot mark %s as seen: %s", message.key, exc)
+                else:
+                    if new_key is not None:
+                        renamed[message.key] = new_key
         for sub in (_NEW, _CUR):
             try:
                 _fsync_dir(self._path / sub)
             except OSError as exc:
                 logger.error("cannot fsync %s: %s", self._path / sub, exc)
-        # Our own changes moved the directory mtimes: the next snapshot lists again.
-        self._index.dirs = None
+        # Same order as before; our own changes moved the directory mtimes, so the next
+        # snapshot lists again (dirs=None), finding nothing to measure.
+        keys, disk, wire, uids = self._index.columns()
+        kept = [i for i, key in enumerate(keys) if key not in gone]
+        self._index = _Index(
+            dirs=None,
+            listed_ns=self._index.listed_ns,
+            columns=(
+                [renamed.get(keys[i], keys[i]) for i in kept],
+                [disk[i] for i in kept],
+                [wire[i] for i in kept],
+                [uids[i] for i in kept],
+            ),
+        )
         _write_index(self._path, self._index)
         return CommitResult(
             removed=removed,
             not_removed=not_removed,
-            remaining=len(self._messages) - removed,
+            remaining=len(self._snapshot) - removed,
         )
 
     def _unlink(self, key: str, relocator: _Relocator) -> None:
         current = self._moved.get(key, key)
         try:
-            os.unlink(self._path / current)
+            os.unlink(self._file(current))
             return
         except FileNotFoundError:
             pass
@@ -594,20 +823,19 @@ class MaildirMaildrop:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._path / found)
 
-    def _mark_seen(self, key: str, relocator: _Relocator) -> None:
+    def _mark_seen(self, key: str, relocator: _Relocator) -> str | None:
+        """Move to cur/ with the S flag; return the new key if we renamed the file."""
         current = self._moved.get(key, key)
-        if not (self._path / current).exists():
+        if not self._file(current).exists():
             found = relocator.find(_base_name(key[4:]))
             if found is None:
-                return
+                return None
             current = found
         target = _seen_name(current[4:])
         if target is None:
-            return
+            return None
         target_key = f"{_CUR}/{target}"
         if target_key == current:
-            return
-        os.rename(self._path / current, self._path / target_key)
-        entry = self._index.entries.pop(key, None)
-        if entry is not None:
-            self._index.entries[target_key] = entry
+            return None
+        os.rename(self._file(current), self._path / target_key)
+        return target_key

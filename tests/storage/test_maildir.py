@@ -9,10 +9,13 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from postoffice.errors import MaildropInUseError, StorageError
 from postoffice.storage import maildir as maildir_module
@@ -230,16 +233,28 @@ def test_corrupt_cache_is_rebuilt(md: Path, damage: object) -> None:
 
 
 def test_forged_cache_with_valid_checksum_cannot_escape(md: Path) -> None:
-    """Entries with keys outside new/ and cur/ or invalid UIDs make the cache untrusted."""
+    """Invalid UIDs make a cache untrusted; a key outside new/ and cur/ is never opened."""
     put(md, "new/1.a", b"one\n")
     age_directories(md)
     snap(md)
     index = maildir_module._load_index(md / INDEX_NAME)
     assert index is not None
-    index.entries["new/../../etc/passwd"] = (1, 3, "evil")
+    index.entries["new/2.b"] = (1, 3, "bad uid")
     maildir_module._write_index(md, index)
     assert maildir_module._load_index(md / INDEX_NAME) is None
     assert [m.key for m in snap(md)] == ["new/1.a"]
+
+    index = maildir_module._load_index(md / INDEX_NAME)
+    assert index is not None
+    index.entries["new/../../etc/passwd"] = (1, 3, "evil")
+    maildir_module._write_index(md, index)
+    maildrop = MaildirMaildrop(md)
+    messages = maildrop.snapshot()
+    evil = next(m for m in messages if m.uid == "evil")
+    with pytest.raises(StorageError):
+        maildrop.open(evil)
+    result = maildrop.commit(deleted=[evil], retrieved=[evil])
+    assert (result.removed, result.not_removed) == (0, 1)
 
 
 def test_cache_is_used_only_for_names_it_knows(md: Path) -> None:
@@ -279,6 +294,71 @@ def test_unwritable_cache_is_not_fatal(md: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(os, "fsync", full)
     assert [m.size for m in snap(md)] == [5]
     assert sorted(os.listdir(md)) == ["cur", "new", "tmp"]
+
+
+def test_message_seen_twice_while_listing_is_listed_once(md: Path) -> None:
+    """new/X and cur/X:2,S at once (a move during our listing) is one message, the cur/ one."""
+    put(md, "new/1.x")
+    first = snap(md)
+    os.link(md / "new/1.x", md / "cur/1.x:2,S")
+    put(md, "new/2.y")
+    os.link(md / "new/2.y", md / "cur/2.y:2,")
+    listed = snap(md)
+    assert [m.key for m in listed] == ["cur/1.x:2,S", "cur/2.y:2,"]
+    assert listed[0].uid == first[0].uid
+
+
+def test_repeated_snapshot_in_one_process_sees_every_change(md: Path) -> None:
+    """The in-process reuse of a snapshot never hides a correction, delivery or removal."""
+    put(md, "new/1.a", b"one\n")
+    put(md, "new/2.b", b"two\n")
+    age_directories(md)
+    snap(md)
+    first = snap(md)
+    assert snap(md) == first  # reused
+    other = MaildirMaildrop(md)
+    other.correct_size(other.snapshot()[0], 40)
+    assert [m.size for m in snap(md)] == [40, 5]
+    put(md, "new/3.c")
+    assert len(snap(md)) == 3
+    (md / "new/2.b").unlink()
+    assert [m.key for m in snap(md)] == ["new/1.a", "new/3.c"]
+
+
+_name = st.builds(
+    lambda seconds, micros, tag: f"{seconds}." + (f"M{micros}" if micros is not None else "") + tag,
+    st.integers(1, 4),
+    st.none() | st.integers(0, 999_999),
+    st.text("abcxyz", min_size=1, max_size=4),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    first=st.lists(_name, min_size=25, max_size=80, unique=True),
+    later=st.lists(_name, min_size=1, max_size=8, unique=True),
+    removed=st.lists(st.integers(0, 79), max_size=5),
+)
+def test_incremental_listing_equals_a_cold_listing(
+    first: list[str], later: list[str], removed: list[int]
+) -> None:
+    """Listing against the index (known names kept, new ones merged in) equals a fresh listing."""
+    with tempfile.TemporaryDirectory() as top:
+        md = Path(top)
+        ensure_maildir(md)
+        for name in first:
+            put(md, f"new/{name}", name.encode())
+        snap(md)
+        for i in removed:
+            if i < len(first):
+                (md / "new" / first[i]).unlink(missing_ok=True)
+        for name in later:
+            if name not in first:
+                put(md, f"cur/{name}:2,S", name.encode())
+        incremental = snap(md)
+        (md / INDEX_NAME).unlink()
+        maildir_module._memo.clear()
+        assert incremental == snap(md)
 
 
 # -- locking -------------------------------------------------------------------------------

@@ -34,11 +34,19 @@ the time the directories were listed. Rules:
   mtimes, so a change within the same timestamp tick (2 s on the coarsest filesystems)
   cannot hide behind an unchanged mtime.
 - Otherwise the directories are listed; a cached entry is used only for a key that matches
-  exactly (names are immutable content), everything else is measured.
+  exactly (names are immutable content), keeping its size, UIDL and place in the order;
+  only unknown names are measured and merged in. A UIDL already handed out is never given
+  to a newcomer.
 - The file starts with a version line and the SHA-256 of its body. A file that is corrupt,
-  truncated, of another version or with malformed entries is ignored and rebuilt.
+  truncated, of another version or with malformed UIDLs is ignored and rebuilt. Keys are
+  checked when used, so a forged index can never name a file outside ``new/`` and ``cur/``.
 - It is written atomically (temp file, fsync, ``os.replace``) after a listing, by
   ``commit`` and by ``correct_size``; a failure to write it is logged, never fatal.
+- This process also keeps its last snapshots in memory and reuses one while the index file
+  (inode, mtime, size) is the one it came from and the directories pass the rule above.
+
+A file that exists but cannot be read makes ``snapshot`` fail with ``StorageError`` rather
+than silently hide mail; a file that vanishes while we list is skipped.
 """
 
 from __future__ import annotations
@@ -336,11 +344,12 @@ def _valid_uids(uids: list[str]) -> bool:
 # Columns rather than records: loading is a few C-level splits, not a Python loop.
 
 
-def _load_index(path: Path) -> _Index | None:
-    """The index at ``path``, or None when it is absent or cannot be trusted at all."""
+def _load_index(path: Path) -> tuple[_Index, _FileId] | None:
+    """The index at ``path`` and its identity; None when absent or not to be trusted."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
+            file_id = _file_id(os.fstat(f.fileno()))
     except OSError:
         return None
     if not raw.startswith(_INDEX_MAGIC):
@@ -365,12 +374,13 @@ def _load_index(path: Path) -> _Index | None:
         keys = lines[3 + n : 3 + 2 * n]
     except ValueError:  # includes UnicodeDecodeError
         return None
-    if len(disk) != n or len(wire) != n or (n and min(*disk, *wire, 0) < 0):
+    if len(disk) != n or len(wire) != n or (n and min(min(disk), min(wire)) < 0):
         return None
     if not _valid_uids(uids) or len(set(keys)) != n:
         return None
     # Keys are checked when used (_valid_key), not here: that keeps loading cheap.
-    return _Index(dirs=dirs, listed_ns=listed_ns, columns=(keys, disk, wire, uids))
+    index = _Index(dirs=dirs, listed_ns=listed_ns, columns=(keys, disk, wire, uids))
+    return index, file_id
 
 
 def _write_index(maildir: Path, index: _Index) -> _FileId | None:
@@ -596,11 +606,11 @@ class MaildirMaildrop:
         return list(messages)
 
     def _from_index_or_listing(self, dirs: _DirState, listed_ns: int) -> list[StoredMessage]:
-        index = _load_index(self._path / INDEX_NAME)
+        loaded = _load_index(self._path / INDEX_NAME)
+        index = None if loaded is None else loaded[0]
         file_id: _FileId | None
-        if index is not None and index.trusted(dirs):
-            self._index = index
-            file_id = _file_id(os.stat(self._path / INDEX_NAME))
+        if loaded is not None and loaded[0].trusted(dirs):
+            self._index, file_id = loaded
         else:
             columns = self._list(index.columns() if index is not None else ([], [], [], []))
             self._index = _Index(dirs=dirs, listed_ns=listed_ns, columns=columns)

@@ -42,6 +42,11 @@ def snap(md: Path) -> list[StoredMessage]:
     return MaildirMaildrop(md).snapshot()
 
 
+def load_index(md: Path) -> maildir_module._Index | None:
+    loaded = maildir_module._load_index(md / INDEX_NAME)
+    return None if loaded is None else loaded[0]
+
+
 def age_directories(md: Path, seconds: int = 100) -> None:
     """Set new/ and cur/ mtimes into the past, as if nothing changed for a while."""
     past = time.time_ns() - seconds * 1_000_000_000
@@ -229,7 +234,7 @@ def test_corrupt_cache_is_rebuilt(md: Path, damage: object) -> None:
     assert callable(damage)
     (md / INDEX_NAME).write_bytes(damage(raw))
     assert snap(md) == first
-    assert maildir_module._load_index(md / INDEX_NAME) is not None
+    assert load_index(md) is not None
 
 
 def test_forged_cache_with_valid_checksum_cannot_escape(md: Path) -> None:
@@ -237,14 +242,14 @@ def test_forged_cache_with_valid_checksum_cannot_escape(md: Path) -> None:
     put(md, "new/1.a", b"one\n")
     age_directories(md)
     snap(md)
-    index = maildir_module._load_index(md / INDEX_NAME)
+    index = load_index(md)
     assert index is not None
     index.entries["new/2.b"] = (1, 3, "bad uid")
     maildir_module._write_index(md, index)
-    assert maildir_module._load_index(md / INDEX_NAME) is None
+    assert load_index(md) is None
     assert [m.key for m in snap(md)] == ["new/1.a"]
 
-    index = maildir_module._load_index(md / INDEX_NAME)
+    index = load_index(md)
     assert index is not None
     index.entries["new/../../etc/passwd"] = (1, 3, "evil")
     maildir_module._write_index(md, index)
@@ -262,7 +267,7 @@ def test_cache_is_used_only_for_names_it_knows(md: Path) -> None:
     put(md, "new/1.a", b"one\n")
     put(md, "new/2.b", b"two\n")
     snap(md)
-    index = maildir_module._load_index(md / INDEX_NAME)
+    index = load_index(md)
     assert index is not None
     index.entries["new/1.a"] = (4, 999, "1.a")
     index.entries["new/2.b"] = (4, 888, "2.b")

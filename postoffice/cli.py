@@ -265,3 +265,8 @@ def deliver(config_path: Path | None, users: tuple[str, ...]) -> None:
         except PostofficeError as error:
             click.echo(f"postoffice deliver: {record.name}: {error}", err=True)
             sys.exit(EX_TEMPFAIL)
+
+
+from postoffice.fetch.cli import fetch  # noqa: E402
+
+main.add_command(fetch)

@@ -102,11 +102,13 @@ def deliver_to_maildir(maildir: Path, message: bytes | BinaryIO) -> str:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as exc:
+    except BaseException as exc:
         # Not known to be durable: take it back so that a retry cannot duplicate it.
         for leftover in (tmp_path, final_path):
             if leftover is not None:
                 with contextlib.suppress(OSError):
                     os.unlink(leftover)
-        raise TemporaryDeliveryError(f"cannot deliver to {maildir}: {exc}") from exc
+        if isinstance(exc, OSError):
+            raise TemporaryDeliveryError(f"cannot deliver to {maildir}: {exc}") from exc
+        raise
     return name

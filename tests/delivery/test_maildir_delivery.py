@@ -113,3 +113,19 @@ def test_storage_error_leaves_nothing_behind(
     monkeypatch.undo()
     assert os.listdir(md / "new") == before
     assert os.listdir(md / "tmp") == []
+
+
+def test_failing_input_stream_leaves_nothing(tmp_path: Path) -> None:
+    """An error reading the input (not a storage error) propagates and leaves no file."""
+
+    class Broken(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: object) -> int:
+            raise ValueError("client went away")
+
+    with pytest.raises(ValueError):
+        deliver_to_maildir(tmp_path, io.BufferedReader(Broken()))
+    assert os.listdir(tmp_path / "tmp") == []
+    assert os.listdir(tmp_path / "new") == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import gc
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -22,7 +23,8 @@ from postoffice.storage import maildir as maildir_module
 from postoffice.storage.base import StoredMessage
 from postoffice.storage.maildir import INDEX_NAME, MaildirMaildrop, ensure_maildir
 from postoffice.storage.wire import wire_size
-from tests.storage.test_contract import UID_RE
+
+UID_RE = re.compile(r"[\x21-\x7e]{1,70}")
 
 
 @pytest.fixture

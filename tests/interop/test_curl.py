@@ -1,7 +1,9 @@
 """curl's POP3 support against the real server: LIST, RETR, DELE, UIDL, TOP and a bad login.
 
 curl prints a multi-line reply's lines with their CRLF, without the dot-stuffing and
-without the terminating ``.`` line; a single-line reply (``-I``) prints nothing.
+without the terminating ``.`` line; a single-line reply (``-I``) prints nothing. It logs
+in with USER/PASS, or with SASL (``AUTH PLAIN``, then the credentials after the server's
+``+`` continuation, RFC 5034) when CAPA advertises it; it has no option to prefer USER.
 """
 
 from __future__ import annotations

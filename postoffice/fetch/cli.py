@@ -36,10 +36,10 @@ def _print_listing(outcomes: list[Outcome]) -> None:
         if result is None:
             click.echo(f"{outcome.account}: failed: {outcome.error}")
             continue
-        plan = result.plan
+        statuses = result.plan.statuses() if result.plan is not None else {}
         click.echo(f"{outcome.account}: {result.listed} messages on the server")
         for message in result.listing:
-            status = plan.status(message) if plan is not None else "?"
+            status = statuses.get(message.number, "fetched")
             click.echo(f"  {message.number:>6} {message.size:>10}  {status:<9}  {message.uidl}")
 
 

@@ -87,14 +87,17 @@ class Plan:
     later: list[ServerMessage] = field(default_factory=list)
     """New messages left for a later session (``max_messages_per_session``)."""
 
-    def status(self, message: ServerMessage) -> str:
-        if message in self.fetch or message in self.later:
-            return "new"
-        if message in self.skip:
-            return "too big"
-        if message in self.delete:
-            return "to delete"
-        return "fetched"
+    def statuses(self) -> dict[int, str]:
+        """Message number to "new", "too big" or "to delete"; others were fetched before."""
+        status: dict[int, str] = {}
+        for messages, word in (
+            (self.fetch, "new"),
+            (self.later, "new"),
+            (self.skip, "too big"),
+            (self.delete, "to delete"),
+        ):
+            status.update((message.number, word) for message in messages)
+        return status
 
 
 @dataclass(slots=True, kw_only=True)
@@ -309,7 +312,8 @@ class _Transfer:
             await self.client.send(*batch)
 
     async def run(self, plan: Plan, result: SessionResult) -> None:
-        unread = [m.uidl for m in plan.delete if not _delivered(self.journal.entries(), m.uidl)]
+        entries = await asyncio.to_thread(self.journal.entries)
+        unread = [m.uidl for m in plan.delete if not _delivered(entries, m.uidl)]
         if unread:
             # Oversize messages deleted unread: owe the DELE durably before sending it.
             await asyncio.to_thread(self.journal.mark_delete_pending, unread)

@@ -79,6 +79,8 @@ class FakePop3Server:
     deleted: list[str] = field(default_factory=list)
     sessions: int = 0
     logins: list[str] = field(default_factory=list)
+    on_line: Callable[[bytes], None] | None = None
+    """Called with each command line of the TRANSACTION state, before it is handled."""
     on_dele: Callable[[str], None] | None = None
     """Called with the UIDL when a DELE arrives, before it is answered."""
     port: int = 0
@@ -225,6 +227,8 @@ class FakePop3Server:
             line = await reader.readline()
             if not line:
                 return
+            if self.on_line is not None:
+                self.on_line(line)
             keyword = line.split(b" ", 1)[0].strip().upper().decode(errors="replace")
             if keyword == faults.stall_on:
                 await asyncio.Event().wait()

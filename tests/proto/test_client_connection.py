@@ -390,7 +390,7 @@ wire_parts = st.sampled_from(
 wires = st.lists(wire_parts | st.binary(max_size=20), max_size=25).map(b"".join)
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, deadline=None)
 @given(wires)
 def test_byte_by_byte_equals_whole(wire: bytes) -> None:
     whole = _run([wire])
@@ -398,7 +398,7 @@ def test_byte_by_byte_equals_whole(wire: bytes) -> None:
     assert single == whole
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(wires, st.integers(min_value=1, max_value=7))
 def test_any_split_equals_whole(wire: bytes, step: int) -> None:
     assert _run([wire[i : i + step] for i in range(0, len(wire), step)]) == _run([wire])

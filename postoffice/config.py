@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,17 @@ from typing import Any
 from postoffice.errors import ConfigError
 
 DEFAULT_LISTEN = ("127.0.0.1:1110",)
+DEFAULT_TLS_LISTEN = ("127.0.0.1:1995",)
+SASL_MECHANISMS = (
+    "PLAIN",
+    "LOGIN",
+    "SCRAM-SHA-256",
+    "SCRAM-SHA-256-PLUS",
+    "OAUTHBEARER",
+    "XOAUTH2",
+)
+DEFAULT_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+PLAINTEXT_POLICIES = ("never", "loopback", "always")
 MAILDIR_PLACEHOLDERS = ("user", "localpart", "domain", "home", "data_dir")
 MINIMUM_IDLE_TIMEOUT = 600.0  # RFC 1939 §3: the autologout timer must be at least 10 minutes
 
@@ -32,8 +43,34 @@ class ListenAddress:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TlsConfig:
+    """Certificate and protocol settings of one listener (``[tls]`` overlaid by its own)."""
+
+    certificate: Path
+    private_key: Path
+    min_version: str = "1.2"
+    ciphers: str = ""
+    self_signed: bool = False
+    """No certificate was configured: make a self-signed one on first start."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pop3sConfig:
+    listen: tuple[ListenAddress, ...]
+    tls: TlsConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessConfig:
+    user: str = ""
+    group: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Pop3Config:
     listen: tuple[ListenAddress, ...]
+    stls: bool = True
+    tls: TlsConfig
     greeting: str = "postoffice ready"
     implementation: str = ""
     expire: str = "NEVER"
@@ -47,6 +84,8 @@ class Pop3Config:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AuthConfig:
     passwd_file: Path
+    plaintext: str = "loopback"
+    mechanisms: tuple[str, ...] = DEFAULT_MECHANISMS
     lowercase_names: bool = False
     failure_delay: float = 2.0
     failure_delay_max: float = 15.0
@@ -70,6 +109,7 @@ class LimitsConfig:
     login_timeout: float = 60.0
     idle_timeout: float = 600.0
     send_timeout: float = 300.0
+    handshake_timeout: float = 10.0
     shutdown_timeout: float = 10.0
 
 
@@ -79,6 +119,8 @@ class Config:
     log_file: Path | None = None
     log_level: str = "info"
     pop3: Pop3Config
+    pop3s: Pop3sConfig
+    process: ProcessConfig = field(default_factory=ProcessConfig)
     auth: AuthConfig
     mail: MailConfig
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -223,7 +265,14 @@ def load_config(
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level: expected one of debug, info, warning, error")
 
+    tls_table = root.table("tls")
+    base_tls = _tls_settings(tls_table, None, resolve, data_dir)
+    tls_table.finish()
+
     pop3_table = root.table("pop3")
+    pop3_tls_table = pop3_table.table("tls")
+    pop3_tls = _tls_settings(pop3_tls_table, base_tls, resolve, data_dir)
+    pop3_tls_table.finish()
     listen = tuple(
         parse_listen(item, pop3_table.key("listen"))
         for item in pop3_table.strings("listen", DEFAULT_LISTEN)
@@ -235,6 +284,8 @@ def load_config(
         raise ConfigError('pop3.expire: expected "NEVER" or a number of days')
     pop3 = Pop3Config(
         listen=listen,
+        stls=pop3_table.boolean("stls", True),
+        tls=pop3_tls,
         greeting=pop3_table.string("greeting", "postoffice ready"),
         implementation=pop3_table.string("implementation", ""),
         expire=expire,
@@ -246,6 +297,24 @@ def load_config(
     )
     pop3_table.finish()
 
+    pop3s_table = root.table("pop3s")
+    pop3s_tls_table = pop3s_table.table("tls")
+    pop3s = Pop3sConfig(
+        listen=tuple(
+            parse_listen(item, pop3s_table.key("listen"))
+            for item in pop3s_table.strings("listen", DEFAULT_TLS_LISTEN)
+        ),
+        tls=_tls_settings(pop3s_tls_table, base_tls, resolve, data_dir),
+    )
+    pop3s_tls_table.finish()
+    pop3s_table.finish()
+
+    process_table = root.table("process")
+    process = ProcessConfig(
+        user=process_table.string("user", ""), group=process_table.string("group", "")
+    )
+    process_table.finish()
+
     auth_table = root.table("auth")
     passwd_text = auth_table.string("passwd_file", "")
     networks = []
@@ -254,8 +323,20 @@ def load_config(
             networks.append(ipaddress.ip_network(item, strict=False))
         except ValueError as error:
             raise ConfigError(f"auth.trusted_networks: {item!r} is not a network") from error
+    plaintext = auth_table.string("plaintext", "loopback")
+    if plaintext not in PLAINTEXT_POLICIES:
+        raise ConfigError('auth.plaintext: expected "never", "loopback" or "always"')
+    mechanisms = tuple(
+        name.upper() for name in auth_table.strings("mechanisms", DEFAULT_MECHANISMS)
+    )
+    for name in mechanisms:
+        if name not in SASL_MECHANISMS:
+            known = ", ".join(SASL_MECHANISMS)
+            raise ConfigError(f"auth.mechanisms: unknown mechanism {name!r}; known: {known}")
     auth = AuthConfig(
         passwd_file=resolve(passwd_text) if passwd_text else data_dir / "passwd",
+        plaintext=plaintext,
+        mechanisms=mechanisms,
         lowercase_names=auth_table.boolean("lowercase_names", False),
         failure_delay=auth_table.duration("failure_delay", 2.0),
         failure_delay_max=auth_table.duration("failure_delay_max", 15.0),
@@ -287,6 +368,7 @@ def load_config(
         idle_timeout=idle_timeout,
         send_timeout=limits_table.duration("send_timeout", 300.0),
         shutdown_timeout=limits_table.duration("shutdown_timeout", 10.0),
+        handshake_timeout=limits_table.duration("handshake_timeout", 10.0),
     )
     limits_table.finish()
     root.finish()
@@ -296,10 +378,48 @@ def load_config(
         log_file=resolve(log_file_text) if log_file_text else None,
         log_level=log_level,
         pop3=pop3,
+        pop3s=pop3s,
+        process=process,
         auth=auth,
         mail=mail,
         limits=limits,
         source=path.resolve() if path is not None else None,
+    )
+
+
+def _tls_settings(
+    table: _Table, base: TlsConfig | None, resolve: Callable[[str], Path], data_dir: Path
+) -> TlsConfig:
+    """One TLS table, keys not given taken from ``base`` (the global ``[tls]``)."""
+    certificate_text = table.string("certificate", "")
+    key_text = table.string("private_key", "")
+    if bool(certificate_text) != bool(key_text):
+        raise ConfigError(f"{table.key('certificate')}: give both certificate and private_key")
+    min_version = table.string("min_version", base.min_version if base else "1.2")
+    if min_version not in ("1.2", "1.3"):
+        raise ConfigError(f'{table.key("min_version")}: expected "1.2" or "1.3"')
+    ciphers = table.string("ciphers", base.ciphers if base else "")
+    if certificate_text:
+        return TlsConfig(
+            certificate=resolve(certificate_text),
+            private_key=resolve(key_text),
+            min_version=min_version,
+            ciphers=ciphers,
+        )
+    if base is not None:
+        return TlsConfig(
+            certificate=base.certificate,
+            private_key=base.private_key,
+            min_version=min_version,
+            ciphers=ciphers,
+            self_signed=base.self_signed,
+        )
+    return TlsConfig(
+        certificate=data_dir / "tls" / "fullchain.pem",
+        private_key=data_dir / "tls" / "key.pem",
+        min_version=min_version,
+        ciphers=ciphers,
+        self_signed=True,
     )
 
 

@@ -23,6 +23,7 @@ BASE_CONFIG: dict[str, Any] = {
     "data_dir": "var",
     "log_level": "debug",
     "pop3": {"listen": ["127.0.0.1:0"]},
+    "pop3s": {"listen": ["127.0.0.1:0"]},
     "auth": {"failure_delay": 0},
     "limits": {"shutdown_timeout": 1},
 }
@@ -56,6 +57,7 @@ class ServerHarness:
     root: Path
     host: str = "127.0.0.1"
     port: int = 0
+    tls_port: int = 0
     server: Pop3Server | None = None
     loop: asyncio.AbstractEventLoop | None = None
     thread: threading.Thread | None = None
@@ -105,6 +107,8 @@ class ServerHarness:
             raise failure[0]
         assert self.server is not None
         self.host, self.port = self.server.addresses[0]
+        if self.server.tls_addresses:
+            self.tls_port = self.server.tls_addresses[0][1]
 
     def stop(self) -> None:
         if self.server is not None and self.loop is not None and self.thread is not None:

@@ -86,6 +86,11 @@ class Authenticator:
             self._executor, self._verify_apop, username, timestamp, digest
         )
 
+    async def lookup(self, username: str) -> UserRecord | None:
+        """The user's record without any password check (SCRAM, bearer tokens)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._lookup, username)
+
     def close(self) -> None:
         """Shut the private thread pool down; queued checks are cancelled."""
         if self._owns_executor:

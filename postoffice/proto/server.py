@@ -218,12 +218,20 @@ class ServerConnection(Generic[MessageT]):
         self._lines.max_line_octets = self.settings.max_sasl_line_octets
         self._out.append(b"+ " + base64.b64encode(data) + b"\r\n")
 
-    def tls_started(self, *, plaintext_allowed: bool) -> None:
+    def tls_started(
+        self, *, plaintext_allowed: bool, sasl_mechanisms: tuple[str, ...] | None = None
+    ) -> None:
         """The STLS handshake completed; everything said before it is forgotten."""
         self._require(Pending.TLS)
         self.pending = Pending.NOTHING
         self.settings = dataclasses.replace(
-            self.settings, tls_active=True, stls=False, plaintext_allowed=plaintext_allowed
+            self.settings,
+            tls_active=True,
+            stls=False,
+            plaintext_allowed=plaintext_allowed,
+            sasl_mechanisms=(
+                self.settings.sasl_mechanisms if sasl_mechanisms is None else sasl_mechanisms
+            ),
         )
         self._user_given = None
         self.username = None

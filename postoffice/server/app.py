@@ -1,14 +1,20 @@
-"""The server's lifecycle: start listeners, serve, and shut down gracefully.
+"""The server's lifecycle: start listeners, serve, reload certificates, shut down gracefully.
+
+Start-up binds every listener without accepting, loads the TLS certificates (making a
+self-signed one when none is configured), drops root privileges if configured, and only
+then starts accepting, so no client byte is read with privileges.
 
 Shutdown (SIGTERM/SIGINT): stop accepting, end sessions still waiting for a login, let
 logged-in sessions finish up to ``limits.shutdown_timeout``, then cancel the rest; a
-cancelled session never enters UPDATE, so it deletes nothing.
+cancelled session never enters UPDATE, so it deletes nothing. SIGHUP reloads the
+certificates; sessions keep running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -17,8 +23,11 @@ from postoffice.auth.authenticator import Authenticator
 from postoffice.auth.passwd_file import PasswdFile
 from postoffice.auth.throttle import FailureThrottle
 from postoffice.config import Config, ListenAddress
+from postoffice.errors import ConfigError
+from postoffice.server.context import ServerContext
 from postoffice.server.limits import ConnectionLimits
-from postoffice.server.session import Pop3Session, ServerContext
+from postoffice.server.session import Pop3Session
+from postoffice.tls import ListenerContexts
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +40,16 @@ class Pop3Server:
     context: ServerContext = field(init=False)
     servers: list[asyncio.Server] = field(default_factory=list)
     addresses: list[tuple[str, int]] = field(default_factory=list)
+    tls_addresses: list[tuple[str, int]] = field(default_factory=list)
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         config = self.config
         database = PasswdFile(config.auth.passwd_file, lowercase_names=config.auth.lowercase_names)
+        tls = None
+        if config.pop3s.listen or config.pop3.stls:
+            settings = {"pop3": config.pop3.tls, "pop3s": config.pop3s.tls}
+            tls = ListenerContexts(settings, hostname=socket.gethostname())
         self.context = ServerContext(
             config=config,
             authenticator=Authenticator(database, max_concurrent_hashes=config.auth.hash_threads),
@@ -49,25 +63,39 @@ class Pop3Server:
                 max_connections_per_ip=config.limits.max_connections_per_ip,
                 max_sessions_per_user=config.limits.max_sessions_per_user,
             ),
-            sessions=set(),
+            tls=tls,
         )
 
     async def start(self) -> None:
-        """Bind every listener; ``addresses`` then holds the bound (host, port) pairs."""
-        loop = asyncio.get_running_loop()
+        """Bind and start every listener; ``addresses`` then holds the bound pairs."""
+        if self.context.tls is not None:
+            await asyncio.to_thread(self.context.tls.load)
         for address in self.config.pop3.listen:
-            server = await loop.create_server(
-                lambda: Pop3Session(self.context),
-                host=address.host,
-                port=address.port,
-                reuse_address=True,
-                backlog=1024,
-            )
-            self.servers.append(server)
-            for sock in server.sockets:
-                bound = sock.getsockname()
-                self.addresses.append((str(bound[0]), int(bound[1])))
-                log.info("POP3 listening on %s", _format(bound, sock.family))
+            await self._listen(address, implicit_tls=False)
+        for address in self.config.pop3s.listen:
+            await self._listen(address, implicit_tls=True)
+        drop_privileges(self.config)
+        for server in self.servers:
+            await server.start_serving()
+
+    async def _listen(self, address: ListenAddress, *, implicit_tls: bool) -> None:
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: Pop3Session(self.context, implicit_tls=implicit_tls),
+            host=address.host,
+            port=address.port,
+            reuse_address=True,
+            backlog=1024,
+            start_serving=False,
+        )
+        self.servers.append(server)
+        for sock in server.sockets:
+            bound = sock.getsockname()
+            pair = (str(bound[0]), int(bound[1]))
+            (self.tls_addresses if implicit_tls else self.addresses).append(pair)
+            host = f"[{pair[0]}]" if sock.family == socket.AF_INET6 else pair[0]
+            kind = "POP3S" if implicit_tls else "POP3"
+            log.info("%s listening on %s:%d", kind, host, pair[1])
 
     async def serve_until_stopped(self) -> None:
         await self._stopped.wait()
@@ -76,6 +104,10 @@ class Pop3Server:
     def request_stop(self) -> None:
         self._stopped.set()
 
+    def reload_certificates(self) -> None:
+        if self.context.tls is not None and self.context.tls.reload():
+            log.info("certificates reloaded")
+
     async def shutdown(self) -> None:
         for server in self.servers:
             server.close()
@@ -83,15 +115,10 @@ class Pop3Server:
         for session in sessions:
             session.stop()
         if sessions:
-            log.info(
-                "waiting up to %.0fs for %d sessions",
-                self.config.limits.shutdown_timeout,
-                len(sessions),
-            )
+            timeout = self.config.limits.shutdown_timeout
+            log.info("waiting up to %.0fs for %d sessions", timeout, len(sessions))
             waiting = [asyncio.ensure_future(session.wait_closed()) for session in sessions]
-            _done, pending = await asyncio.wait(
-                waiting, timeout=self.config.limits.shutdown_timeout
-            )
+            _done, pending = await asyncio.wait(waiting, timeout=timeout)
             for session in sessions:
                 session.abort()
             if pending:
@@ -102,26 +129,43 @@ class Pop3Server:
         log.info("stopped")
 
 
-def _format(bound: tuple[object, ...], family: int) -> str:
-    host, port = bound[0], bound[1]
-    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+def drop_privileges(config: Config) -> None:
+    """Become ``process.user``/``process.group`` if configured (after binding, before serving)."""
+    user, group = config.process.user, config.process.group
+    if not user and not group:
+        return
+    import grp
+    import pwd
+
+    try:
+        entry = pwd.getpwnam(user) if user else None
+        gid = grp.getgrnam(group).gr_gid if group else (entry.pw_gid if entry else os.getgid())
+    except KeyError as error:
+        raise ConfigError(f"process: no such user or group: {error.args[0]}") from error
+    if os.getuid() != 0:
+        if entry is not None and entry.pw_uid != os.getuid():
+            raise ConfigError("process.user: only root can change to another user")
+        return
+    os.setgroups([gid])
+    os.setgid(gid)
+    if entry is not None:
+        os.setuid(entry.pw_uid)
+    log.info("running as uid %d gid %d", os.getuid(), os.getgid())
 
 
 async def serve(config: Config, *, ready: asyncio.Event | None = None) -> Pop3Server:
-    """Run a server until SIGTERM or SIGINT."""
+    """Run a server until SIGTERM or SIGINT; SIGHUP reloads certificates."""
     server = Pop3Server(config)
     await server.start()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, server.request_stop)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
     if ready is not None:
         ready.set()
     try:
         await server.serve_until_stopped()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     return server
-
-
-__all__ = ["ListenAddress", "Pop3Server", "serve"]

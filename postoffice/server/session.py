@@ -10,98 +10,84 @@ not read its replies cannot make us buffer without bound). Waits for input use t
 timeout before authentication and the idle timeout after; a blocked write uses the send
 timeout. Any way out of the task other than the UPDATE that QUIT asks for leaves the
 maildrop untouched (RFC 1939 §6), and the lock is always released.
+
+TLS is started by the session itself with the public ``loop.start_tls``, for POP3S right
+after connecting and for STLS after its ``+OK``. The protocol machine has already dropped
+every octet that followed the STLS line, and drops whatever arrives until the handshake is
+done, so nothing sent in the clear can be read as a command inside TLS.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 import secrets
-import socket
+import ssl
 import time
-from dataclasses import dataclass
 from typing import BinaryIO
 
-from postoffice.auth.authenticator import Authenticator
 from postoffice.auth.base import UserRecord
-from postoffice.auth.throttle import FailureThrottle
-from postoffice.config import Config
-from postoffice.errors import AuthError, MaildropInUseError, PostofficeError, StorageError
+from postoffice.errors import StorageError
 from postoffice.proto.events import (
     NEED_DATA,
     ApopLogin,
     CloseConnection,
     MessageRequest,
     PasswordLogin,
+    SaslCancelled,
+    SaslResponse,
+    SaslStart,
+    StartTls,
     UpdateRequest,
 )
 from postoffice.proto.framing import MessageEncoder, TopFilter
 from postoffice.proto.replies import ResponseCode, err
-from postoffice.proto.server import LoginFailure, ServerConnection, ServerSettings
+from postoffice.proto.server import LoginFailure, ServerConnection
 from postoffice.proto.states import State
-from postoffice.secret import Secret
-from postoffice.server.limits import ConnectionLimits
+from postoffice.sasl import ChannelBinding, tls_server_end_point
+from postoffice.sasl.events import Challenge
+from postoffice.server.context import ServerContext
+from postoffice.server.login import Authorizer, OpenedMaildrop
+from postoffice.server.sasl_exchange import SaslExchange
 from postoffice.storage.base import Maildrop, StoredMessage
-from postoffice.storage.maildir import MaildirMaildrop
-from postoffice.storage.paths import maildir_for
 
 log = logging.getLogger(__name__)
 
 MAX_UNPARSED = 65536
 READ_CHUNK = 256 * 1024
-LAST_LOGIN_FILE = "postoffice-last-login"
-_FINGERPRINT_KEY = secrets.token_bytes(32)  # so failed-password fingerprints mean nothing outside
 
 
-@dataclass(slots=True)
-class ServerContext:
-    """What every session shares: configuration, users, throttling and counts."""
+class SessionLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes each line with the session id and the peer."""
 
-    config: Config
-    authenticator: Authenticator
-    throttle: FailureThrottle
-    limits: ConnectionLimits
-    sessions: set[Pop3Session]
-    hostname: str = socket.gethostname()
-
-    def settings_for_session(self) -> ServerSettings:
-        pop3 = self.config.pop3
-        timestamp = None
-        if pop3.apop:
-            timestamp = f"<{os.getpid()}.{secrets.token_hex(8)}@{self.hostname}>"
-        return ServerSettings(
-            greeting=pop3.greeting,
-            apop_timestamp=timestamp,
-            expire=pop3.expire,
-            login_delay=int(pop3.login_delay) if pop3.login_delay else None,
-            implementation=pop3.implementation or None,
-            max_line_octets=pop3.max_line_length,
-            max_bad_commands=pop3.max_bad_commands,
-            max_login_failures=pop3.max_login_failures,
-        )
-
-
-class _SessionLog(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: str, kwargs: object) -> tuple[str, object]:  # type: ignore[override]
         assert self.extra is not None
         return f"session={self.extra['session']} peer={self.extra['peer']} {msg}", kwargs
 
 
+class _SessionOver(Exception):
+    """End the session quietly (the reason is already recorded)."""
+
+
 class Pop3Session(asyncio.Protocol):
     """Serves one client connection."""
 
-    def __init__(self, context: ServerContext) -> None:
+    def __init__(self, context: ServerContext, *, implicit_tls: bool = False) -> None:
         self.context = context
-        self.connection: ServerConnection[StoredMessage] = ServerConnection(
-            context.settings_for_session()
-        )
+        self.implicit_tls = implicit_tls
+        self.connection: ServerConnection[StoredMessage] = ServerConnection()
         self.transport: asyncio.Transport | None = None
         self.peer_ip = "?"
-        self.log: _SessionLog = _SessionLog(log, {"session": secrets.token_hex(4), "peer": "?"})
+        self.session_id = secrets.token_hex(4)
+        self.log = SessionLog(log, {"session": self.session_id, "peer": "?"})
+        self.authorizer: Authorizer | None = None
         self.maildrop: Maildrop | None = None
         self.user: str | None = None
+        self.tls_active = False
+        self._tls_kind = "pop3s" if implicit_tls else "pop3"
+        self._sasl_exchange: SaslExchange | None = None
+        self._inside_tls_handshake = False
+        self._early_tls_data: list[bytes] = []
         self._data_ready = asyncio.Event()
         self._can_write = asyncio.Event()
         self._can_write.set()
@@ -123,17 +109,26 @@ class Pop3Session(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer_ip = str(peer[0]) if isinstance(peer, tuple) else "local"
         peer_text = f"[{self.peer_ip}]:{peer[1]}" if isinstance(peer, tuple) else "local"
-        self.log = _SessionLog(log, {"session": self.log.extra["session"], "peer": peer_text})  # type: ignore[index]
+        self.log = SessionLog(log, {"session": self.session_id, "peer": peer_text})
         if not self.context.limits.admit_connection(self.peer_ip):
             self.log.warning("refused: too many connections")
             transport.write(err("too many connections, try again later", ResponseCode.SYS_TEMP))
             transport.close()
             return
         self._admitted = True
+        self.connection = ServerConnection(
+            self.context.session_settings(self.peer_ip, implicit_tls=self.implicit_tls)
+        )
+        self.authorizer = Authorizer(self.context, self.peer_ip, self.log)
         self.context.sessions.add(self)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def data_received(self, data: bytes) -> None:
+        if self._inside_tls_handshake:
+            # Decrypted octets can arrive before start_tls returns to us; they are the
+            # first commands inside TLS, for after ``tls_started``.
+            self._early_tls_data.append(data)
+            return
         self.connection.receive_data(data)
         self._data_ready.set()
         if self.connection.buffered > MAX_UNPARSED:
@@ -160,11 +155,18 @@ class Pop3Session(asyncio.Protocol):
 
     async def _run(self) -> None:
         try:
+            if self.implicit_tls:
+                await self._handshake("pop3s")
+                self._feed_early_tls_data()
             await self._serve()
+        except _SessionOver:
+            pass
         except TimeoutError:
             self._end_reason = "timed out"
         except asyncio.CancelledError:
             self._end_reason = "server shutdown"
+        except ConnectionError:
+            self._end_reason = "connection lost"
         except Exception:
             self.log.exception("session failed")
             self._end_reason = "internal error"
@@ -188,10 +190,11 @@ class Pop3Session(asyncio.Protocol):
                     return
                 self._data_ready.clear()
                 self._resume_reading()
+                limits = self.context.config.limits
                 timeout = (
-                    self.context.config.limits.idle_timeout
+                    limits.idle_timeout
                     if connection.state is State.TRANSACTION
-                    else self.context.config.limits.login_timeout
+                    else limits.login_timeout
                 )
                 async with asyncio.timeout(timeout):
                     await self._data_ready.wait()
@@ -200,93 +203,142 @@ class Pop3Session(asyncio.Protocol):
                 self._send(connection.data_to_send())
                 return
             elif isinstance(event, PasswordLogin):
-                await self._login(event.username, event.password, apop=None)
+                await self._password_login(event)
             elif isinstance(event, ApopLogin):
-                await self._login(event.username, None, apop=event)
+                await self._apop_login(event)
+            elif isinstance(event, SaslStart | SaslResponse | SaslCancelled):
+                await self._sasl(event)
+            elif isinstance(event, StartTls):
+                await self._stls(event)
             elif isinstance(event, MessageRequest):
                 await self._send_message(event)
             elif isinstance(event, UpdateRequest):
                 await self._update(event)
 
-    async def _login(self, username: str, password: Secret | None, apop: ApopLogin | None) -> None:
-        context = self.context
-        delay = context.throttle.delay_for(self.peer_ip)
-        if delay > 0:
-            await asyncio.sleep(delay)
+    # -- TLS ---------------------------------------------------------------------------
+
+    async def _stls(self, event: StartTls) -> None:
+        if event.discarded:
+            self.log.warning("discarded %d octets sent after STLS", event.discarded)
+        self._send(self.connection.data_to_send())
+        await self._handshake("pop3")
+        self.connection.tls_started(
+            plaintext_allowed=self.context.plaintext_allowed(self.peer_ip, tls_active=True),
+            sasl_mechanisms=self.context.sasl_mechanisms(tls_active=True),
+        )
+        self._feed_early_tls_data()
+
+    def _feed_early_tls_data(self) -> None:
+        for data in self._early_tls_data:
+            self.data_received(data)
+        self._early_tls_data.clear()
+
+    async def _handshake(self, kind: str) -> None:
+        tls = self.context.tls
+        assert tls is not None and self.transport is not None
+        loop = asyncio.get_running_loop()
+        self._inside_tls_handshake = True
         try:
-            if apop is not None:
-                record = await context.authenticator.verify_apop(
-                    username, apop.timestamp, apop.digest
-                )
-                fingerprint = apop.digest.encode()
-            else:
-                assert password is not None
-                record = await context.authenticator.verify(username, password)
-                fingerprint = hashlib.blake2b(
-                    password.reveal().encode("utf-8", "surrogateescape"), key=_FINGERPRINT_KEY
-                ).digest()
-        except AuthError as error:
-            self.log.error("user database unavailable: %s", error)
-            self.connection.login_rejected(LoginFailure.TEMPORARY)
+            transport = await loop.start_tls(
+                self.transport,
+                self,
+                tls.current(kind),
+                server_side=True,
+                ssl_handshake_timeout=self.context.config.limits.handshake_timeout,
+            )
+        except (ssl.SSLError, OSError, TimeoutError) as error:
+            reason = getattr(error, "reason", None) or type(error).__name__
+            self._end_reason = f"TLS handshake failed ({reason})"  # logged once, at the end
+            if self.transport is not None:
+                self.transport.abort()
+            raise _SessionOver from error
+        finally:
+            self._inside_tls_handshake = False
+        if transport is None:
+            raise _SessionOver
+        self.transport = transport
+        self.tls_active = True
+        self._reading_paused = False
+        ssl_object = transport.get_extra_info("ssl_object")
+        if isinstance(ssl_object, ssl.SSLObject):
+            self.log.debug("TLS %s %s", ssl_object.version(), ssl_object.cipher())
+
+    # -- logins ------------------------------------------------------------------------
+
+    def _plaintext_allowed(self) -> bool:
+        return self.context.plaintext_allowed(self.peer_ip, tls_active=self.tls_active)
+
+    async def _password_login(self, event: PasswordLogin) -> None:
+        assert self.authorizer is not None
+        outcome = await self.authorizer.check_password(
+            event.username, event.password, plaintext_allowed=self._plaintext_allowed()
+        )
+        await self._finish_login(outcome)
+
+    async def _apop_login(self, event: ApopLogin) -> None:
+        assert self.authorizer is not None
+        outcome = await self.authorizer.check_apop(event.username, event.timestamp, event.digest)
+        await self._finish_login(outcome)
+
+    async def _sasl(self, event: SaslStart | SaslResponse | SaslCancelled) -> None:
+        if isinstance(event, SaslCancelled):
+            if self._sasl_exchange is not None:
+                self._sasl_exchange.cancel()
+                self._sasl_exchange = None
             return
-        if record is None:
-            context.throttle.record_failure(self.peer_ip, username, fingerprint)
-            self.log.info("login failed for %r", username)
-            self.connection.login_rejected(LoginFailure.BAD_CREDENTIALS)
+        if isinstance(event, SaslStart):
+            assert self.authorizer is not None
+            self._sasl_exchange = SaslExchange(
+                self.authorizer,
+                event.mechanism,
+                enabled=self.context.config.auth.mechanisms,
+                plaintext_allowed=self._plaintext_allowed(),
+                channel_bindings=self._channel_bindings(),
+            )
+            step = await self._sasl_exchange.start(event.initial_response)
+        else:
+            assert self._sasl_exchange is not None
+            step = await self._sasl_exchange.receive(event.data)
+        if isinstance(step, Challenge):
+            self.connection.sasl_challenge(step.data)
             return
-        context.throttle.record_success(self.peer_ip)
-        if not context.limits.admit_user(record.name):
-            self.connection.login_rejected(LoginFailure.IN_USE)
+        self._sasl_exchange = None
+        await self._finish_login(step)
+
+    def _channel_bindings(self) -> tuple[ChannelBinding, ...]:
+        """tls-server-end-point (RFC 5929) for SCRAM-SHA-256-PLUS, once TLS is up."""
+        tls = self.context.tls
+        if not self.tls_active or tls is None:
+            return ()
+        certificate, signature_hash = tls.certificate_der(self._tls_kind)
+        try:
+            return (tls_server_end_point(certificate, signature_hash),)
+        except ValueError:
+            return ()
+
+    async def _finish_login(self, outcome: UserRecord | bytes) -> None:
+        """Open the maildrop for a verified user, or send the failure."""
+        connection = self.connection
+        if isinstance(outcome, bytes):
+            connection.login_rejected(outcome)
+            return
+        limits = self.context.limits
+        if not limits.admit_user(outcome.name):
+            connection.login_rejected(LoginFailure.IN_USE)
+            return
+        assert self.authorizer is not None
+        opened = await self.authorizer.open_maildrop(outcome)
+        if not isinstance(opened, OpenedMaildrop):
+            limits.release_user(outcome.name)
+            connection.login_rejected(opened)
             return
         self._user_admitted = True
-        self.user = record.name
-        failure = await self._open_maildrop(record)
-        if failure is not None:
-            context.limits.release_user(record.name)
-            self._user_admitted = False
-            self.connection.login_rejected(failure)
+        self.user = outcome.name
+        self.maildrop = opened.maildrop
+        self.log.info("login %r, %d messages", outcome.name, len(opened.messages))
+        connection.login_accepted(opened.messages, username=outcome.name)
 
-    async def _open_maildrop(self, record: UserRecord) -> bytes | None:
-        """Lock and list the user's maildrop; a ``LoginFailure`` line if that fails."""
-        config = self.context.config
-        try:
-            path = maildir_for(config.mail.maildir, data_dir=config.data_dir, user=record)
-        except PostofficeError as error:
-            self.log.error("no maildrop for %r: %s", record.name, error)
-            return LoginFailure.PERMANENT
-        maildrop = MaildirMaildrop(path, flag_updates=not config.mail.no_flag_updates)
-        try:
-            messages = await asyncio.to_thread(self._lock_and_list, maildrop)
-        except MaildropInUseError:
-            self.log.info("maildrop of %r is in use", record.name)
-            return LoginFailure.IN_USE
-        except _LoginTooSoon:
-            maildrop.unlock()
-            return LoginFailure.LOGIN_DELAY
-        except (OSError, StorageError) as error:
-            maildrop.unlock()
-            self.log.error("cannot open maildrop of %r: %s", record.name, error)
-            return LoginFailure.TEMPORARY
-        self.maildrop = maildrop
-        self.log.info("login %r, %d messages", record.name, len(messages))
-        self.connection.login_accepted(messages)
-        return None
-
-    def _lock_and_list(self, maildrop: MaildirMaildrop) -> list[StoredMessage]:
-        maildrop.lock()
-        delay = self.context.config.pop3.login_delay
-        if delay:
-            marker = maildrop.path / LAST_LOGIN_FILE
-            now = time.time()
-            try:
-                last = marker.stat().st_mtime
-            except FileNotFoundError:
-                last = 0.0
-            if now - last < delay:
-                raise _LoginTooSoon
-            marker.touch()
-            os.utime(marker, (now, now))
-        return maildrop.snapshot()
+    # -- messages and UPDATE -----------------------------------------------------------
 
     async def _send_message(self, request: MessageRequest[StoredMessage]) -> None:
         maildrop = self.maildrop
@@ -370,6 +422,8 @@ class Pop3Session(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
+    # -- shutdown ----------------------------------------------------------------------
+
     def stop(self) -> None:
         """Server shutdown: end the session now if it is waiting for a login."""
         self.stopping = True
@@ -400,10 +454,11 @@ class Pop3Session(asyncio.Protocol):
         self.context.sessions.discard(self)
         counters = self.connection.counters
         self.log.info(
-            "end user=%r reason=%s commands=%d retrieved=%d top=%d deleted=%d octets_out=%d "
-            "seconds=%.3f",
+            "end user=%r reason=%s tls=%s commands=%d retrieved=%d top=%d deleted=%d "
+            "octets_out=%d seconds=%.3f",
             self.user,
             self._end_reason,
+            "yes" if self.tls_active else "no",
             counters.commands,
             counters.retrieved,
             counters.top,
@@ -411,7 +466,3 @@ class Pop3Session(asyncio.Protocol):
             self._octets_out,
             time.monotonic() - self._started,
         )
-
-
-class _LoginTooSoon(Exception):
-    """LOGIN-DELAY: the last login to this maildrop was too recent."""

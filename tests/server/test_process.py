@@ -27,7 +27,8 @@ class ServerProcess:
         self.config = root / "postoffice.toml"
         self.config.write_text(
             'data_dir = "var"\n[pop3]\nlisten = ["127.0.0.1:0"]\n'
-            "[auth]\nfailure_delay = 0\n[limits]\nshutdown_timeout = 1\n" + extra
+            "[auth]\nfailure_delay = 0\n[limits]\nshutdown_timeout = 1\n"
+            + (extra if "[pop3s]" in extra else "[pop3s]\nlisten = []\n" + extra)
         )
         (root / "var").mkdir(exist_ok=True)
         self.log = root / "server.log"
@@ -42,7 +43,7 @@ class ServerProcess:
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            match = re.search(r"POP3 listening on 127\.0\.0\.1:(\d+)", self.log.read_text())
+            match = re.search(r" POP3 listening on 127\.0\.0\.1:(\d+)", self.log.read_text())
             if match:
                 self.port = int(match.group(1))
                 return
@@ -50,6 +51,11 @@ class ServerProcess:
                 raise AssertionError("server exited: " + self.log.read_text())
             time.sleep(0.02)
         raise AssertionError("server did not start: " + self.log.read_text())
+
+    def tls_port(self) -> int:
+        match = re.search(r"POP3S listening on 127\.0\.0\.1:(\d+)", self.log.read_text())
+        assert match, self.log.read_text()
+        return int(match.group(1))
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -1,0 +1,78 @@
+"""What every session of one server process shares, and the per-session protocol settings."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from postoffice.auth.authenticator import Authenticator
+from postoffice.auth.throttle import FailureThrottle
+from postoffice.config import Config
+from postoffice.proto.server import ServerSettings
+from postoffice.server.limits import ConnectionLimits
+from postoffice.tls import ListenerContexts
+
+if TYPE_CHECKING:
+    from postoffice.server.session import Pop3Session
+
+
+@dataclass(slots=True)
+class ServerContext:
+    config: Config
+    authenticator: Authenticator
+    throttle: FailureThrottle
+    limits: ConnectionLimits
+    tls: ListenerContexts | None = None
+    sessions: set[Pop3Session] = field(default_factory=set)
+    hostname: str = field(default_factory=socket.gethostname)
+
+    def is_trusted(self, peer_ip: str) -> bool:
+        """Loopback, or inside ``auth.trusted_networks``."""
+        try:
+            address = ipaddress.ip_address(peer_ip)
+        except ValueError:
+            return peer_ip == "local"  # a Unix socket
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        if address.is_loopback:
+            return True
+        return any(address in network for network in self.config.auth.trusted_networks)
+
+    def plaintext_allowed(self, peer_ip: str, *, tls_active: bool) -> bool:
+        """May USER/PASS and plaintext SASL be used now (RFC 2595 §2.3, RFC 8314 §4.1)?"""
+        policy = self.config.auth.plaintext
+        if tls_active or policy == "always":
+            return True
+        if policy == "never":
+            return False
+        return self.is_trusted(peer_ip)
+
+    def sasl_mechanisms(self, *, tls_active: bool) -> tuple[str, ...]:
+        """Enabled mechanisms usable now: -PLUS ones need TLS channel bindings."""
+        return tuple(
+            name for name in self.config.auth.mechanisms if tls_active or not name.endswith("-PLUS")
+        )
+
+    def session_settings(self, peer_ip: str, *, implicit_tls: bool) -> ServerSettings:
+        pop3 = self.config.pop3
+        timestamp = None
+        if pop3.apop:
+            timestamp = f"<{os.getpid()}.{secrets.token_hex(8)}@{self.hostname}>"
+        return ServerSettings(
+            greeting=pop3.greeting,
+            apop_timestamp=timestamp,
+            stls=pop3.stls and self.tls is not None and not implicit_tls,
+            tls_active=implicit_tls,
+            plaintext_allowed=self.plaintext_allowed(peer_ip, tls_active=implicit_tls),
+            sasl_mechanisms=self.sasl_mechanisms(tls_active=implicit_tls),
+            expire=pop3.expire,
+            login_delay=int(pop3.login_delay) if pop3.login_delay else None,
+            implementation=pop3.implementation or None,
+            max_line_octets=pop3.max_line_length,
+            max_bad_commands=pop3.max_bad_commands,
+            max_login_failures=pop3.max_login_failures,
+        )

@@ -1,0 +1,141 @@
+"""Deciding a login: throttling, password checks, plaintext policy, and opening the maildrop.
+
+Every path that refuses a password costs the same: the per-address failure delay first,
+then one password-hash verification (against a dummy hash when the user is unknown or
+plaintext login is not allowed here), so neither names nor policy can be told apart by
+timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+
+from postoffice.auth.base import UserRecord
+from postoffice.config import Config
+from postoffice.errors import AuthError, MaildropInUseError, PostofficeError, StorageError
+from postoffice.proto.server import LoginFailure
+from postoffice.secret import Secret
+from postoffice.server.context import ServerContext
+from postoffice.storage.base import StoredMessage
+from postoffice.storage.maildir import MaildirMaildrop
+from postoffice.storage.paths import maildir_for
+
+LAST_LOGIN_FILE = "postoffice-last-login"
+LOGIN_DELAY_ALLOWANCE = 0.1
+"""Share of LOGIN-DELAY forgiven, for clients that poll a little early in bursts."""
+_NO_SUCH_USER = "\x00"  # fails the name check, so only the dummy hash is verified
+_FINGERPRINT_KEY = secrets.token_bytes(32)  # so failed-password fingerprints mean nothing outside
+
+
+@dataclass(slots=True)
+class OpenedMaildrop:
+    maildrop: MaildirMaildrop
+    messages: list[StoredMessage]
+
+
+class Authorizer:
+    """Login decisions for one session."""
+
+    def __init__(
+        self, context: ServerContext, peer_ip: str, log: logging.LoggerAdapter[logging.Logger]
+    ) -> None:
+        self.context = context
+        self.peer_ip = peer_ip
+        self.log = log
+
+    async def wait_penalty(self) -> None:
+        delay = self.context.throttle.delay_for(self.peer_ip)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    async def check_password(
+        self, username: str, password: Secret, *, plaintext_allowed: bool
+    ) -> UserRecord | bytes:
+        """The user, or the ``LoginFailure`` line to send."""
+        await self.wait_penalty()
+        authenticator = self.context.authenticator
+        if not plaintext_allowed:
+            await authenticator.verify(_NO_SUCH_USER, password)  # the same work, no real check
+            self.log.info("plaintext login refused before TLS for %r", username)
+            return LoginFailure.NOT_ALLOWED
+        try:
+            record = await authenticator.verify(username, password)
+        except AuthError as error:
+            self.log.error("user database unavailable: %s", error)
+            return LoginFailure.TEMPORARY
+        fingerprint = hashlib.blake2b(
+            password.reveal().encode("utf-8", "surrogateescape"), key=_FINGERPRINT_KEY
+        ).digest()
+        return self.judged(username, record, fingerprint)
+
+    async def check_apop(self, username: str, timestamp: str, digest: str) -> UserRecord | bytes:
+        await self.wait_penalty()
+        try:
+            record = await self.context.authenticator.verify_apop(username, timestamp, digest)
+        except AuthError as error:
+            self.log.error("user database unavailable: %s", error)
+            return LoginFailure.TEMPORARY
+        return self.judged(username, record, digest.encode())
+
+    def judged(
+        self, username: str, record: UserRecord | None, fingerprint: bytes
+    ) -> UserRecord | bytes:
+        """Record a verification's result with the throttle."""
+        throttle = self.context.throttle
+        if record is None:
+            throttle.record_failure(self.peer_ip, username, fingerprint)
+            self.log.info("login failed for %r", username)
+            return LoginFailure.BAD_CREDENTIALS
+        throttle.record_success(self.peer_ip)
+        return record
+
+    async def open_maildrop(self, record: UserRecord) -> OpenedMaildrop | bytes:
+        """Lock and list the user's maildrop, or the ``LoginFailure`` line to send."""
+        config = self.context.config
+        try:
+            path = maildir_for(config.mail.maildir, data_dir=config.data_dir, user=record)
+        except PostofficeError as error:
+            self.log.error("no maildrop for %r: %s", record.name, error)
+            return LoginFailure.PERMANENT
+        maildrop = MaildirMaildrop(path, flag_updates=not config.mail.no_flag_updates)
+        try:
+            messages = await asyncio.to_thread(_lock_and_list, maildrop, config)
+        except MaildropInUseError:
+            self.log.info("maildrop of %r is in use", record.name)
+            return LoginFailure.IN_USE
+        except _LoginTooSoon:
+            maildrop.unlock()
+            return LoginFailure.LOGIN_DELAY
+        except (OSError, StorageError) as error:
+            maildrop.unlock()
+            self.log.error("cannot open maildrop of %r: %s", record.name, error)
+            return LoginFailure.TEMPORARY
+        return OpenedMaildrop(maildrop=maildrop, messages=messages)
+
+
+class _LoginTooSoon(Exception):
+    """LOGIN-DELAY: the last login to this maildrop was too recent."""
+
+
+def _lock_and_list(maildrop: MaildirMaildrop, config: Config) -> list[StoredMessage]:
+    maildrop.lock()
+    delay = config.pop3.login_delay
+    if delay:
+        # The marker lives in the maildrop so every server process sees the same time.
+        marker = maildrop.path / LAST_LOGIN_FILE
+        now = time.time()
+        try:
+            last = marker.stat().st_mtime
+        except FileNotFoundError:
+            last = 0.0
+        if now - last < delay * (1 - LOGIN_DELAY_ALLOWANCE):
+            raise _LoginTooSoon
+        marker.touch()
+        os.utime(marker, (now, now))
+    return maildrop.snapshot()

@@ -7,7 +7,7 @@ each other through the POP3 wire framing.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from postoffice.auth.schemes import hash_password, verify_password
@@ -173,7 +173,3 @@ def converse(
 def nul(*fields: str) -> bytes:
     """PLAIN message from its fields."""
     return "\0".join(fields).encode()
-
-
-def steps_of(values: Sequence[object]) -> list[str]:
-    return [type(value).__name__ for value in values]

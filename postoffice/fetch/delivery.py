@@ -5,10 +5,11 @@ Theory of operation
 Durability order for one message (the session drives it; this module does steps 1-4):
 
 1. stream the RETR body into ``tmp/NAME`` (CRLF becomes LF, the Maildir convention);
-2. after the terminating dot: ``fsync`` the file;
-3. ``rename`` it to ``new/NAME``;
-4. ``fsync`` the ``new/`` folder, so the rename itself survives a power cut;
-5. (session) append the UIDL to the journal and make it durable;
+2. after the terminating dot: ``fsync`` the file (``commit``);
+3. ``rename`` it to ``new/NAME`` (``commit``);
+4. ``fsync`` the ``new/`` folder, so the rename itself survives a power cut (``sync``;
+   one call may cover several messages committed before it);
+5. (session) append the UIDLs to the journal and make it durable;
 6. (session) only then DELE, QUIT, and wait for ``+OK``.
 
 NAME is derived from (account, UIDL) alone (a digest), plus ``,S=`` and ``,W=`` size tags
@@ -42,7 +43,9 @@ class MessageSink(Protocol):
     def write(self, data: bytes) -> None: ...
 
     def commit(self) -> str:
-        """Make the message durable and visible; return its local name. Blocking."""
+        """Make the message's content durable and visible; return its local name. Blocking.
+
+        The name becomes durable at the destination's next ``sync``."""
         ...
 
     def abort(self) -> None:
@@ -62,6 +65,10 @@ class Destination(Protocol):
         ...
 
     def begin(self, uidl: str) -> MessageSink: ...
+
+    def sync(self) -> None:
+        """Make every committed message durable, names included. Blocking."""
+        ...
 
 
 def message_key(account: str, uidl: str) -> str:
@@ -114,6 +121,9 @@ class MaildirDestination:
     def begin(self, uidl: str) -> _MaildirMessage:
         return _MaildirMessage(self.path, message_key(self.account, uidl))
 
+    def sync(self) -> None:
+        _fsync_dir(self.path / "new")
+
 
 class _MaildirMessage:
     def __init__(self, maildir: Path, key: str) -> None:
@@ -151,7 +161,6 @@ class _MaildirMessage:
         name = f"{self._key},S={self._counter.octets},W={self._counter.size}"
         os.rename(self._tmp, self._maildir / "new" / name)
         self._done = True
-        _fsync_dir(self._maildir / "new")
         return name
 
     def abort(self) -> None:

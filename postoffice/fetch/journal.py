@@ -152,13 +152,19 @@ class Journal:
         self, uidl: str, *, local_name: str, size: int, now: float, delete: bool
     ) -> None:
         """The message is durable locally; with ``delete`` a DELE is owed from now on."""
+        self.record_delivered_many([(uidl, local_name, size)], now=now, delete=delete)
+
+    def record_delivered_many(
+        self, deliveries: Iterable[tuple[str, str, int]], *, now: float, delete: bool
+    ) -> None:
+        """``record_delivered`` for (uidl, local name, size) triples, in one transaction."""
         self._write(
             "INSERT INTO messages (uidl, first_seen, delivered_at, local_name, size, "
             "delete_pending) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (uidl) DO UPDATE SET delivered_at = excluded.delivered_at, "
             "local_name = excluded.local_name, size = excluded.size, "
             "delete_pending = excluded.delete_pending",
-            [(uidl, now, now, local_name, size, int(delete))],
+            [(uidl, now, now, name, size, int(delete)) for uidl, name, size in deliveries],
         )
 
     def mark_delete_pending(self, uidls: Iterable[str]) -> None:

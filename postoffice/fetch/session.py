@@ -10,7 +10,8 @@ every message, is:
    dot (a dropped connection aborts it and leaves nothing); a size different from LIST
    is logged but the message is kept, since the dot proves it is complete;
 2. fsync the file, rename into ``new/``, fsync ``new/`` (``delivery``);
-3. journal the UIDL as delivered, durably (``journal``, SQLite ``synchronous = FULL``);
+3. journal the UIDL as delivered, durably (``journal``, SQLite ``synchronous = FULL``).
+   Steps 2 (the folder fsync) and 3 are group commits: one for up to ``BATCH`` messages;
 4. only then DELE it (delete mode, or keep mode past ``delete_after_days``);
 5. at the end QUIT, and only a ``+OK`` marks the DELEs as committed in the journal.
 
@@ -60,6 +61,7 @@ __all__ = ["Options", "Plan", "ServerMessage", "SessionResult", "make_plan", "ru
 logger = logging.getLogger(__name__)
 
 WINDOW = 16  # commands in flight when pipelining
+BATCH = 16  # messages made durable by one fsync of new/ and one journal transaction
 DAY = 86400.0
 
 
@@ -221,7 +223,7 @@ async def run_session(
             await asyncio.to_thread(destination.prepare)
             found = await asyncio.to_thread(destination.find_delivered, undelivered)
             if found and journal is not None:
-                log.warning("%d delivered before a crash; journaling them now", len(found))
+                log.warning("%d delivered in an interrupted session; journaling them", len(found))
                 await asyncio.to_thread(journal.adopt, found, options.clock())
                 entries = await asyncio.to_thread(journal.entries)
         plan = make_plan(account, listing, entries, now)
@@ -301,6 +303,8 @@ class _Transfer:
         self.in_flight: deque[tuple[str, ServerMessage]] = deque()
         self.deleted: list[str] = []
         self.sink: MessageSink | None = None
+        self.unjournaled: list[tuple[ServerMessage, str, int]] = []
+        """Renamed into the destination, not yet synced and journaled (group commit)."""
 
     async def _pump(self) -> None:
         batch: list[Request] = []
@@ -370,17 +374,33 @@ class _Transfer:
         except OSError as error:
             sink.abort()
             raise FetchError(f"cannot deliver to {self.account.maildir}: {error}") from error
+        self.unjournaled.append((message, name, octets))
+        self.log.info(
+            "%d/%d: %s, %d octets",
+            result.fetched + len(self.unjournaled),
+            total,
+            message.uidl,
+            octets,
+        )
+        more = any(k == "RETR" for k, _ in self.in_flight) or any(k == "RETR" for k, _ in self.todo)
+        if len(self.unjournaled) >= BATCH or not more:
+            await self._make_durable(result)
+
+    async def _make_durable(self, result: SessionResult) -> None:
+        """fsync new/, then journal the batch in one transaction, then owe and queue DELEs."""
+        batch, self.unjournaled = self.unjournaled, []
+        try:
+            await asyncio.to_thread(self.destination.sync)
+        except OSError as error:
+            raise FetchError(f"cannot sync {self.account.maildir}: {error}") from error
         delete = self.account.mode is Mode.DELETE
         await asyncio.to_thread(
-            self.journal.record_delivered,
-            message.uidl,
-            local_name=name,
-            size=octets,
+            self.journal.record_delivered_many,
+            [(message.uidl, name, octets) for message, name, octets in batch],
             now=self.clock(),
             delete=delete,
         )
-        result.fetched += 1
-        result.octets += octets
-        self.log.info("%d/%d: %s, %d octets", result.fetched, total, message.uidl, octets)
+        result.fetched += len(batch)
+        result.octets += sum(octets for _, _, octets in batch)
         if delete:
-            self.todo.appendleft(("DELE", message))
+            self.todo.extendleft(("DELE", message) for message, _, _ in reversed(batch))

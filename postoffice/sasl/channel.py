@@ -10,10 +10,12 @@ from the DER bytes and the certificate's signature hash.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 TLS_EXPORTER = "tls-exporter"
 TLS_SERVER_END_POINT = "tls-server-end-point"
+_CB_NAME = re.compile(r"[A-Za-z0-9.-]+")  # RFC 5056 §7 / RFC 5802 §7 cb-name
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,6 +26,8 @@ class ChannelBinding:
     data: bytes = field(repr=False)
 
     def __post_init__(self) -> None:
+        if not _CB_NAME.fullmatch(self.type):
+            raise ValueError("a channel-binding type is letters, digits, '.' and '-'")
         if not self.data:
             raise ValueError("channel-binding data must not be empty")
 

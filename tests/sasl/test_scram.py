@@ -517,3 +517,5 @@ def test_tls_server_end_point_hash_rules() -> None:
         tls_server_end_point(der, "nohash")
     with pytest.raises(ValueError):
         ChannelBinding(type="tls-exporter", data=b"")
+    with pytest.raises(ValueError):
+        ChannelBinding(type="tls exporter", data=b"x")

@@ -317,10 +317,15 @@ class _Transfer:
 
     async def run(self, plan: Plan, result: SessionResult) -> None:
         entries = await asyncio.to_thread(self.journal.entries)
-        unread = [m.uidl for m in plan.delete if not _delivered(entries, m.uidl)]
-        if unread:
-            # Oversize messages deleted unread: owe the DELE durably before sending it.
-            await asyncio.to_thread(self.journal.mark_delete_pending, unread)
+        owed = [
+            m.uidl
+            for m in plan.delete
+            if m.uidl not in entries or not entries[m.uidl].delete_pending
+        ]
+        if owed:
+            # Journal the DELEs as owed before sending them: until QUIT +OK they may not
+            # commit, and the next session then sends them again.
+            await asyncio.to_thread(self.journal.mark_delete_pending, owed)
         self.todo.extend(("DELE", message) for message in plan.delete)
         self.todo.extend(("RETR", message) for message in plan.fetch)
         total = len(plan.fetch)

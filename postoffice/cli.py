@@ -143,10 +143,21 @@ def _read_password(password_stdin: bool) -> Secret:
 
 scheme_option = click.option(
     "--scheme",
-    default="ARGON2ID",
-    show_default=True,
-    help="Password scheme: ARGON2ID, BLF-CRYPT, SHA512-CRYPT, SSHA512 or PLAIN.",
+    default=None,
+    help="Password scheme: ARGON2ID (default), SCRAM-SHA-256 (default when the SCRAM "
+    "mechanisms are enabled), BLF-CRYPT, SHA512-CRYPT, SSHA512 or PLAIN.",
 )
+
+
+def _scheme_for(config: Config, scheme: str | None) -> str:
+    """The scheme to store a new password in: SCRAM needs SCRAM verifiers."""
+    if scheme:
+        return scheme.upper()
+    if any(name.startswith("SCRAM-") for name in config.auth.mechanisms):
+        return "SCRAM-SHA-256"
+    return "ARGON2ID"
+
+
 stdin_option = click.option(
     "--password-stdin", is_flag=True, help="Read the password from the first line of stdin."
 )
@@ -157,13 +168,13 @@ stdin_option = click.option(
 @scheme_option
 @stdin_option
 @click.argument("name")
-def user_add(config_path: Path | None, scheme: str, password_stdin: bool, name: str) -> None:
+def user_add(config_path: Path | None, scheme: str | None, password_stdin: bool, name: str) -> None:
     """Add a user; the password is asked for (or read from stdin), never taken from argv."""
     config = _load(config_path)
     name = _checked_name(name)
     password = _read_password(password_stdin)
     try:
-        encoded = hash_password(password, scheme.upper())
+        encoded = hash_password(password, _scheme_for(config, scheme))
         config.auth.passwd_file.parent.mkdir(parents=True, exist_ok=True)
         passwd_file.add_user(config.auth.passwd_file, name, encoded)
     except (PasswdFileError, ValueError) as error:
@@ -176,14 +187,16 @@ def user_add(config_path: Path | None, scheme: str, password_stdin: bool, name: 
 @scheme_option
 @stdin_option
 @click.argument("name")
-def user_passwd(config_path: Path | None, scheme: str, password_stdin: bool, name: str) -> None:
+def user_passwd(
+    config_path: Path | None, scheme: str | None, password_stdin: bool, name: str
+) -> None:
     """Set a user's password."""
     config = _load(config_path)
     name = _checked_name(name)
     password = _read_password(password_stdin)
     try:
         passwd_file.set_password(
-            config.auth.passwd_file, name, hash_password(password, scheme.upper())
+            config.auth.passwd_file, name, hash_password(password, _scheme_for(config, scheme))
         )
     except (PasswdFileError, ValueError) as error:
         raise click.ClickException(str(error)) from error

@@ -27,7 +27,7 @@ SASL_MECHANISMS = (
     "OAUTHBEARER",
     "XOAUTH2",
 )
-DEFAULT_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+DEFAULT_MECHANISMS = ("PLAIN", "LOGIN")
 PLAINTEXT_POLICIES = ("never", "loopback", "always")
 MAILDIR_PLACEHOLDERS = ("user", "localpart", "domain", "home", "data_dir")
 MINIMUM_IDLE_TIMEOUT = 600.0  # RFC 1939 §3: the autologout timer must be at least 10 minutes
@@ -94,6 +94,18 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class OAuthConfig:
+    """How OAUTHBEARER and XOAUTH2 bearer tokens are validated."""
+
+    jwks_file: Path | None = None
+    issuer: str = ""
+    audience: str = ""
+    username_claim: str = "sub"
+    introspection_command: str = ""
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class MailConfig:
     maildir: str
     """Template with {user}, {localpart}, {domain}, {home}, {data_dir}; an absolute path
@@ -106,6 +118,7 @@ class LimitsConfig:
     max_connections: int = 1000
     max_connections_per_ip: int = 20
     max_sessions_per_user: int = 10
+    max_connections_per_user_ip: int = 10
     login_timeout: float = 60.0
     idle_timeout: float = 600.0
     send_timeout: float = 300.0
@@ -122,6 +135,7 @@ class Config:
     pop3s: Pop3sConfig
     process: ProcessConfig = field(default_factory=ProcessConfig)
     auth: AuthConfig
+    oauth: OAuthConfig = field(default_factory=OAuthConfig)
     mail: MailConfig
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     source: Path | None = None
@@ -345,6 +359,27 @@ def load_config(
     )
     auth_table.finish()
 
+    oauth_table = root.table("oauth")
+    jwks_text = oauth_table.string("jwks_file", "")
+    oauth = OAuthConfig(
+        jwks_file=resolve(jwks_text) if jwks_text else None,
+        issuer=oauth_table.string("issuer", ""),
+        audience=oauth_table.string("audience", ""),
+        username_claim=oauth_table.string("username_claim", "sub"),
+        introspection_command=oauth_table.string("introspection_command", ""),
+        timeout=oauth_table.duration("timeout", 10.0),
+    )
+    oauth_table.finish()
+    if oauth.jwks_file and oauth.introspection_command:
+        raise ConfigError("oauth: give jwks_file or introspection_command, not both")
+    if any(name in ("OAUTHBEARER", "XOAUTH2") for name in auth.mechanisms) and not (
+        oauth.jwks_file or oauth.introspection_command
+    ):
+        raise ConfigError(
+            "auth.mechanisms: OAUTHBEARER/XOAUTH2 need oauth.jwks_file or "
+            "oauth.introspection_command"
+        )
+
     mail_table = root.table("mail")
     template = mail_table.string("maildir", "{data_dir}/mail/{user}/Maildir")
     _check_template(template, "mail.maildir")
@@ -364,6 +399,9 @@ def load_config(
         max_connections=limits_table.integer("max_connections", 1000, minimum=1),
         max_connections_per_ip=limits_table.integer("max_connections_per_ip", 20, minimum=1),
         max_sessions_per_user=limits_table.integer("max_sessions_per_user", 10, minimum=1),
+        max_connections_per_user_ip=limits_table.integer(
+            "max_connections_per_user_ip", 10, minimum=1
+        ),
         login_timeout=limits_table.duration("login_timeout", 60.0),
         idle_timeout=idle_timeout,
         send_timeout=limits_table.duration("send_timeout", 300.0),
@@ -381,6 +419,7 @@ def load_config(
         pop3s=pop3s,
         process=process,
         auth=auth,
+        oauth=oauth,
         mail=mail,
         limits=limits,
         source=path.resolve() if path is not None else None,

@@ -62,6 +62,7 @@ class Pop3Server:
                 max_connections=config.limits.max_connections,
                 max_connections_per_ip=config.limits.max_connections_per_ip,
                 max_sessions_per_user=config.limits.max_sessions_per_user,
+                max_connections_per_user_ip=config.limits.max_connections_per_user_ip,
             ),
             tls=tls,
         )

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from postoffice.auth.authenticator import Authenticator
+from postoffice.auth.oauth import BearerValidator, IntrospectionValidator, JwksValidator
 from postoffice.auth.throttle import FailureThrottle
 from postoffice.config import Config
 from postoffice.proto.server import ServerSettings
@@ -27,8 +28,23 @@ class ServerContext:
     throttle: FailureThrottle
     limits: ConnectionLimits
     tls: ListenerContexts | None = None
+    bearer_validator: BearerValidator | None = None
     sessions: set[Pop3Session] = field(default_factory=set)
     hostname: str = field(default_factory=socket.gethostname)
+
+    def __post_init__(self) -> None:
+        oauth = self.config.oauth
+        if oauth.jwks_file is not None:
+            self.bearer_validator = JwksValidator(
+                oauth.jwks_file,
+                issuer=oauth.issuer,
+                audience=oauth.audience,
+                username_claim=oauth.username_claim,
+            )
+        elif oauth.introspection_command:
+            self.bearer_validator = IntrospectionValidator(
+                oauth.introspection_command, timeout=oauth.timeout
+            )
 
     def is_trusted(self, peer_ip: str) -> bool:
         """Loopback, or inside ``auth.trusted_networks``."""

@@ -25,6 +25,7 @@ from postoffice.sasl.events import (
     PasswordVerdict,
     ServerStep,
     Success,
+    TokenAccepted,
     TokenRejected,
     ValidateToken,
     VerifyPassword,
@@ -73,6 +74,22 @@ class SaslExchange:
         except MalformedSaslError:
             return MALFORMED
 
+    async def _validate(self, request: ValidateToken) -> TokenAccepted | TokenRejected:
+        authorizer = self.authorizer
+        self._authcid = request.user
+        await authorizer.wait_penalty()
+        validator = authorizer.context.bearer_validator
+        if validator is None or not self.plaintext_allowed:
+            if validator is not None:
+                self._failure = LoginFailure.NOT_ALLOWED
+            return TokenRejected()
+        identity = await validator.validate(request.token, request.user)
+        record = await authorizer.context.authenticator.lookup(identity) if identity else None
+        if record is None:
+            return TokenRejected()
+        self._record = record
+        return TokenAccepted(identity=record.name)
+
     def cancel(self) -> None:
         if not self.mechanism.done:
             self.mechanism.cancel()
@@ -105,10 +122,7 @@ class SaslExchange:
                     self._record = record
                 step = self.mechanism.answer(credentials or NO_CREDENTIALS)
             elif isinstance(step, ValidateToken):
-                self._authcid = step.user
-                await authorizer.wait_penalty()
-                authorizer.log.warning("%s login refused: no token validator configured", self.name)
-                step = self.mechanism.answer(TokenRejected())
+                step = self.mechanism.answer(await self._validate(step))
             elif isinstance(step, Success):
                 record = self._record
                 if record is None or step.identity != record.name:

@@ -110,7 +110,7 @@ class Pop3Session(asyncio.Protocol):
         self.peer_ip = str(peer[0]) if isinstance(peer, tuple) else "local"
         peer_text = f"[{self.peer_ip}]:{peer[1]}" if isinstance(peer, tuple) else "local"
         self.log = SessionLog(log, {"session": self.session_id, "peer": peer_text})
-        if not self.context.limits.admit_connection(self.peer_ip):
+        if not self._admit():
             self.log.warning("refused: too many connections")
             transport.write(err("too many connections, try again later", ResponseCode.SYS_TEMP))
             transport.close()
@@ -122,6 +122,34 @@ class Pop3Session(asyncio.Protocol):
         self.authorizer = Authorizer(self.context, self.peer_ip, self.log)
         self.context.sessions.add(self)
         self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def _admit(self) -> bool:
+        """Take a connection slot, evicting the oldest connection not logged in if full."""
+        limits = self.context.limits
+        cap = limits.connection_cap_reached(self.peer_ip)
+        if cap is not None:
+            waiting = [
+                session
+                for session in self.context.sessions
+                if session.user is None
+                and session._admitted
+                and (cap == "total" or session.peer_ip == self.peer_ip)
+            ]
+            if waiting:
+                min(waiting, key=lambda session: session._started).evict()
+        return limits.admit_connection(self.peer_ip)
+
+    def evict(self) -> None:
+        """Close this connection (not logged in) to make room for a newer one."""
+        self._end_reason = "evicted: connection limit reached"
+        self._send(err("connection limit reached, closing", ResponseCode.SYS_TEMP))
+        if self._admitted:
+            self.context.limits.release_connection(self.peer_ip)
+            self._admitted = False
+        if self.transport is not None:
+            self.transport.abort()
+        if self._task is not None:
+            self._task.cancel()
 
     def data_received(self, data: bytes) -> None:
         if self._inside_tls_handshake:
@@ -164,7 +192,8 @@ class Pop3Session(asyncio.Protocol):
         except TimeoutError:
             self._end_reason = "timed out"
         except asyncio.CancelledError:
-            self._end_reason = "server shutdown"
+            if not self._end_reason.startswith("evicted"):
+                self._end_reason = "server shutdown"
         except ConnectionError:
             self._end_reason = "connection lost"
         except Exception:
@@ -323,13 +352,13 @@ class Pop3Session(asyncio.Protocol):
             connection.login_rejected(outcome)
             return
         limits = self.context.limits
-        if not limits.admit_user(outcome.name):
+        if not limits.admit_user(outcome.name, self.peer_ip):
             connection.login_rejected(LoginFailure.IN_USE)
             return
         assert self.authorizer is not None
         opened = await self.authorizer.open_maildrop(outcome)
         if not isinstance(opened, OpenedMaildrop):
-            limits.release_user(outcome.name)
+            limits.release_user(outcome.name, self.peer_ip)
             connection.login_rejected(opened)
             return
         self._user_admitted = True
@@ -443,7 +472,7 @@ class Pop3Session(asyncio.Protocol):
             self.maildrop.unlock()
             self.maildrop = None
         if self._user_admitted and self.user is not None:
-            self.context.limits.release_user(self.user)
+            self.context.limits.release_user(self.user, self.peer_ip)
             self._user_admitted = False
         if self.transport is not None:
             self._send(self.connection.data_to_send())

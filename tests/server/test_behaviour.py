@@ -75,23 +75,67 @@ def test_login_timeout_closes_silently(harness: ServerHarness) -> None:
     assert greeting.startswith(b"+OK")
 
 
-def test_connections_per_address_are_capped(harness: ServerHarness) -> None:
+def test_full_address_cap_evicts_the_oldest_connection_not_logged_in(
+    harness: ServerHarness,
+) -> None:
+    harness.add_user("alice", "secret")
     harness.start(limits={"max_connections_per_ip": 2})
-    first = socket.create_connection((harness.host, harness.port))
-    second = socket.create_connection((harness.host, harness.port))
+    logged_in = socket.create_connection((harness.host, harness.port))
+    waiting = socket.create_connection((harness.host, harness.port))
     try:
-        for sock in (first, second):
-            assert read_until(sock, lambda d: d.endswith(b"\r\n")).startswith(b"+OK")
-        with socket.create_connection((harness.host, harness.port)) as third:
-            reply = read_until(third, lambda d: d.endswith(b"\r\n"))
-            assert reply == b"-ERR [SYS/TEMP] too many connections, try again later\r\n"
+        read_until(waiting, lambda d: d.endswith(b"\r\n"))
+        read_until(logged_in, lambda d: d.endswith(b"\r\n"))
+        logged_in.sendall(b"USER alice\r\nPASS secret\r\n")
+        assert b"+OK maildrop" in read_until(logged_in, lambda d: b"maildrop" in d)
+        # Full: the newcomer is let in, and the connection that has not logged in goes.
+        with socket.create_connection((harness.host, harness.port)) as newcomer:
+            assert read_until(newcomer, lambda d: d.endswith(b"\r\n")).startswith(b"+OK")
+            evicted = read_until(waiting, lambda d: d.endswith(b"\r\n"))
+            assert evicted == b"-ERR [SYS/TEMP] connection limit reached, closing\r\n"
+            # Now only logged-in and newcomer are left; newcomer logs in, and a fourth
+            # connection finds nobody to evict.
+            newcomer.sendall(b"USER bob\r\n")
+            read_until(newcomer, lambda d: d.endswith(b"PASS\r\n"))
+            logged_in.sendall(b"NOOP\r\n")
+            assert read_until(logged_in, lambda d: d.endswith(b"\r\n")).endswith(b"+OK\r\n")
     finally:
-        first.close()
-        second.close()
+        logged_in.close()
+        waiting.close()
+
+
+def test_refused_when_every_connection_is_logged_in(harness: ServerHarness) -> None:
+    harness.add_user("alice", "secret")
+    harness.add_user("bob", "hunter2")
+    harness.start(limits={"max_connections_per_ip": 2})
+    clients = []
+    for user, password in (("alice", "secret"), ("bob", "hunter2")):
+        pop = poplib.POP3(harness.host, harness.port, timeout=10)
+        pop.user(user)
+        pop.pass_(password)
+        clients.append(pop)
+    with socket.create_connection((harness.host, harness.port)) as third:
+        reply = read_until(third, lambda d: d.endswith(b"\r\n"))
+        assert reply == b"-ERR [SYS/TEMP] too many connections, try again later\r\n"
+    for pop in clients:
+        pop.quit()
     assert harness.server is not None
     wait_until(lambda: harness.server is None or harness.server.context.limits.total == 0)
-    with socket.create_connection((harness.host, harness.port)) as fourth:
-        assert read_until(fourth, lambda d: d.endswith(b"\r\n")).startswith(b"+OK")
+
+
+def test_connections_per_user_and_address_are_capped(harness: ServerHarness) -> None:
+    harness.add_user("alice", "secret")
+    harness.start(limits={"max_connections_per_user_ip": 1})
+    first = poplib.POP3(harness.host, harness.port, timeout=10)
+    first.user("alice")
+    first.pass_("secret")
+    second = poplib.POP3(harness.host, harness.port, timeout=10)
+    second.user("alice")
+    with pytest.raises(poplib.error_proto, match=r"\[IN-USE\]"):
+        second.pass_("secret")
+    first.quit()
+    second.user("alice")
+    assert second.pass_("secret").startswith(b"+OK")
+    second.quit()
 
 
 def test_a_wrong_size_tag_is_corrected_after_retr(harness: ServerHarness) -> None:

@@ -165,7 +165,9 @@ class Pop3Session(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         self._eof = True
         self._data_ready.set()
-        return None
+        # Keep our half open: commands sent before a half-close (``printf ... | nc``) still
+        # get their replies; the session closes once they are answered. (TLS cannot.)
+        return not self.tls_active
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True

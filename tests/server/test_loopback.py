@@ -244,3 +244,13 @@ def test_long_command_line_gets_err_and_session_continues(pop3_server: ServerHar
         sock.sendall(b"USER " + b"a" * 300 + b"\r\nCAPA\r\n")
         data = read_until(sock, lambda d: d.endswith(b"\r\n.\r\n"))
         assert data.startswith(b"-ERR line too long\r\n+OK capability list follows\r\n")
+
+
+def test_commands_before_a_half_close_are_all_answered(pop3_server: ServerHarness) -> None:
+    pop3_server.deliver("alice", MESSAGE)
+    with socket.create_connection((pop3_server.host, pop3_server.port)) as sock:
+        sock.sendall(b"USER alice\nPASS secret\nSTAT\nQUIT\n")
+        sock.shutdown(socket.SHUT_WR)  # as `printf ... | nc` does
+        data = read_until(sock, lambda d: b"signing off" in d)
+    assert data.endswith(b"+OK postoffice signing off (1 message left)\r\n")
+    assert b"\r\n+OK 1 " in data

@@ -17,8 +17,6 @@ Message numbers, sizes and UIDLs are fixed at login from the snapshot the driver
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +42,8 @@ from postoffice.proto.events import (
 from postoffice.proto.framing import LineBuffer, LineProblem
 from postoffice.proto.replies import ResponseCode, err, multiline, ok
 from postoffice.proto.states import COMMAND_STATES, Pending, State
+from postoffice.sasl.errors import MalformedSaslError
+from postoffice.sasl.framing import challenge_line, decode_initial_response
 from postoffice.secret import Secret
 
 _APOP_DIGEST_OCTETS = 32
@@ -216,7 +216,7 @@ class ServerConnection(Generic[MessageT]):
         self.pending = Pending.NOTHING
         self._awaiting_sasl_response = True
         self._lines.max_line_octets = self.settings.max_sasl_line_octets
-        self._out.append(b"+ " + base64.b64encode(data) + b"\r\n")
+        self._out.append(challenge_line(data))
 
     def tls_started(
         self, *, plaintext_allowed: bool, sasl_mechanisms: tuple[str, ...] | None = None
@@ -552,11 +552,9 @@ class ServerConnection(Generic[MessageT]):
 
 def _decode_base64(data: bytes) -> bytes | None:
     """Strict base64 (RFC 4648 §4); ``=`` alone is the empty string (RFC 5034 §4)."""
-    if data == b"=":
-        return b""
     try:
-        return base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
+        return decode_initial_response(data)
+    except MalformedSaslError:
         return None
 
 

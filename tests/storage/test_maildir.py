@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postoffice.errors import MaildropInUseError, StorageError
-from postoffice.storage import maildir as maildir_module
+from postoffice.storage import maildir_index
 from postoffice.storage.base import StoredMessage
 from postoffice.storage.maildir import INDEX_NAME, MaildirMaildrop, ensure_maildir
 from postoffice.storage.wire import wire_size
@@ -44,8 +44,8 @@ def snap(md: Path) -> list[StoredMessage]:
     return MaildirMaildrop(md).snapshot()
 
 
-def load_index(md: Path) -> maildir_module._Index | None:
-    loaded = maildir_module._load_index(md / INDEX_NAME)
+def load_index(md: Path) -> maildir_index.Index | None:
+    loaded = maildir_index.load_index(md / INDEX_NAME)
     return None if loaded is None else loaded[0]
 
 
@@ -247,14 +247,14 @@ def test_forged_cache_with_valid_checksum_cannot_escape(md: Path) -> None:
     index = load_index(md)
     assert index is not None
     index.entries["new/2.b"] = (1, 3, "bad uid")
-    maildir_module._write_index(md, index)
+    maildir_index.write_index(md, index)
     assert load_index(md) is None
     assert [m.key for m in snap(md)] == ["new/1.a"]
 
     index = load_index(md)
     assert index is not None
     index.entries["new/../../etc/passwd"] = (1, 3, "evil")
-    maildir_module._write_index(md, index)
+    maildir_index.write_index(md, index)
     maildrop = MaildirMaildrop(md)
     messages = maildrop.snapshot()
     evil = next(m for m in messages if m.uid == "evil")
@@ -274,7 +274,7 @@ def test_cache_is_used_only_for_names_it_knows(md: Path) -> None:
     index.entries["new/1.a"] = (4, 999, "1.a")
     index.entries["new/2.b"] = (4, 888, "2.b")
     index.dirs = None  # force a listing, which may still use sizes of known names
-    maildir_module._write_index(md, index)
+    maildir_index.write_index(md, index)
     os.rename(md / "new" / "2.b", md / "cur" / "2.b:2,S")
     sizes = {m.key: m.size for m in snap(md)}
     assert sizes == {"new/1.a": 999, "cur/2.b:2,S": 5}
@@ -364,7 +364,7 @@ def test_incremental_listing_equals_a_cold_listing(
                 put(md, f"cur/{name}:2,S", name.encode())
         incremental = snap(md)
         (md / INDEX_NAME).unlink()
-        maildir_module._memo.clear()
+        maildir_index.forget_all()
         assert incremental == snap(md)
 
 

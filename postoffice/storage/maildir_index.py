@@ -1,0 +1,276 @@
+"""The Maildir index cache (``postoffice-index``) and this process's memory of snapshots.
+
+Per key (``new/NAME`` or ``cur/NAME``): disk size, wire size, UIDL, in snapshot order, plus
+the inode and mtime of ``new/`` and ``cur/`` and the time the directories were listed.
+``maildir.py`` decides when the cache is trusted; this module only stores and loads it.
+
+- The file starts with a magic line naming the version and the UIDL scheme (an index
+  written under another ``mail.uidl_format`` is not used), then the SHA-256 of its body.
+  A file that is corrupt, truncated, of another version or scheme, or with malformed
+  UIDLs is ignored (and rebuilt by the caller). Keys are checked when used
+  (``maildir_names.valid_key``), so a forged index can never name a file outside
+  ``new/`` and ``cur/``.
+- It is written atomically (temp file, fsync, ``os.replace``); a failure to write it is
+  logged, never fatal.
+- ``remember``/``recall`` keep the last snapshots of this process in memory and hand one
+  back while the index file (inode, mtime, size) is the one it came from and the
+  directories pass the trust rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import threading
+from pathlib import Path
+
+from postoffice.storage.base import StoredMessage
+
+__all__ = [
+    "INDEX_NAME",
+    "Columns",
+    "DirState",
+    "Entry",
+    "FileId",
+    "Index",
+    "load_index",
+    "recall",
+    "remember",
+    "write_index",
+]
+
+logger = logging.getLogger(__name__)
+
+INDEX_NAME = "postoffice-index"
+_MAGIC = b"postoffice-index 2"
+_MTIME_MARGIN_NS = 2_000_000_000
+DEFAULT_SCHEME = "postoffice"
+
+# Per key: (disk size, wire size, uid).
+Entry = tuple[int, int, str]
+# Per directory (new/, cur/): (inode, mtime in ns).
+DirState = tuple[tuple[int, int], tuple[int, int]]
+# A file's (inode, mtime in ns, size).
+FileId = tuple[int, int, int]
+# (keys, disk sizes, wire sizes, uids)
+Columns = tuple[list[str], list[int], list[int], list[str]]
+
+
+def _magic(scheme: str) -> bytes:
+    # The original (postoffice) scheme keeps the version line it always had.
+    if scheme == DEFAULT_SCHEME:
+        return _MAGIC + b"\n"
+    return _MAGIC + b" " + scheme.encode("ascii", "backslashreplace") + b"\n"
+
+
+class Index:
+    """The cache in memory: columns as loaded (cheap), or a dict once it is changed."""
+
+    __slots__ = ("_columns", "_entries", "dirs", "listed_ns")
+
+    def __init__(
+        self,
+        *,
+        dirs: DirState | None,
+        listed_ns: int,
+        entries: dict[str, Entry] | None = None,
+        columns: Columns | None = None,
+    ) -> None:
+        self.dirs = dirs
+        """The directories as they were when listed; None: the listing must not be trusted."""
+        self.listed_ns = listed_ns
+        self._entries = entries
+        self._columns = columns
+
+    def trusted(self, dirs: DirState) -> bool:
+        """Both directories unchanged, and listed more than 2 s after their last change."""
+        if self.dirs is None or self.dirs != dirs:
+            return False
+        newest = max(dirs[0][1], dirs[1][1])
+        return self.listed_ns - newest > _MTIME_MARGIN_NS
+
+    @property
+    def entries(self) -> dict[str, Entry]:
+        """Key -> (disk size, wire size, uid), in snapshot order; safe to change."""
+        if self._entries is None:
+            keys, disk, wire, uids = self.columns()
+            self._entries = dict(zip(keys, zip(disk, wire, uids, strict=True), strict=True))
+            self._columns = None  # the lists may be shared with other sessions
+        return self._entries
+
+    def columns(self) -> Columns:
+        """(keys, disk sizes, wire sizes, uids); never change these lists in place."""
+        if self._columns is not None:
+            return self._columns
+        entries = self._entries or {}
+        return (
+            list(entries),
+            [e[0] for e in entries.values()],
+            [e[1] for e in entries.values()],
+            [e[2] for e in entries.values()],
+        )
+
+    def copy(self) -> Index:
+        return Index(
+            dirs=self.dirs,
+            listed_ns=self.listed_ns,
+            entries=None if self._entries is None else dict(self._entries),
+            columns=self._columns,
+        )
+
+
+def _valid_uids(uids: list[str]) -> bool:
+    """All 1-70 characters in 0x21-0x7E and unique, checked with C-speed string methods."""
+    if not uids:
+        return True
+    blob = "".join(uids)
+    return (
+        blob.isascii()
+        and blob.isprintable()  # for ASCII: 0x20-0x7E
+        and " " not in blob
+        and min(map(len, uids)) >= 1
+        and max(map(len, uids)) <= 70
+        and len(set(uids)) == len(uids)
+    )
+
+
+# The file: the magic line, the SHA-256 of the body, then the body (UTF-8, surrogateescape):
+#   "NEW_INO NEW_MTIME CUR_INO CUR_MTIME LISTED_NS COUNT" (or "- - - - LISTED_NS COUNT")
+#   disk sizes, space-separated
+#   wire sizes, space-separated
+#   COUNT lines of UIDs
+#   COUNT lines of keys
+# Columns rather than records: loading is a few C-level splits, not a Python loop.
+
+
+def load_index(path: Path, scheme: str = DEFAULT_SCHEME) -> tuple[Index, FileId] | None:
+    """The index at ``path`` and its identity; None when absent or not to be trusted."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+            file_id = _file_id(os.fstat(f.fileno()))
+    except OSError:
+        return None
+    magic = _magic(scheme)
+    if not raw.startswith(magic):
+        return None
+    checksum, _, body = raw[len(magic) :].partition(b"\n")
+    if hashlib.sha256(body).hexdigest().encode("ascii") != checksum:
+        return None
+    try:
+        lines = body.decode("utf-8", "surrogateescape").split("\n")
+        head = lines[0].split(" ")
+        if len(head) != 6:
+            return None
+        listed_ns, n = int(head[4]), int(head[5])
+        dirs: DirState | None = None
+        if head[0] != "-":
+            dirs = ((int(head[0]), int(head[1])), (int(head[2]), int(head[3])))
+        if n < 0 or len(lines) != 3 + 2 * n + 1 or lines[-1]:
+            return None
+        disk = list(map(int, lines[1].split()))
+        wire = list(map(int, lines[2].split()))
+        uids = lines[3 : 3 + n]
+        keys = lines[3 + n : 3 + 2 * n]
+    except ValueError:  # includes UnicodeDecodeError
+        return None
+    if len(disk) != n or len(wire) != n or (n and min(min(disk), min(wire)) < 0):
+        return None
+    if not _valid_uids(uids) or len(set(keys)) != n:
+        return None
+    # Keys are checked when used (valid_key), not here: that keeps loading cheap.
+    index = Index(dirs=dirs, listed_ns=listed_ns, columns=(keys, disk, wire, uids))
+    return index, file_id
+
+
+def write_index(maildir: Path, index: Index, scheme: str = DEFAULT_SCHEME) -> FileId | None:
+    """Replace the index atomically and return its identity; log (not raise) a failure."""
+    keys, disk, wire, uids = index.columns()
+    dirs = index.dirs
+    if "\n" in "".join(keys):
+        # A name with a line feed cannot be stored; without it the listing is incomplete.
+        keep = [i for i, key in enumerate(keys) if "\n" not in key]
+        keys = [keys[i] for i in keep]
+        disk = [disk[i] for i in keep]
+        wire = [wire[i] for i in keep]
+        uids = [uids[i] for i in keep]
+        dirs = None
+    head = "- - - -" if dirs is None else f"{dirs[0][0]} {dirs[0][1]} {dirs[1][0]} {dirs[1][1]}"
+    text = "\n".join(
+        [
+            f"{head} {index.listed_ns} {len(keys)}",
+            " ".join(map(str, disk)),
+            " ".join(map(str, wire)),
+            *uids,
+            *keys,
+            "",
+        ]
+    )
+    tmp = maildir / f".{INDEX_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        body = text.encode("utf-8", "surrogateescape")
+        data = _magic(scheme) + hashlib.sha256(body).hexdigest().encode("ascii") + b"\n" + body
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            with open(fd, "wb", closefd=False) as f:
+                f.write(data)
+            os.fsync(fd)
+            written = _file_id(os.fstat(fd))
+        finally:
+            os.close(fd)
+        os.replace(tmp, maildir / INDEX_NAME)
+    except (OSError, UnicodeEncodeError) as exc:
+        logger.warning("cannot write maildir index in %s: %s", maildir, exc)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return None
+    return written
+
+
+def _file_id(st: os.stat_result) -> FileId:
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+# Snapshots recently taken in this process, reused while the index file and directories
+# are unchanged, so a repeated login on a large maildrop costs a few stat calls.
+_memo: dict[tuple[Path, str], tuple[FileId, Index, list[StoredMessage]]] = {}
+_memo_lock = threading.Lock()
+_MEMO_MESSAGES = 300_000
+
+
+def remember(
+    path: Path, scheme: str, file_id: FileId, index: Index, messages: list[StoredMessage]
+) -> None:
+    frozen = Index(dirs=index.dirs, listed_ns=index.listed_ns, columns=index.columns())
+    key = (path, scheme)
+    with _memo_lock:
+        _memo.pop(key, None)
+        _memo[key] = (file_id, frozen, messages)
+        total = sum(len(entry[2]) for entry in _memo.values())
+        while total > _MEMO_MESSAGES and len(_memo) > 1:
+            oldest = next(iter(_memo))
+            total -= len(_memo.pop(oldest)[2])
+
+
+def recall(path: Path, scheme: str, dirs: DirState) -> tuple[Index, list[StoredMessage]] | None:
+    with _memo_lock:
+        hit = _memo.get((path, scheme))
+    if hit is None:
+        return None
+    file_id, index, messages = hit
+    try:
+        current = _file_id(os.stat(path / INDEX_NAME))
+    except OSError:
+        return None
+    if current != file_id or not index.trusted(dirs):
+        return None
+    return index.copy(), list(messages)
+
+
+def forget_all() -> None:
+    """Drop every remembered snapshot (for tests and tools)."""
+    with _memo_lock:
+        _memo.clear()

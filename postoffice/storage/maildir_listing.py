@@ -166,6 +166,9 @@ def list_maildir(path: Path, known: Columns, scheme: UidlScheme) -> Columns:
     if legacy is not None:
         items.extend(rows)
         items.sort(key=lambda item: _legacy_order(legacy, keys, item))
+    elif scheme.kind != "postoffice":
+        # The old server's records are gone: keep its order, newcomers after it.
+        items.extend(sorted(rows))
     elif len(rows) * 20 < len(kept):
         # Known rows are in order already; insert a few new ones.
         rows.sort()

@@ -1,27 +1,41 @@
-"""Getting the password and logging in: USER/PASS, APOP, SASL PLAIN and LOGIN.
+"""Getting the password (or token) and logging in.
 
-``auth = "auto"`` picks SASL PLAIN, then LOGIN, from the server's CAPA ``SASL`` line, and
-falls back to USER/PASS. APOP (MD5 of the greeting's timestamp and the password, RFC 1939
-§7) is used only when asked for: it needs the server to store the clear password.
-The password is held in a ``Secret`` and never logged.
+``auth = "auto"`` takes the strongest SASL mechanism the server's CAPA ``SASL`` line offers
+that a password can drive (SCRAM-SHA-256, then PLAIN, then LOGIN; see ``postoffice.sasl``)
+and falls back to USER/PASS. APOP (MD5 of the greeting's timestamp and the password, RFC
+1939 §7) is used only when asked for. For ``oauthbearer`` and ``xoauth2`` the
+``password_command`` prints the access token. Secrets stay in ``Secret`` and are never
+logged. The SASL mechanisms themselves are the pure machines of ``postoffice.sasl``; this
+module only carries their data over POP3 (RFC 5034).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 
+from postoffice.errors import RemoteProtocolError
 from postoffice.fetch.config import Account, AuthMethod
 from postoffice.fetch.errors import LoginError, PasswordCommandError
 from postoffice.fetch.transport import Pop3Client
 from postoffice.proto.client_events import Continuation, Greeting, Reply, Request, SaslResponse
 from postoffice.proto.listings import Capabilities
+from postoffice.sasl.errors import ServerProofError
+from postoffice.sasl.framing import (
+    decode_base64,
+    encode_base64,
+    initial_response_argument,
+    initial_response_fits,
+)
+from postoffice.sasl.mechanism import ClientCredentials
+from postoffice.sasl.registry import choose_client_mechanism, client_mechanism
 from postoffice.secret import Secret
 
-__all__ = ["choose_method", "login", "read_password"]
+__all__ = ["choose_mechanism", "login", "read_password"]
 
 PASSWORD_COMMAND_TIMEOUT = 120.0  # long enough for a gpg-agent prompt
+_TOKEN_METHODS = frozenset({AuthMethod.OAUTHBEARER, AuthMethod.XOAUTH2})
+_PASSWORD_SASL = frozenset({"SCRAM-SHA-256", "PLAIN", "LOGIN"})
 
 
 async def read_password(account: Account) -> Secret:
@@ -52,77 +66,95 @@ async def read_password(account: Account) -> Secret:
     return Secret(lines[0])
 
 
-def choose_method(account: Account, capabilities: Capabilities) -> AuthMethod:
-    if account.auth is not AuthMethod.AUTO:
-        return account.auth
-    if "PLAIN" in capabilities.sasl:
-        return AuthMethod.PLAIN
-    if "LOGIN" in capabilities.sasl:
-        return AuthMethod.LOGIN
-    return AuthMethod.USER
+def _credentials(account: Account, secret: Secret) -> ClientCredentials:
+    if account.auth in _TOKEN_METHODS:
+        return ClientCredentials(
+            username=account.user, token=secret, host=account.host, port=account.port
+        )
+    return ClientCredentials(username=account.user, password=secret)
 
 
-def _b64(text: str) -> Secret:
-    return Secret(base64.b64encode(text.encode("utf-8")).decode("ascii"))
+def choose_mechanism(
+    account: Account, capabilities: Capabilities, credentials: ClientCredentials
+) -> str:
+    """A SASL mechanism name, or ``USER`` / ``APOP``."""
+    if account.auth is AuthMethod.AUTO:
+        name = choose_client_mechanism(capabilities.sasl, credentials, allowed=_PASSWORD_SASL)
+        return name or "USER"
+    return str(account.auth.value).upper()
 
 
-def _refused(account: Account, method: AuthMethod, reply: Reply) -> LoginError:
+def _refused(account: Account, method: str, reply: Reply) -> LoginError:
     code = f"[{reply.code}] " if reply.code else ""
     hint = ""
     if reply.code in ("IN-USE", "LOGIN-DELAY", "SYS/TEMP"):
         hint = " (temporary; try again later)"
     return LoginError(
-        f"{account.host} refused {method.value} login for {account.user!r}: {code}{reply.text}"
-        f"{hint}"
+        f"{account.host} refused {method} login for {account.user!r}: {code}{reply.text}{hint}"
     )
 
 
 async def _sasl(
-    client: Pop3Client, account: Account, method: AuthMethod, answers: list[Secret]
+    client: Pop3Client, account: Account, name: str, credentials: ClientCredentials
 ) -> Reply:
-    """AUTH mechanism, answering each ``+`` continuation in turn (RFC 5034 §4)."""
-    await client.send(Request(keyword="AUTH", arguments=(method.value.upper(),)))
-    pending = list(answers)
+    """AUTH name, answering each ``+`` continuation with the mechanism (RFC 5034 §4)."""
+    mechanism = client_mechanism(name, credentials)
+    try:
+        initial = mechanism.start()
+    except ValueError as error:  # e.g. a token that is not a b64token
+        raise LoginError(f"{name}: {error}") from error
+    arguments: tuple[str | Secret, ...] = (name,)
+    if initial is not None and initial_response_fits(name, initial):
+        arguments += (Secret(initial_response_argument(initial).decode("ascii")),)
+    await client.send(Request(keyword="AUTH", arguments=arguments))
     while True:
         event = await client.next_event()
         if isinstance(event, Reply):
+            if event.ok:
+                try:
+                    mechanism.success()
+                except ServerProofError as error:
+                    raise LoginError(
+                        f"{account.host} accepted {name} without proving it knows the "
+                        f"password: not the server it claims to be?"
+                    ) from error
             return event
         if not isinstance(event, Continuation):  # pragma: no cover - machine guarantees
-            raise LoginError(f"unexpected answer to AUTH: {type(event).__name__}")
-        if not pending:
-            await client.send(SaslResponse(data=Secret("*")))  # cancel: nothing more to say
-            continue
-        await client.send(SaslResponse(data=pending.pop(0)))
+            raise RemoteProtocolError(f"unexpected answer to AUTH: {type(event).__name__}")
+        try:
+            answer = mechanism.respond(decode_base64(event.challenge))
+        except RemoteProtocolError:
+            await client.send(SaslResponse(data=Secret("*")))  # cancel (RFC 5034 §4)
+            reply = await client.reply()
+            raise LoginError(f"{account.host} broke the {name} exchange ({reply.text})") from None
+        await client.send(SaslResponse(data=Secret(encode_base64(answer).decode("ascii"))))
 
 
 async def login(
     client: Pop3Client,
     account: Account,
-    password: Secret,
+    secret: Secret,
     capabilities: Capabilities,
     greeting: Greeting,
-) -> AuthMethod:
-    """Log in or raise ``LoginError``; returns the method used."""
-    method = choose_method(account, capabilities)
+) -> str:
+    """Log in or raise ``LoginError``; returns the method used (``USER``, ``PLAIN``, ...)."""
+    credentials = _credentials(account, secret)
+    method = choose_mechanism(account, capabilities, credentials)
     user = account.user
-    if method is AuthMethod.PLAIN:
-        reply = await _sasl(client, account, method, [_b64(f"\0{user}\0{password.reveal()}")])
-    elif method is AuthMethod.LOGIN:
-        reply = await _sasl(client, account, method, [_b64(user), _b64(password.reveal())])
-    elif method is AuthMethod.APOP:
+    if method == "APOP":
         if greeting.timestamp is None:
             raise LoginError(
                 f'{account.host} offers no APOP timestamp in its greeting; remove auth = "apop"'
             )
         digest = hashlib.md5(  # noqa: S324 - APOP is defined as MD5 (RFC 1939 §7)
-            (greeting.timestamp + password.reveal()).encode("utf-8")
+            (greeting.timestamp + secret.reveal()).encode("utf-8")
         ).hexdigest()
         reply = await client.command(Request(keyword="APOP", arguments=(user, digest)))
-    else:
+    elif method == "USER":
         user_request = Request(keyword="USER", arguments=(user,))
-        pass_request = Request(keyword="PASS", arguments=(password,))
+        pass_request = Request(keyword="PASS", arguments=(secret,))
         if "PIPELINING" in capabilities:
-            await client.send(user_request, pass_request)
+            await client.send(user_request, pass_request)  # RFC 2449 §6.6
             first = await client.reply()
         else:
             first = await client.command(user_request)
@@ -131,6 +163,8 @@ async def login(
         if not first.ok:
             raise _refused(account, method, first)
         reply = await client.reply()
+    else:
+        reply = await _sasl(client, account, method, credentials)
     if not reply.ok:
         raise _refused(account, method, reply)
     return method

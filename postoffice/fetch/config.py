@@ -45,11 +45,14 @@ class TlsMode(enum.Enum):
 
 
 class AuthMethod(enum.Enum):
-    AUTO = "auto"  # SASL PLAIN, else LOGIN, else USER/PASS; never APOP unless asked
+    AUTO = "auto"  # the strongest SASL mechanism offered (SCRAM first), else USER/PASS
     USER = "user"
-    APOP = "apop"
+    APOP = "apop"  # only when asked: it needs the server to keep the clear password
     PLAIN = "plain"
     LOGIN = "login"
+    SCRAM_SHA_256 = "scram-sha-256"
+    OAUTHBEARER = "oauthbearer"  # password_command prints the OAuth 2.0 access token
+    XOAUTH2 = "xoauth2"
 
 
 class Oversize(enum.Enum):

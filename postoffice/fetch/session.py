@@ -203,7 +203,7 @@ async def run_session(
         capabilities = await _capabilities(client)
         assert client.greeted_with is not None
         method = await login(client, account, password, capabilities, client.greeted_with)
-        log.debug("logged in as %r with %s", account.user, method.value)
+        log.debug("logged in as %r with %s", account.user, method)
         if account.mode is Mode.KEEP and capabilities.arguments("EXPIRE")[:1] == ("0",):
             log.warning("the server announces EXPIRE 0: it deletes messages once retrieved")
         pipelining = "PIPELINING" in capabilities

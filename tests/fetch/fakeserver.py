@@ -10,7 +10,6 @@ committing), or stall on a command. The mailbox and counters persist across sess
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import ssl
@@ -28,6 +27,26 @@ from postoffice.proto.events import (
 )
 from postoffice.proto.framing import MessageEncoder
 from postoffice.proto.server import ServerConnection
+from postoffice.sasl.events import (
+    NO_CREDENTIALS,
+    Challenge,
+    Failure,
+    LookupScram,
+    PasswordVerdict,
+    Success,
+    TokenAccepted,
+    TokenRejected,
+    ValidateToken,
+    VerifyPassword,
+)
+from postoffice.sasl.framing import (
+    CANCEL,
+    challenge_line,
+    decode_initial_response,
+    decode_response,
+)
+from postoffice.sasl.registry import server_mechanism
+from postoffice.sasl.scram import make_credentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +90,7 @@ class FakePop3Server:
     pipelining: bool = True
     uidl: bool = True
     sasl: tuple[str, ...] = ("PLAIN", "LOGIN")
+    """Offered mechanisms; any of postoffice.sasl's (a token equal to the password is valid)."""
     apop: bool = False
     stls_context: ssl.SSLContext | None = None
     implicit_context: ssl.SSLContext | None = None
@@ -172,9 +192,9 @@ class FakePop3Server:
                 expected = hashlib.md5((timestamp + self.password).encode()).hexdigest()  # noqa: S324
                 if name == self.user and digest == expected:
                     return "apop"
-            elif keyword == "AUTH" and argument.upper() in self.sasl:
-                if await self._sasl(argument.upper(), reader, writer):
-                    return argument.lower()
+            elif keyword == "AUTH" and argument.partition(" ")[0].upper() in self.sasl:
+                if await self._sasl(argument, reader, writer):
+                    return argument.partition(" ")[0].lower()
             elif keyword == "QUIT":
                 writer.write(b"+OK bye\r\n")
                 await writer.drain()
@@ -187,36 +207,48 @@ class FakePop3Server:
             await writer.drain()
 
     async def _sasl(
-        self, mechanism: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, argument: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
-        async def ask(challenge: bytes) -> str | None:
-            writer.write(b"+ " + base64.b64encode(challenge) + b"\r\n")
-            answer = (await reader.readline()).strip()
-            if answer == b"*":
-                return None
-            return base64.b64decode(answer).decode()
-
-        if mechanism == "PLAIN":
-            answer = await ask(b"")
-            if answer is None:
+        """AUTH with postoffice's own server-side SASL machines (RFC 5034 §4)."""
+        name, _, initial_text = argument.partition(" ")
+        mechanism = server_mechanism(name, enabled=frozenset(self.sasl))
+        initial = decode_initial_response(initial_text.encode()) if initial_text else None
+        step = mechanism.start(initial)
+        while True:
+            if isinstance(step, Challenge):
+                writer.write(challenge_line(step.data))
+                response = decode_response((await reader.readline()).rstrip(b"\r\n"))
+                step = mechanism.cancel() if response is CANCEL else mechanism.receive(response)
+            elif isinstance(step, VerifyPassword):
+                ok = step.authcid == self.user and step.password.reveal() == self.password
+                step = mechanism.answer(PasswordVerdict(ok=ok))
+            elif isinstance(step, LookupScram):
+                found = step.authcid == self.user
+                step = mechanism.answer(
+                    make_credentials("sha256", self.password.encode(), b"fake-salt", 4096)
+                    if found
+                    else NO_CREDENTIALS
+                )
+            elif isinstance(step, ValidateToken):
+                ok = step.token.reveal() == self.password
+                step = mechanism.answer(
+                    TokenAccepted(identity=self.user) if ok else TokenRejected()
+                )
+            elif isinstance(step, Success):
+                return True
+            else:
+                assert isinstance(step, Failure)
                 return False
-            _, user, password = answer.split("\0")
-        else:
-            user_answer = await ask(b"Username:")
-            password_answer = await ask(b"Password:")
-            if user_answer is None or password_answer is None:
-                return False
-            user, password = user_answer, password_answer
-        return user == self.user and password == self.password
 
     async def _transaction(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
         faults = self.faults
         connection: ServerConnection[_Sized] = ServerConnection()
-        connection.receive_data(f"USER {self.user}\r\nPASS {self.password}\r\n".encode())
-        while not isinstance(event := connection.next_event(), PasswordLogin):
-            assert event is NEED_DATA
+        # Authorization happened above; walk the pure machine into TRANSACTION.
+        connection.receive_data(b"USER fake\r\nPASS fake\r\n")
+        event = connection.next_event()
+        assert isinstance(event, PasswordLogin), event
         snapshot = _Sized.wrap(self.messages, faults.wrong_size)
         connection.login_accepted(snapshot)
         connection.data_to_send()  # the pure machine's greeting and USER/PASS replies

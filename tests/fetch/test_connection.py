@@ -92,6 +92,11 @@ def system_store_only(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         ({"sasl": (), "pipelining": False}, {}, "user"),
         ({}, {"auth": "user"}, "user"),
         ({"apop": True}, {"auth": "apop"}, "apop"),
+        ({"sasl": ("PLAIN", "SCRAM-SHA-256")}, {}, "scram-sha-256"),
+        ({"sasl": ("SCRAM-SHA-256",)}, {"auth": "scram-sha-256"}, "scram-sha-256"),
+        ({"sasl": ("OAUTHBEARER", "PLAIN")}, {"auth": "oauthbearer"}, "oauthbearer"),
+        ({"sasl": ("XOAUTH2",)}, {"auth": "xoauth2"}, "xoauth2"),
+        ({"sasl": ("OAUTHBEARER", "XOAUTH2", "PLAIN")}, {}, "plain"),  # auto: no token use
     ],
 )
 async def test_login_methods(
@@ -107,7 +112,7 @@ async def test_login_methods(
     assert result.fetched == 5
 
 
-@pytest.mark.parametrize("sasl", [("PLAIN",), ("LOGIN",), ()])
+@pytest.mark.parametrize("sasl", [("PLAIN",), ("LOGIN",), ("SCRAM-SHA-256",), ()])
 async def test_wrong_password_is_a_login_error(
     tmp_path: Path, start: ServerFactory, sasl: tuple[str, ...]
 ) -> None:
@@ -115,6 +120,23 @@ async def test_wrong_password_is_a_login_error(
     account = make_account(tmp_path, server)
     (tmp_path / "pw").write_text("wrong\n")
     with pytest.raises(LoginError, match=r"refused .* login for 'alice': \[AUTH\]"):
+        await fetch_account(account)
+
+
+async def test_long_token_goes_in_a_second_step(tmp_path: Path, start: ServerFactory) -> None:
+    token = "t" * 400  # too long for the AUTH line: sent after an empty challenge
+    server = await start(sasl=("XOAUTH2",), password=token)
+    account = make_account(tmp_path, server, auth="xoauth2")
+    (tmp_path / "pw").write_text(token + "\n")
+    assert (await fetch_account(account)).fetched == 5
+    assert server.logins == ["xoauth2"]
+
+
+async def test_rejected_token(tmp_path: Path, start: ServerFactory) -> None:
+    server = await start(sasl=("OAUTHBEARER",), password="good-token")
+    account = make_account(tmp_path, server, auth="oauthbearer")
+    (tmp_path / "pw").write_text("expired-token\n")
+    with pytest.raises(LoginError, match="refused OAUTHBEARER login"):
         await fetch_account(account)
 
 

@@ -117,7 +117,7 @@ ssl_cert = <{root}/cert.pem
 ssl_key = <{root}/key.pem
 {dh}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login scram-sha-256
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
 passdb {{
@@ -186,6 +186,8 @@ async def test_stls_keep_mode_fetches_once(tmp_path: Path, dovecot: Dovecot) -> 
     assert (first.fetched, second.fetched) == (5, 0)
     assert sorted(maildir_files(account.maildir).values()) == expected_bodies(five_messages())
     assert dovecot.remaining() == 5
+    # auth = "auto" picked the strongest mechanism Dovecot offers.
+    assert "method=SCRAM-SHA-256" in (dovecot.root / "dovecot.log").read_text()
 
 
 async def test_implicit_tls_delete_mode(tmp_path: Path, dovecot: Dovecot) -> None:
@@ -204,7 +206,7 @@ async def test_implicit_tls_delete_mode(tmp_path: Path, dovecot: Dovecot) -> Non
     assert sorted(maildir_files(account.maildir).values()) == expected_bodies(five_messages())
 
 
-@pytest.mark.parametrize("auth", ["user", "login"])
+@pytest.mark.parametrize("auth", ["user", "login", "plain", "scram-sha-256"])
 async def test_cleartext_loopback_logins(tmp_path: Path, dovecot: Dovecot, auth: str) -> None:
     fill(dovecot)
     account = make_account(tmp_path, port=dovecot.pop3, tls="none", auth=auth)

@@ -55,6 +55,11 @@ def _print_listing(outcomes: list[Outcome]) -> None:
 @click.option(
     "--list", "list_only", is_flag=True, help="List the server's messages and which are new."
 )
+@click.option(
+    "--adopt",
+    is_flag=True,
+    help="Record every message now on the server as already fetched, without downloading.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Debugging detail (never passwords).")
 @click.argument("accounts", nargs=-1)
@@ -62,6 +67,7 @@ def fetch(
     config_path: Path | None,
     dry_run: bool,
     list_only: bool,
+    adopt: bool,
     quiet: bool,
     verbose: bool,
     accounts: tuple[str, ...],
@@ -70,7 +76,7 @@ def fetch(
 
     Exit codes: 0 fetched something; 1 nothing new; 2 an account or a message failed
     (others may have been fetched; also when another fetcher holds an account's lock);
-    3 the account file is wrong.
+    3 the account file (or the choice of options) is wrong.
     """
     _setup_logging(quiet, verbose)
     path = config_path or default_config_path()
@@ -84,7 +90,10 @@ def fetch(
         click.echo(f"postoffice fetch: configuration error: {error}", err=True)
         sys.exit(EXIT_CONFIG)
     selected = [config.accounts[name] for name in accounts or config.accounts]
-    options = Options(dry_run=dry_run, list_only=list_only)
+    if adopt and (dry_run or list_only):
+        click.echo("postoffice fetch: --adopt cannot go with --dry-run or --list", err=True)
+        sys.exit(EXIT_CONFIG)
+    options = Options(dry_run=dry_run, list_only=list_only, adopt=adopt)
     outcomes = asyncio.run(fetch_all(selected, options))
     if list_only:
         _print_listing(outcomes)

@@ -6,7 +6,8 @@ Exit codes of ``postoffice fetch`` (also in its ``--help``):
 * 1 ``EXIT_NOTHING_NEW``: every account worked and nothing new was there;
 * 2 ``EXIT_FAILURE``: at least one account (or one message) failed; others may have
   fetched; also when another fetcher holds an account's lock;
-* 3 ``EXIT_CONFIG``: the account file is wrong (nothing was fetched).
+* 3 ``EXIT_CONFIG``: the account file, or the choice of options, is wrong (nothing was
+  fetched).
 
 Accounts run concurrently; one failing does not stop the others. The lock is ``flock`` on
 ``state_dir/ACCOUNT.lock``: two fetchers never run one account at once (the server would

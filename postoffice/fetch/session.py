@@ -60,6 +60,7 @@ __all__ = ["Options", "Plan", "ServerMessage", "SessionResult", "make_plan", "ru
 
 logger = logging.getLogger(__name__)
 
+ADOPTED = "(adopted)"  # the local name journaled for an adopted message
 WINDOW = 16  # commands in flight when pipelining
 BATCH = 16  # messages made durable by one fsync of new/ and one journal transaction
 DAY = 86400.0
@@ -76,6 +77,9 @@ class ServerMessage:
 class Options:
     dry_run: bool = False
     list_only: bool = False
+    adopt: bool = False
+    """Record every new message as already fetched, without downloading it (after a
+    server migration changed the unique ids, or when switching from another fetcher)."""
     clock: Callable[[], float] = time.time
 
 
@@ -112,6 +116,7 @@ class SessionResult:
     skipped: int = 0
     failed: int = 0
     deferred: int = 0
+    adopted: int = 0
     listing: list[ServerMessage] = field(default_factory=list)
     plan: Plan | None = None
 
@@ -246,6 +251,19 @@ async def run_session(
                 len(plan.skip),
                 " (dry run)" if options.dry_run else "",
             )
+        elif options.adopt:
+            assert journal is not None
+            adopted = plan.fetch + plan.later + plan.skip
+            await asyncio.to_thread(
+                journal.record_delivered_many,
+                [(message.uidl, ADOPTED, message.size) for message in adopted],
+                now=options.clock(),
+                delete=False,
+            )
+            result.adopted = len(adopted)
+            log.info("%d messages adopted as already fetched", len(adopted))
+            if account.mode is Mode.DELETE and adopted:
+                log.warning("delete mode: the next run deletes them from the server unread")
         else:
             assert journal is not None
             transfer = _Transfer(client, account, journal, destination, log, options, pipelining)

@@ -24,7 +24,7 @@ from postoffice.fetch.runner import (
 )
 from postoffice.fetch.session import SessionResult
 
-from .fakeserver import FakePop3Server
+from .fakeserver import FakeMessage, FakePop3Server
 from .helpers import five_messages, maildir_files, make_account
 
 
@@ -138,3 +138,16 @@ def test_exit_codes() -> None:
     assert exit_code([Outcome(account="c", result=failed_message, error=None)]) == EXIT_FAILURE
     broken = Outcome(account="d", result=None, error=OSError("x"))
     assert exit_code([Outcome(account="a", result=fetched, error=None), broken]) == EXIT_FAILURE
+
+
+def test_adopt_marks_everything_fetched(tmp_path: Path, threaded_server: FakePop3Server) -> None:
+    config = write_config(tmp_path, threaded_server.port)
+    assert run("--config", str(config), "--adopt")[0] == EXIT_NOTHING_NEW
+    assert sum(threaded_server.retrieved.values()) == 0
+    assert run("--config", str(config))[0] == EXIT_NOTHING_NEW
+    assert not maildir_files(tmp_path / "mail" / "office")
+    threaded_server.messages.append(FakeMessage("later", b"Subject: later\r\n\r\nx\r\n"))
+    assert run("--config", str(config))[0] == EXIT_FETCHED
+    assert dict(threaded_server.retrieved) == {"later": 1}
+    code, output = run("--config", str(config), "--adopt", "--dry-run")
+    assert code == EXIT_CONFIG and "cannot go with --dry-run" in output

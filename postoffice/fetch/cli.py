@@ -9,13 +9,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import time
 from pathlib import Path
 
 import click
 
-from postoffice.errors import ConfigError
-from postoffice.fetch.config import default_config_path, load_fetch_config
-from postoffice.fetch.runner import EXIT_CONFIG, Outcome, exit_code, fetch_all
+from postoffice.errors import ConfigError, PostofficeError
+from postoffice.fetch.config import Account, default_config_path, load_fetch_config
+from postoffice.fetch.runner import (
+    EXIT_CONFIG,
+    EXIT_FAILURE,
+    EXIT_NOTHING_NEW,
+    Outcome,
+    exit_code,
+    fetch_all,
+    import_state,
+)
 from postoffice.fetch.session import Options
 
 __all__ = ["fetch"]
@@ -43,6 +52,23 @@ def _print_listing(outcomes: list[Outcome]) -> None:
             click.echo(f"  {message.number:>6} {message.size:>10}  {status:<9}  {message.uidl}")
 
 
+def _import(selected: list[Account], path: Path) -> int:
+    if len(selected) != 1:
+        click.echo("postoffice fetch: --import-state needs exactly one ACCOUNT", err=True)
+        return EXIT_CONFIG
+    (account,) = selected
+    try:
+        state = import_state(account, path, time.time())
+    except ConfigError as error:
+        click.echo(f"postoffice fetch: {error}", err=True)
+        return EXIT_CONFIG
+    except (PostofficeError, OSError) as error:
+        click.echo(f"postoffice fetch: {account.name}: {error}", err=True)
+        return EXIT_FAILURE
+    click.echo(f"{account.name}: {len(state.uids)} unique ids imported from {state.format} state")
+    return EXIT_NOTHING_NEW
+
+
 @click.command("fetch")
 @click.option(
     "--config",
@@ -60,6 +86,13 @@ def _print_listing(outcomes: list[Outcome]) -> None:
     is_flag=True,
     help="Record every message now on the server as already fetched, without downloading.",
 )
+@click.option(
+    "--import-state",
+    "import_path",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Mark as fetched what a fetchmail, getmail or mpop state file lists (one ACCOUNT).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Debugging detail (never passwords).")
 @click.argument("accounts", nargs=-1)
@@ -68,6 +101,7 @@ def fetch(
     dry_run: bool,
     list_only: bool,
     adopt: bool,
+    import_path: Path | None,
     quiet: bool,
     verbose: bool,
     accounts: tuple[str, ...],
@@ -90,6 +124,8 @@ def fetch(
         click.echo(f"postoffice fetch: configuration error: {error}", err=True)
         sys.exit(EXIT_CONFIG)
     selected = [config.accounts[name] for name in accounts or config.accounts]
+    if import_path is not None:
+        sys.exit(_import(selected, import_path))
     if adopt and (dry_run or list_only):
         click.echo("postoffice fetch: --adopt cannot go with --dry-run or --list", err=True)
         sys.exit(EXIT_CONFIG)

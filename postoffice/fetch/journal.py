@@ -178,6 +178,17 @@ class Journal:
             [(now, u) for u in uidls],
         )
 
+    def import_delivered(self, uids: Mapping[str, float | None], now: float) -> None:
+        """Record ids another fetcher already fetched, keeping the earliest first-seen."""
+        self._write(
+            "INSERT INTO messages (uidl, first_seen, delivered_at, local_name) "
+            "VALUES (?, ?, ?, '(imported)') ON CONFLICT (uidl) DO UPDATE SET "
+            "first_seen = MIN(first_seen, excluded.first_seen), "
+            "delivered_at = COALESCE(delivered_at, excluded.delivered_at), "
+            "local_name = COALESCE(local_name, excluded.local_name)",
+            [(uid, now if seen is None else min(seen, now), now) for uid, seen in uids.items()],
+        )
+
     def adopt(self, delivered: Mapping[str, str], now: float) -> None:
         """Record deliveries found on disk but missing here (a crash before the journal)."""
         self._write(

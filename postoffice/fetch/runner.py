@@ -29,6 +29,7 @@ from postoffice.errors import PostofficeError
 from postoffice.fetch.config import Account
 from postoffice.fetch.delivery import MaildirDestination
 from postoffice.fetch.errors import AccountLockedError
+from postoffice.fetch.importers import ImportedState, read_state
 from postoffice.fetch.journal import Journal, journal_path
 from postoffice.fetch.session import Options, SessionResult, run_session
 
@@ -42,6 +43,7 @@ __all__ = [
     "exit_code",
     "fetch_account",
     "fetch_all",
+    "import_state",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,6 +94,17 @@ async def fetch_account(account: Account, options: Options | None = None) -> Ses
         finally:
             if journal is not None:
                 journal.close()
+
+
+def import_state(account: Account, path: Path, now: float) -> ImportedState:
+    """Mark the ids another fetcher's state file lists as fetched, under the account lock."""
+    state = read_state(path, user=account.user, host=account.host)
+    with (
+        account_lock(account.state_dir, account.name),
+        Journal(journal_path(account.state_dir, account.name)) as journal,
+    ):
+        journal.import_delivered(state.uids, now)
+    return state
 
 
 async def _guarded(account: Account, options: Options) -> Outcome:

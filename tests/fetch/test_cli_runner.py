@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,24 +22,7 @@ from postoffice.fetch.runner import (
 from postoffice.fetch.session import SessionResult
 
 from .fakeserver import FakeMessage, FakePop3Server
-from .helpers import five_messages, maildir_files, make_account
-
-
-@pytest.fixture
-def threaded_server() -> Iterator[FakePop3Server]:
-    """The fake server on its own event loop, for code that calls ``asyncio.run``."""
-    fake = FakePop3Server(messages=five_messages())
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
-    try:
-        yield fake
-    finally:
-        asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
-        loop.close()
+from .helpers import maildir_files, make_account
 
 
 def write_config(root: Path, port: int, extra: str = "") -> Path:

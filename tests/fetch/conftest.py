@@ -1,0 +1,30 @@
+"""Fixtures of the fetcher tests."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from .fakeserver import FakePop3Server
+from .helpers import five_messages
+
+
+@pytest.fixture
+def threaded_server() -> Iterator[FakePop3Server]:
+    """The fake server on its own event loop, for code that calls ``asyncio.run`` or for
+    other programs (fetchmail, getmail, mpop) to talk to."""
+    fake = FakePop3Server(messages=five_messages())
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(fake.start(), loop).result(10)
+    try:
+        yield fake
+    finally:
+        asyncio.run_coroutine_threadsafe(fake.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

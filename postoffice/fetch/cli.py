@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import click
 
 from postoffice.errors import ConfigError, PostofficeError
 from postoffice.fetch.config import Account, default_config_path, load_fetch_config
+from postoffice.fetch.daemon import run_daemon
 from postoffice.fetch.runner import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -69,6 +71,15 @@ def _import(selected: list[Account], path: Path) -> int:
     return EXIT_NOTHING_NEW
 
 
+async def _daemon(selected: list[Account], options: Options) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signal_number in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signal_number, stop.set)
+    logging.getLogger(__name__).info("polling %d accounts", len(selected))
+    await run_daemon(selected, options, stop=stop)
+
+
 @click.command("fetch")
 @click.option(
     "--config",
@@ -93,6 +104,11 @@ def _import(selected: list[Account], path: Path) -> int:
     default=None,
     help="Mark as fetched what a fetchmail, getmail or mpop state file lists (one ACCOUNT).",
 )
+@click.option(
+    "--daemon",
+    is_flag=True,
+    help="Keep polling each account every `every` (default 5m) until SIGTERM or Ctrl-C.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Debugging detail (never passwords).")
 @click.argument("accounts", nargs=-1)
@@ -102,11 +118,14 @@ def fetch(
     list_only: bool,
     adopt: bool,
     import_path: Path | None,
+    daemon: bool,
     quiet: bool,
     verbose: bool,
     accounts: tuple[str, ...],
 ) -> None:
     """Fetch mail from the POP3 ACCOUNTS (default: every account in the file).
+
+    With --daemon the accounts are polled until SIGTERM or Ctrl-C (exit code 0).
 
     Exit codes: 0 fetched something; 1 nothing new; 2 an account or a message failed
     (others may have been fetched; also when another fetcher holds an account's lock);
@@ -126,10 +145,17 @@ def fetch(
     selected = [config.accounts[name] for name in accounts or config.accounts]
     if import_path is not None:
         sys.exit(_import(selected, import_path))
-    if adopt and (dry_run or list_only):
-        click.echo("postoffice fetch: --adopt cannot go with --dry-run or --list", err=True)
+    if (adopt or daemon) and (dry_run or list_only or (adopt and daemon)):
+        click.echo(
+            "postoffice fetch: --adopt and --daemon go alone, not with each other, "
+            "--dry-run or --list",
+            err=True,
+        )
         sys.exit(EXIT_CONFIG)
     options = Options(dry_run=dry_run, list_only=list_only, adopt=adopt)
+    if daemon:
+        asyncio.run(_daemon(selected, options))
+        sys.exit(0)
     outcomes = asyncio.run(fetch_all(selected, options))
     if list_only:
         _print_listing(outcomes)

@@ -81,6 +81,8 @@ class Account:
     oversize: Oversize
     max_messages_per_session: int | None
     timeout: float
+    every: float
+    """Seconds between sessions in ``--daemon`` mode (``every = "5m"``)."""
     workdir: Path
     """The configuration file's folder: where ``password_command`` runs."""
 
@@ -91,6 +93,8 @@ class FetchConfig:
     accounts: Mapping[str, Account]
 
 
+DEFAULT_EVERY = 300.0
+MINIMUM_EVERY = 10.0  # polling faster than this only burdens the server
 _ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _FINGERPRINT = re.compile(r"sha256:((?:[0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2})")
 _NOT_YET = ("mbox", "mda", "lmtp")
@@ -113,6 +117,7 @@ _KEYS = frozenset(
         "oversize",
         "max_messages_per_session",
         "timeout",
+        "every",
         *_NOT_YET,
     }
 )
@@ -251,6 +256,11 @@ def _account(name: str, settings: _Settings, base: Path) -> Account:
         timeout = parse_duration(settings.raw("timeout"), settings.key("timeout"))
         if timeout <= 0:
             raise ConfigError(f"{settings.key('timeout')}: must be more than zero")
+    every = DEFAULT_EVERY
+    if settings.has("every"):
+        every = parse_duration(settings.raw("every"), settings.key("every"))
+        if every < MINIMUM_EVERY:
+            raise ConfigError(f"{settings.key('every')}: must be at least {MINIMUM_EVERY:.0f}s")
     maildir = settings.path("maildir", base, Path.home() / "Maildir")
     state_dir = settings.path("state_dir", base, _default_state_dir())
     assert maildir is not None and state_dir is not None
@@ -275,6 +285,7 @@ def _account(name: str, settings: _Settings, base: Path) -> Account:
             "max_messages_per_session", minimum=1, maximum=10**9
         ),
         timeout=timeout,
+        every=every,
         workdir=base,
     )
 

@@ -43,6 +43,7 @@ __all__ = [
     "exit_code",
     "fetch_account",
     "fetch_all",
+    "guarded_fetch",
     "import_state",
 ]
 
@@ -107,7 +108,8 @@ def import_state(account: Account, path: Path, now: float) -> ImportedState:
     return state
 
 
-async def _guarded(account: Account, options: Options) -> Outcome:
+async def guarded_fetch(account: Account, options: Options) -> Outcome:
+    """``fetch_account``, with every error logged and returned instead of raised."""
     try:
         result = await fetch_account(account, options)
     except (PostofficeError, OSError) as error:
@@ -122,7 +124,7 @@ async def _guarded(account: Account, options: Options) -> Outcome:
 async def fetch_all(accounts: Iterable[Account], options: Options | None = None) -> list[Outcome]:
     """Fetch every account concurrently; errors are reported per account, not raised."""
     options = options or Options()
-    return list(await asyncio.gather(*(_guarded(account, options) for account in accounts)))
+    return list(await asyncio.gather(*(guarded_fetch(account, options) for account in accounts)))
 
 
 def exit_code(outcomes: Iterable[Outcome]) -> int:

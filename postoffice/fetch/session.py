@@ -117,6 +117,8 @@ class SessionResult:
     failed: int = 0
     deferred: int = 0
     adopted: int = 0
+    login_delay: float = 0.0
+    """RFC 2449 §6.5 LOGIN-DELAY: the server's minimum seconds between logins."""
     listing: list[ServerMessage] = field(default_factory=list)
     plan: Plan | None = None
 
@@ -212,6 +214,7 @@ async def run_session(
         if account.mode is Mode.KEEP and capabilities.arguments("EXPIRE")[:1] == ("0",):
             log.warning("the server announces EXPIRE 0: it deletes messages once retrieved")
         pipelining = "PIPELINING" in capabilities
+        result.login_delay = _login_delay(capabilities)
         listing = await _listing(client, pipelining)
         result.listing = listing
         result.listed = len(listing)
@@ -290,6 +293,11 @@ async def run_session(
         result.skipped,
     )
     return result
+
+
+def _login_delay(capabilities: Capabilities) -> float:
+    arguments = capabilities.arguments("LOGIN-DELAY")
+    return float(arguments[0]) if arguments and arguments[0].isdigit() else 0.0
 
 
 def _delivered(entries: Mapping[str, Entry], uidl: str) -> bool:

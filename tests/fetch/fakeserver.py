@@ -92,6 +92,7 @@ class FakePop3Server:
     sasl: tuple[str, ...] = ("PLAIN", "LOGIN")
     """Offered mechanisms; any of postoffice.sasl's (a token equal to the password is valid)."""
     apop: bool = False
+    login_delay: int | None = None
     stls_context: ssl.SSLContext | None = None
     implicit_context: ssl.SSLContext | None = None
     faults: Faults = field(default_factory=Faults)
@@ -159,6 +160,8 @@ class FakePop3Server:
             tags.append("SASL " + " ".join(self.sasl))
         if self.stls_context is not None:
             tags.append("STLS")
+        if self.login_delay is not None:
+            tags.append(f"LOGIN-DELAY {self.login_delay}")
         return ("+OK capabilities\r\n" + "".join(t + "\r\n" for t in tags) + ".\r\n").encode()
 
     async def _authorization(

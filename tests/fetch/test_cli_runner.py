@@ -130,4 +130,4 @@ def test_adopt_marks_everything_fetched(tmp_path: Path, threaded_server: FakePop
     assert run("--config", str(config))[0] == EXIT_FETCHED
     assert dict(threaded_server.retrieved) == {"later": 1}
     code, output = run("--config", str(config), "--adopt", "--dry-run")
-    assert code == EXIT_CONFIG and "cannot go with --dry-run" in output
+    assert code == EXIT_CONFIG and "go alone" in output

@@ -71,6 +71,7 @@ def test_defaults_are_inherited_and_overridden(tmp_path: Path) -> None:
     assert a.mode is Mode.DELETE and b.mode is Mode.KEEP
     assert a.tls is TlsMode.STARTTLS and a.port == 110
     assert a.timeout == 120.0
+    assert a.every == 300.0
     assert b.delete_after_days == 30.0
 
 
@@ -95,6 +96,7 @@ def test_implicit_tls_defaults_to_port_995(tmp_path: Path) -> None:
         ({"accounts": {}}, "accounts: no account defined"),
         ({"accounts": {"a": account(ca_file="missing.pem")}}, "accounts.a.ca_file:"),
         ({"server": {}}, "server: unknown key"),
+        ({"accounts": {"a": account(every="5s")}}, "accounts.a.every: must be at least"),
     ],
 )
 def test_errors_name_the_key(tmp_path: Path, data: dict[str, object], message: str) -> None:

@@ -18,8 +18,12 @@ import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["Entry", "Journal", "journal_path"]
+if TYPE_CHECKING:
+    from postoffice.fetch.fingerprint import Fingerprint
+
+__all__ = ["Delivery", "Entry", "Journal", "journal_path"]
 
 FORGET_AFTER = 30 * 86400.0
 
@@ -32,9 +36,13 @@ CREATE TABLE IF NOT EXISTS messages (
     size INTEGER,
     delete_pending INTEGER NOT NULL DEFAULT 0,
     deleted_at REAL,
-    gone_since REAL
+    gone_since REAL,
+    header_hash TEXT,
+    message_id TEXT,
+    date TEXT
 ) WITHOUT ROWID;
 """
+_ADDED_COLUMNS = {"header_hash": "TEXT", "message_id": "TEXT", "date": "TEXT"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,10 +53,22 @@ class Entry:
     local_name: str | None
     delete_pending: bool
     deleted_at: float | None
+    gone_since: float | None = None
+    """When a complete listing first lacked this id (None while the server has it)."""
 
     @property
     def delivered(self) -> bool:
         return self.delivered_at is not None
+
+
+Delivery = tuple[str, str, int, "Fingerprint | None"]
+"""(uidl, local name, size, fingerprint) of one delivered message."""
+
+
+def _fingerprint_columns(fingerprint: Fingerprint | None) -> tuple[str | None, ...]:
+    if fingerprint is None:
+        return (None, None, None)
+    return (fingerprint.header_hash, fingerprint.message_id, fingerprint.date)
 
 
 def journal_path(state_dir: Path, account: str) -> Path:
@@ -76,6 +96,10 @@ class Journal:
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")  # fsync the WAL at every commit
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in columns:  # a journal written before fingerprints existed
+                self._db.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
         if created:
             _fsync_dir(path.parent)  # the new file's name must survive a crash too
 
@@ -100,8 +124,8 @@ class Journal:
 
     def entries(self) -> dict[str, Entry]:
         rows = self._db.execute(
-            "SELECT uidl, first_seen, delivered_at, local_name, delete_pending, deleted_at "
-            "FROM messages"
+            "SELECT uidl, first_seen, delivered_at, local_name, delete_pending, deleted_at, "
+            "gone_since FROM messages"
         )
         return {
             row[0]: Entry(
@@ -111,6 +135,7 @@ class Journal:
                 local_name=row[3],
                 delete_pending=bool(row[4]),
                 deleted_at=row[5],
+                gone_since=row[6],
             )
             for row in rows
         }
@@ -152,20 +177,43 @@ class Journal:
         self, uidl: str, *, local_name: str, size: int, now: float, delete: bool
     ) -> None:
         """The message is durable locally; with ``delete`` a DELE is owed from now on."""
-        self.record_delivered_many([(uidl, local_name, size)], now=now, delete=delete)
+        self.record_delivered_many([(uidl, local_name, size, None)], now=now, delete=delete)
 
     def record_delivered_many(
-        self, deliveries: Iterable[tuple[str, str, int]], *, now: float, delete: bool
+        self, deliveries: Iterable[Delivery], *, now: float, delete: bool
     ) -> None:
-        """``record_delivered`` for (uidl, local name, size) triples, in one transaction."""
+        """``record_delivered`` for (uidl, local name, size, fingerprint) tuples, in one
+        transaction."""
         self._write(
             "INSERT INTO messages (uidl, first_seen, delivered_at, local_name, size, "
-            "delete_pending) VALUES (?, ?, ?, ?, ?, ?) "
+            "delete_pending, header_hash, message_id, date) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (uidl) DO UPDATE SET delivered_at = excluded.delivered_at, "
             "local_name = excluded.local_name, size = excluded.size, "
-            "delete_pending = excluded.delete_pending",
-            [(uidl, now, now, name, size, int(delete)) for uidl, name, size in deliveries],
+            "delete_pending = excluded.delete_pending, header_hash = excluded.header_hash, "
+            "message_id = excluded.message_id, date = excluded.date",
+            [
+                (uidl, now, now, name, size, int(delete), *_fingerprint_columns(fingerprint))
+                for uidl, name, size, fingerprint in deliveries
+            ],
         )
+
+    def fingerprints(
+        self,
+    ) -> tuple[dict[str, str], dict[tuple[str, str | None, int], str]]:
+        """Local names of delivered messages by header hash, and by (Message-ID, Date,
+        size)."""
+        by_hash: dict[str, str] = {}
+        by_fields: dict[tuple[str, str | None, int], str] = {}
+        rows = self._db.execute(
+            "SELECT local_name, header_hash, message_id, date, size FROM messages "
+            "WHERE delivered_at IS NOT NULL AND header_hash IS NOT NULL"
+        )
+        for name, header_hash, message_id, date, size in rows:
+            by_hash.setdefault(header_hash, name)
+            if message_id:
+                by_fields.setdefault((message_id, date, size), name)
+        return by_hash, by_fields
 
     def mark_delete_pending(self, uidls: Iterable[str]) -> None:
         """A DELE is owed for these (expired in keep mode, or oversize to be deleted)."""

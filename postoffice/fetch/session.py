@@ -40,6 +40,12 @@ from postoffice.fetch.auth import login, read_password
 from postoffice.fetch.config import Account, Mode, Oversize
 from postoffice.fetch.delivery import Destination, MessageSink
 from postoffice.fetch.errors import FetchError, ServerRefusedError
+from postoffice.fetch.fingerprint import (
+    Fingerprint,
+    HeaderCollector,
+    recover_renumbered,
+    renumbered,
+)
 from postoffice.fetch.journal import Entry, Journal
 from postoffice.fetch.transport import Pop3Client, connect
 from postoffice.proto.client_events import (
@@ -221,11 +227,20 @@ async def run_session(
         now = options.clock()
         entries: dict[str, Entry] = {}
         if journal is not None:
+            entries = await asyncio.to_thread(journal.entries)
+            suspect = renumbered(listing, entries)  # before this listing ages the old ids
             if not readonly:
                 await asyncio.to_thread(
                     journal.record_listing, [m.uidl for m in listing], now, complete=True
                 )
-            entries = await asyncio.to_thread(journal.entries)
+                if suspect:
+                    window = WINDOW if pipelining else 1
+                    await recover_renumbered(
+                        client, listing, journal, window=window, now=now, log=log
+                    )
+                entries = await asyncio.to_thread(journal.entries)
+            elif suspect:
+                log.warning("none of the server's unique ids is known: were they renumbered?")
         undelivered = [m.uidl for m in listing if not _delivered(entries, m.uidl)]
         if undelivered and not readonly:
             await asyncio.to_thread(destination.prepare)
@@ -259,7 +274,7 @@ async def run_session(
             adopted = plan.fetch + plan.later + plan.skip
             await asyncio.to_thread(
                 journal.record_delivered_many,
-                [(message.uidl, ADOPTED, message.size) for message in adopted],
+                [(message.uidl, ADOPTED, message.size, None) for message in adopted],
                 now=options.clock(),
                 delete=False,
             )
@@ -329,7 +344,8 @@ class _Transfer:
         self.in_flight: deque[tuple[str, ServerMessage]] = deque()
         self.deleted: list[str] = []
         self.sink: MessageSink | None = None
-        self.unjournaled: list[tuple[ServerMessage, str, int]] = []
+        self.unjournaled: list[tuple[ServerMessage, str, int, Fingerprint | None]] = []
+        self.header = HeaderCollector()
         """Renamed into the destination, not yet synced and journaled (group commit)."""
 
     async def _pump(self) -> None:
@@ -379,9 +395,11 @@ class _Transfer:
                 result.failed += 1
         elif isinstance(event, MultilineStart):
             self.sink = self.destination.begin(message.uidl)
+            self.header = HeaderCollector()
         elif isinstance(event, BodyData):
             assert self.sink is not None
             self.sink.write(event.data)
+            self.header.feed(event.data)
         elif isinstance(event, MultilineEnd):
             self.in_flight.popleft()
             await self._delivered(message, event.octets, result, total)
@@ -405,7 +423,7 @@ class _Transfer:
         except OSError as error:
             sink.abort()
             raise FetchError(f"cannot deliver to {self.account.maildir}: {error}") from error
-        self.unjournaled.append((message, name, octets))
+        self.unjournaled.append((message, name, octets, self.header.fingerprint()))
         self.log.info(
             "%d/%d: %s, %d octets",
             result.fetched + len(self.unjournaled),
@@ -427,11 +445,11 @@ class _Transfer:
         delete = self.account.mode is Mode.DELETE
         await asyncio.to_thread(
             self.journal.record_delivered_many,
-            [(message.uidl, name, octets) for message, name, octets in batch],
+            [(message.uidl, name, octets, print_) for message, name, octets, print_ in batch],
             now=self.clock(),
             delete=delete,
         )
         result.fetched += len(batch)
-        result.octets += sum(octets for _, _, octets in batch)
+        result.octets += sum(entry[2] for entry in batch)
         if delete:
-            self.todo.extendleft(("DELE", message) for message, _, _ in reversed(batch))
+            self.todo.extendleft(("DELE", entry[0]) for entry in reversed(batch))

@@ -25,7 +25,7 @@ from postoffice.proto.events import (
     PasswordLogin,
     UpdateRequest,
 )
-from postoffice.proto.framing import MessageEncoder
+from postoffice.proto.framing import MessageEncoder, TopFilter
 from postoffice.proto.server import ServerConnection
 from postoffice.sasl.events import (
     NO_CREDENTIALS,
@@ -286,7 +286,10 @@ class FakePop3Server:
                             return
                     message = event.message.message
                     encoder = MessageEncoder()
-                    body = encoder.encode(message.data) + encoder.finish()
+                    data = message.data
+                    if event.body_lines is not None:
+                        data = TopFilter(event.body_lines).feed(data)
+                    body = encoder.encode(data) + encoder.finish()
                     connection.message_follows()
                     writer.write(connection.data_to_send())
                     if event.body_lines is None and retr == faults.drop_inside_retr:

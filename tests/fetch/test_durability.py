@@ -14,7 +14,7 @@ from postoffice.fetch import session
 from postoffice.fetch.config import Account
 from postoffice.fetch.delivery import MaildirDestination, message_key
 from postoffice.fetch.errors import FetchConnectionError, FetchError, FetchTimeoutError
-from postoffice.fetch.journal import Journal, journal_path
+from postoffice.fetch.journal import Delivery, Journal, journal_path
 from postoffice.fetch.runner import fetch_account
 from postoffice.fetch.session import run_session
 
@@ -138,7 +138,7 @@ class CrashingJournal(Journal):
         self.calls = 0
 
     def record_delivered_many(
-        self, deliveries: Iterable[tuple[str, str, int]], *, now: float, delete: bool
+        self, deliveries: Iterable[Delivery], *, now: float, delete: bool
     ) -> None:
         self.calls += 1
         if self.calls >= self.crash_at:

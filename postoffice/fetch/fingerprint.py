@@ -1,0 +1,141 @@
+"""Recognising a message after its unique id changed (a server migration).
+
+Each delivery journals a fingerprint of the message: a hash of its header as sent (what
+``TOP n 0`` returns too), its Message-ID and its Date. If a session finds that none of the
+listed UIDLs is known although the journal expects some of its messages to be still on the
+server, the ids were probably all renumbered: the session then asks ``TOP n 0`` for each
+listed message and journals every one whose fingerprint matches a delivered message under
+its new id, instead of downloading it again. A match is the same header hash, or the same
+Message-ID, Date and size. Messages that match nothing are fetched as usual, so a false
+alarm (say, another client deleted everything and new mail came) costs one TOP each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from typing import TYPE_CHECKING, Protocol
+
+from postoffice.proto.client_events import Reply, Request
+
+if TYPE_CHECKING:
+    from postoffice.fetch.journal import Entry, Journal
+    from postoffice.fetch.transport import Pop3Client
+
+__all__ = [
+    "Fingerprint",
+    "HeaderCollector",
+    "fingerprint_of",
+    "recover_renumbered",
+    "renumbered",
+]
+
+MAX_HEADER = 256 * 1024  # a header longer than this is not fingerprinted
+_END = b"\r\n\r\n"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Fingerprint:
+    header_hash: str
+    message_id: str | None
+    date: str | None
+
+
+def fingerprint_of(header: bytes) -> Fingerprint:
+    """The fingerprint of a header as POP3 sends it (CRLF lines, blank line optional)."""
+    header = header.rstrip(b"\r\n")
+    fields = BytesHeaderParser(policy=compat32).parsebytes(header + b"\r\n\r\n")
+    message_id, date = fields.get("Message-ID"), fields.get("Date")
+    return Fingerprint(
+        header_hash=hashlib.sha256(header).hexdigest(),
+        message_id=" ".join(str(message_id).split()) if message_id else None,
+        date=" ".join(str(date).split()) if date else None,
+    )
+
+
+class HeaderCollector:
+    """Keeps the header of a streamed RETR body, up to the blank line, within a bound."""
+
+    __slots__ = ("_data", "done")
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self.done = False
+
+    def feed(self, chunk: bytes) -> None:
+        if self.done:
+            return
+        start = max(0, len(self._data) - 3)  # the blank line may straddle two chunks
+        self._data += chunk
+        end = self._data.find(_END, start)
+        if end >= 0:
+            del self._data[end + len(_END) :]
+            self.done = True
+        elif len(self._data) > MAX_HEADER:
+            self._data.clear()
+            self.done = True  # too long to be worth matching
+
+    def fingerprint(self) -> Fingerprint | None:
+        return fingerprint_of(bytes(self._data)) if self._data else None
+
+
+class _Listed(Protocol):
+    @property
+    def number(self) -> int: ...
+
+    @property
+    def uidl(self) -> str: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+def renumbered(listing: Sequence[_Listed], entries: Mapping[str, Entry]) -> bool:
+    """True if no listed id is known while the journal expects messages on the server."""
+    if not listing or any(message.uidl in entries for message in listing):
+        return False
+    return any(
+        entry.delivered and entry.deleted_at is None and entry.gone_since is None
+        for entry in entries.values()
+    )
+
+
+async def recover_renumbered(
+    client: Pop3Client,
+    listing: Sequence[_Listed],
+    journal: Journal,
+    *,
+    window: int,
+    now: float,
+    log: logging.LoggerAdapter,  # type: ignore[type-arg]
+) -> int:
+    """Journal listed messages that match a delivered one by fingerprint; return how many."""
+    by_hash, by_fields = await asyncio.to_thread(journal.fingerprints)
+    log.warning(
+        "none of the %d unique ids on the server is known: were they renumbered? "
+        "matching the messages by header instead of downloading them again",
+        len(listing),
+    )
+    matched: list[tuple[str, str, int, Fingerprint]] = []
+    for start in range(0, len(listing), window):
+        batch = listing[start : start + window]
+        await client.send(*(Request(keyword="TOP", arguments=(str(m.number), "0")) for m in batch))
+        for message in batch:
+            header = await client.collect(limit=MAX_HEADER + 2)
+            if isinstance(header, Reply):
+                continue  # no TOP for this one: it will simply be fetched
+            found = fingerprint_of(header)
+            local = by_hash.get(found.header_hash)
+            if local is None and found.message_id:
+                local = by_fields.get((found.message_id, found.date, message.size))
+            if local is not None:
+                matched.append((message.uidl, local, message.size, found))
+    if matched:
+        await asyncio.to_thread(journal.record_delivered_many, matched, now=now, delete=False)
+    log.warning("%d of %d messages matched messages fetched before", len(matched), len(listing))
+    return len(matched)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -89,9 +89,18 @@ def serve(config_path: Path | None, verbose: bool) -> None:
             f"  curl pop3://{listen.host}:{listen.port}/1 --user alice   # read message 1\n",
             err=True,
         )
+    from postoffice.server import workers as worker_processes
+
+    count = config.process.workers or os.cpu_count() or 1
     try:
-        asyncio.run(serve_forever(config))
-    except OSError as error:
+        if count > 1:
+            sys.exit(worker_processes.run(config, count))
+        loop = worker_processes.new_event_loop()
+        try:
+            loop.run_until_complete(serve_forever(config))
+        finally:
+            loop.close()
+    except (OSError, ConfigError) as error:
         raise click.ClickException(f"cannot start: {error}") from error
     except KeyboardInterrupt:
         pass

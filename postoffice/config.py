@@ -64,6 +64,8 @@ class Pop3sConfig:
 class ProcessConfig:
     user: str = ""
     group: str = ""
+    workers: int = 0
+    """Server processes; 0: one per CPU core."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -325,7 +327,9 @@ def load_config(
 
     process_table = root.table("process")
     process = ProcessConfig(
-        user=process_table.string("user", ""), group=process_table.string("group", "")
+        user=process_table.string("user", ""),
+        group=process_table.string("group", ""),
+        workers=process_table.integer("workers", 0, minimum=0, maximum=1024),
     )
     process_table.finish()
 

@@ -37,6 +37,9 @@ class Pop3Server:
     """All listeners of one server process."""
 
     config: Config
+    bound: list[tuple[socket.socket, bool]] | None = None
+    """Listening sockets bound by a parent process (with "implicit TLS" flags), or None."""
+    tls_loaded: ListenerContexts | None = None
     context: ServerContext = field(init=False)
     servers: list[asyncio.Server] = field(default_factory=list)
     addresses: list[tuple[str, int]] = field(default_factory=list)
@@ -46,8 +49,8 @@ class Pop3Server:
     def __post_init__(self) -> None:
         config = self.config
         database = PasswdFile(config.auth.passwd_file, lowercase_names=config.auth.lowercase_names)
-        tls = None
-        if config.pop3s.listen or config.pop3.stls:
+        tls = self.tls_loaded
+        if tls is None and (config.pop3s.listen or config.pop3.stls):
             settings = {"pop3": config.pop3.tls, "pop3s": config.pop3s.tls}
             tls = ListenerContexts(settings, hostname=socket.gethostname())
         self.context = ServerContext(
@@ -69,27 +72,48 @@ class Pop3Server:
 
     async def start(self) -> None:
         """Bind and start every listener; ``addresses`` then holds the bound pairs."""
-        if self.context.tls is not None:
-            await asyncio.to_thread(self.context.tls.load)
-        for address in self.config.pop3.listen:
-            await self._listen(address, implicit_tls=False)
-        for address in self.config.pop3s.listen:
-            await self._listen(address, implicit_tls=True)
-        drop_privileges(self.config)
+        if self.bound is not None:
+            for sock, implicit_tls in self.bound:
+                await self._listen(None, implicit_tls=implicit_tls, sock=sock)
+        else:
+            if self.context.tls is not None:
+                await asyncio.to_thread(self.context.tls.load)
+            for address in self.config.pop3.listen:
+                await self._listen(address, implicit_tls=False)
+            for address in self.config.pop3s.listen:
+                await self._listen(address, implicit_tls=True)
+            drop_privileges(self.config)
         for server in self.servers:
             await server.start_serving()
 
-    async def _listen(self, address: ListenAddress, *, implicit_tls: bool) -> None:
+    async def _listen(
+        self,
+        address: ListenAddress | None,
+        *,
+        implicit_tls: bool,
+        sock: socket.socket | None = None,
+    ) -> None:
         loop = asyncio.get_running_loop()
-        server = await loop.create_server(
-            lambda: Pop3Session(self.context, implicit_tls=implicit_tls),
-            host=address.host,
-            port=address.port,
-            reuse_address=True,
-            backlog=1024,
-            start_serving=False,
-        )
+        if sock is not None:
+            server = await loop.create_server(
+                lambda: Pop3Session(self.context, implicit_tls=implicit_tls),
+                sock=sock,
+                backlog=1024,
+                start_serving=False,
+            )
+        else:
+            assert address is not None
+            server = await loop.create_server(
+                lambda: Pop3Session(self.context, implicit_tls=implicit_tls),
+                host=address.host,
+                port=address.port,
+                reuse_address=True,
+                backlog=1024,
+                start_serving=False,
+            )
         self.servers.append(server)
+        if sock is not None:
+            return  # the parent process logged the address
         for sock in server.sockets:
             bound = sock.getsockname()
             pair = (str(bound[0]), int(bound[1]))

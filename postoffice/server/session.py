@@ -24,7 +24,7 @@ import logging
 import secrets
 import ssl
 import time
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from postoffice.auth.base import UserRecord
 from postoffice.errors import StorageError
@@ -104,7 +104,8 @@ class Pop3Session(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer_ip = str(peer[0]) if isinstance(peer, tuple) else "local"
@@ -116,6 +117,10 @@ class Pop3Session(asyncio.Protocol):
             transport.close()
             return
         self._admitted = True
+        if self.implicit_tls:
+            # Read nothing in the clear: the ClientHello may already be waiting, and it
+            # belongs to the TLS layer that start_tls is about to put in place.
+            transport.pause_reading()
         self.connection = ServerConnection(
             self.context.session_settings(self.peer_ip, implicit_tls=self.implicit_tls)
         )

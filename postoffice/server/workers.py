@@ -1,0 +1,161 @@
+"""Several server processes sharing the listening sockets.
+
+Theory of operation
+-------------------
+The parent binds every listener, loads (or makes) the TLS certificates and drops
+privileges; then it forks ``process.workers`` children. Each child runs its own event loop
+and accepts on the inherited sockets, so the kernel spreads
+connections over them. Nothing in a session assumes one process: the maildrop lock is an
+``flock`` and the size cache is a file, both shared. Per-address connection caps and the
+failure throttle are counted per process.
+
+The parent only supervises: it forwards SIGTERM/SIGINT (stop) and SIGHUP (reload the
+certificates) to the children, restarts a child that dies unexpectedly, and exits when all
+children have stopped. Children ask the kernel to kill them if the parent dies, so a
+``kill -9`` of the parent takes the whole server down at once, like a single process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from postoffice.config import Config, ListenAddress
+from postoffice.server.app import Pop3Server, drop_privileges
+from postoffice.tls import ListenerContexts
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+
+
+def bind(address: ListenAddress) -> list[socket.socket]:
+    """Listening sockets for ``address`` (every address a name resolves to)."""
+    sockets = []
+    infos = socket.getaddrinfo(
+        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    for family, kind, protocol, _name, sockaddr in infos:
+        sock = socket.socket(family, kind, protocol)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(1024)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """The event loop for a server process.
+
+    asyncio's own loop: uvloop (tried) can hand the ClientHello of a connection that was
+    waiting in the accept queue to the protocol as cleartext before ``start_tls`` takes
+    over, which stalls that POP3S handshake.
+    """
+    return asyncio.new_event_loop()
+
+
+def run(config: Config, workers: int) -> int:
+    """Serve with ``workers`` processes until SIGTERM or SIGINT; the exit status."""
+    bound: list[tuple[socket.socket, bool]] = []
+    for addresses, implicit_tls in ((config.pop3.listen, False), (config.pop3s.listen, True)):
+        for address in addresses:
+            for sock in bind(address):
+                bound.append((sock, implicit_tls))
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+                log.info("%s listening on %s:%d", "POP3S" if implicit_tls else "POP3", shown, port)
+    tls = None
+    if config.pop3s.listen or config.pop3.stls:
+        tls = ListenerContexts(
+            {"pop3": config.pop3.tls, "pop3s": config.pop3s.tls}, hostname=socket.gethostname()
+        )
+        tls.load()
+    drop_privileges(config)
+    children: dict[int, int] = {}  # pid -> worker number
+    stopping = False
+
+    def start(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                status = _child(config, bound, tls, number)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        children[pid] = number
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    for number in range(workers):
+        start(number)
+    log.info("started %d worker processes", workers)
+    failures = 0
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if pid not in children:
+            continue
+        number = children.pop(pid)
+        if not stopping:
+            failures += 1
+            log.error("worker %d (pid %d) ended with status %d; restarting", number, pid, status)
+            time.sleep(min(5.0, 0.1 * failures))
+            start(number)
+    for sock, _ in bound:
+        sock.close()
+    log.info("stopped")
+    return 0
+
+
+def _child(
+    config: Config,
+    bound: list[tuple[socket.socket, bool]],
+    tls: ListenerContexts | None,
+    number: int,
+) -> int:
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop handles it: never fatal
+    loop = new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def main() -> None:
+        server = Pop3Server(config, bound=bound, tls_loaded=tls)
+        await server.start()
+        loop.add_signal_handler(signal.SIGTERM, server.request_stop)
+        loop.add_signal_handler(signal.SIGINT, server.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
+        await server.serve_until_stopped()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+    log.debug("worker %d stopped", number)
+    return 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import poplib
 import re
 import socket
@@ -216,3 +218,24 @@ async def test_many_logins_at_once_do_not_stall_sessions_already_in(
     # takes seconds). The client shares this process, so allow for its own scheduling.
     assert statistics.median(during) < 0.05
     assert max(during) < 0.5
+
+
+def test_passwords_and_auth_payloads_never_reach_the_log(
+    harness: ServerHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    harness.add_user("alice", "Sup3r-secret")
+    harness.start(auth={"mechanisms": ["PLAIN", "LOGIN"]})
+    with socket.create_connection((harness.host, harness.port)) as sock:
+        read_until(sock, lambda d: d.endswith(b"\r\n"))
+        plain = base64.b64encode(b"\0alice\0Sup3r-secret-wrong")
+        sock.sendall(b"USER alice\r\nPASS Sup3r-secret-wrong\r\nAUTH PLAIN " + plain + b"\r\n")
+        read_until(sock, lambda d: d.count(b"\r\n") >= 3)
+        sock.sendall(b"AUTH PLAIN " + base64.b64encode(b"\0alice\0Sup3r-secret") + b"\r\nQUIT\r\n")
+        read_until(sock, lambda d: b"signing off" in d)
+    assert harness.server is not None
+    wait_until(lambda: harness.server is None or not harness.server.context.sessions)
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    assert "end user='alice'" in text
+    assert "Sup3r" not in text
+    assert plain.decode() not in text

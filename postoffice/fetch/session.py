@@ -10,10 +10,14 @@ every message, is:
    dot (a dropped connection aborts it and leaves nothing); a size different from LIST
    is logged but the message is kept, since the dot proves it is complete;
 2. fsync the file, rename into ``new/``, fsync ``new/`` (``delivery``);
-3. journal the UIDL as delivered, durably (``journal``, SQLite ``synchronous = FULL``).
-   Steps 2 (the folder fsync) and 3 are group commits: one for up to ``BATCH`` messages;
+3. journal the UIDL as delivered, durably (``journal``, SQLite ``synchronous = FULL``);
 4. only then DELE it (delete mode, or keep mode past ``delete_after_days``);
 5. at the end QUIT, and only a ``+OK`` marks the DELEs as committed in the journal.
+
+Steps 2 and 3 are group commits: up to ``BATCH`` messages received whole are fsynced and
+renamed in one worker-thread call, then one fsync of ``new/``, then one journal
+transaction; the order within each message is unchanged. If the server goes away, the
+messages already received whole are still committed and journaled (without DELE).
 
 A crash or a dropped connection anywhere leaves one of: a tmp file (removed at the next
 start), a file in ``new/`` not yet journaled (found by its name, derived from (account,
@@ -39,7 +43,12 @@ from postoffice.errors import RemoteProtocolError
 from postoffice.fetch.auth import login, read_password
 from postoffice.fetch.config import Account, Mode, Oversize
 from postoffice.fetch.delivery import Destination, MessageSink
-from postoffice.fetch.errors import FetchError, ServerRefusedError
+from postoffice.fetch.errors import (
+    FetchConnectionError,
+    FetchError,
+    FetchTimeoutError,
+    ServerRefusedError,
+)
 from postoffice.fetch.fingerprint import (
     Fingerprint,
     HeaderCollector,
@@ -320,6 +329,10 @@ def _delivered(entries: Mapping[str, Entry], uidl: str) -> bool:
     return entry is not None and entry.delivered
 
 
+_Received = tuple[ServerMessage, MessageSink, int, Fingerprint | None]
+"""A message received whole: its sink (not yet committed), octets and fingerprint."""
+
+
 class _Transfer:
     """RETR and DELE, pipelined in a window, in the durability order of the module doc."""
 
@@ -344,9 +357,9 @@ class _Transfer:
         self.in_flight: deque[tuple[str, ServerMessage]] = deque()
         self.deleted: list[str] = []
         self.sink: MessageSink | None = None
-        self.unjournaled: list[tuple[ServerMessage, str, int, Fingerprint | None]] = []
+        self.unjournaled: list[_Received] = []
         self.header = HeaderCollector()
-        """Renamed into the destination, not yet synced and journaled (group commit)."""
+        """Received whole, not yet committed and journaled (group commit)."""
 
     async def _pump(self) -> None:
         batch: list[Request] = []
@@ -375,7 +388,15 @@ class _Transfer:
             while self.todo or self.in_flight:
                 await self._pump()
                 await self._step(result, total)
+        except (FetchConnectionError, FetchTimeoutError, RemoteProtocolError):
+            # The server went away: what arrived whole is still good, keep it (no DELE).
+            if self.unjournaled:
+                await self._make_durable(result)
+            raise
         finally:
+            for _, sink, _, _ in self.unjournaled:
+                sink.abort()
+            self.unjournaled = []
             if self.sink is not None:
                 self.sink.abort()  # never journaled: the next session fetches it again
                 self.sink = None
@@ -418,12 +439,7 @@ class _Transfer:
                 message.size,
                 octets,
             )
-        try:
-            name = await asyncio.to_thread(sink.commit)
-        except OSError as error:
-            sink.abort()
-            raise FetchError(f"cannot deliver to {self.account.maildir}: {error}") from error
-        self.unjournaled.append((message, name, octets, self.header.fingerprint()))
+        self.unjournaled.append((message, sink, octets, self.header.fingerprint()))
         self.log.info(
             "%d/%d: %s, %d octets",
             result.fetched + len(self.unjournaled),
@@ -435,17 +451,31 @@ class _Transfer:
         if len(self.unjournaled) >= BATCH or not more:
             await self._make_durable(result)
 
-    async def _make_durable(self, result: SessionResult) -> None:
-        """fsync new/, then journal the batch in one transaction, then owe and queue DELEs."""
-        batch, self.unjournaled = self.unjournaled, []
+    def _commit_batch(self, batch: list[_Received]) -> list[str]:
+        """fsync and rename each message, then fsync the folder (in a worker thread)."""
+        names: list[str] = []
         try:
-            await asyncio.to_thread(self.destination.sync)
+            for _, sink, _, _ in batch:
+                names.append(sink.commit())
+            self.destination.sync()
         except OSError as error:
-            raise FetchError(f"cannot sync {self.account.maildir}: {error}") from error
+            for _, sink, _, _ in batch[len(names) :]:
+                sink.abort()
+            raise FetchError(f"cannot deliver to {self.account.maildir}: {error}") from error
+        return names
+
+    async def _make_durable(self, result: SessionResult) -> None:
+        """Commit the batch and fsync the folder, then journal it in one transaction, then
+        owe and queue its DELEs."""
+        batch, self.unjournaled = self.unjournaled, []
+        names = await asyncio.to_thread(self._commit_batch, batch)
         delete = self.account.mode is Mode.DELETE
         await asyncio.to_thread(
             self.journal.record_delivered_many,
-            [(message.uidl, name, octets, print_) for message, name, octets, print_ in batch],
+            [
+                (message.uidl, name, octets, print_)
+                for (message, _, octets, print_), name in zip(batch, names, strict=True)
+            ],
             now=self.clock(),
             delete=delete,
         )

@@ -217,12 +217,13 @@ async def test_deletion_committed_but_ok_lost_is_settled(
 async def test_stalled_server_times_out_and_loses_nothing(
     tmp_path: Path, server: FakePop3Server
 ) -> None:
-    account = make_account(tmp_path, server, mode="delete", timeout=0.5)
+    impatient = make_account(tmp_path, server, mode="delete", timeout=0.5)
     server.faults = Faults(stall_on="QUIT")
     with pytest.raises(FetchTimeoutError):
-        await fetch_account(account)
+        await fetch_account(impatient)
     assert len(server.messages) == 5
     server.faults = Faults()
+    account = make_account(tmp_path, server, mode="delete")  # same state, patient again
     await fetch_account(account)
     assert server.messages == []
     assert_exactly_once(account)

@@ -33,7 +33,7 @@ def make_account(root: Path, server: FakePop3Server | None = None, **keys: objec
         "password_command": "cat pw",
         "maildir": "Maildir",
         "state_dir": "state",
-        "timeout": 5,
+        "timeout": 20,  # generous: CI machines can be heavily loaded
     }
     table.update(keys)
     return parse_fetch_config({"accounts": {"test": table}}, root / "fetch.toml").accounts["test"]

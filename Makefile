@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck clean bench
+.PHONY: run test lint typecheck clean bench fuzz
 
 $(BIN)/postoffice: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,22 @@ test: $(BIN)/postoffice
 # BENCH_ARGS=--quick for a smaller corpus, e.g. make bench BENCH_ARGS=--quick
 bench: $(BIN)/postoffice
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# Whole POP3 sessions against the protocol core (tests/fuzz), for a long time: coverage-
+# guided with atheris when it installs (FUZZ_SECONDS; corpus and crash-* inputs in
+# var/fuzz/), else FUZZ_EXAMPLES Hypothesis examples. A short run is part of `make test`.
+FUZZ_SECONDS ?= 600
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(BIN)/postoffice
+	-$(BIN)/pip install --quiet atheris
+	mkdir -p var/fuzz/corpus
+	if $(BIN)/python -c 'import atheris' 2>/dev/null; then \
+		$(BIN)/python -m tests.fuzz.atheris_main -max_total_time=$(FUZZ_SECONDS) \
+			-print_final_stats=1 -artifact_prefix=var/fuzz/ var/fuzz/corpus; \
+	else \
+		POSTOFFICE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest -q tests/fuzz \
+			--hypothesis-show-statistics; \
+	fi
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Fuzzing the protocol core with whole sessions (``make fuzz`` for a long run)."""

@@ -75,6 +75,11 @@ class Account:
     auth: AuthMethod
     mode: Mode
     maildir: Path
+    """The Maildir to deliver to (``~/Maildir`` unless ``mbox`` or ``mda`` is given)."""
+    mbox: Path | None = None
+    """An mbox file to append to instead (mboxrd quoting, dotlock and fcntl locking)."""
+    mda: str | None = None
+    """A command (run by the shell) that gets each message on stdin, instead."""
     state_dir: Path
     delete_after_days: float | None
     max_message_size: int | None
@@ -97,7 +102,8 @@ DEFAULT_EVERY = 300.0
 MINIMUM_EVERY = 10.0  # polling faster than this only burdens the server
 _ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _FINGERPRINT = re.compile(r"sha256:((?:[0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2})")
-_NOT_YET = ("mbox", "mda", "lmtp")
+_NOT_YET = ("lmtp",)
+_DESTINATIONS = ("maildir", "mbox", "mda", "lmtp")
 _KEYS = frozenset(
     {
         "host",
@@ -111,6 +117,8 @@ _KEYS = frozenset(
         "auth",
         "mode",
         "maildir",
+        "mbox",
+        "mda",
         "state_dir",
         "delete_after_days",
         "max_message_size",
@@ -151,6 +159,10 @@ class _Settings:
 
     def has(self, key: str) -> bool:
         return key in self._values
+
+    def own(self, key: str) -> bool:
+        """Whether the account table itself (not ``[defaults]``) sets ``key``."""
+        return key in self._values and not self._values[key][1].startswith("defaults.")
 
     def raw(self, key: str) -> Any:
         return self._values[key][0] if key in self._values else None
@@ -209,10 +221,24 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _destination_key(settings: _Settings) -> str | None:
+    """Which of maildir/mbox/mda/lmtp applies: the account's own, else the default's."""
+    for chosen in (
+        [key for key in _DESTINATIONS if settings.own(key)],
+        [key for key in _DESTINATIONS if settings.has(key)],
+    ):
+        if len(chosen) > 1:
+            keys = ", ".join(settings.key(key) for key in chosen)
+            raise ConfigError(f"{keys}: give only one destination (maildir, mbox or mda)")
+        if chosen:
+            return chosen[0]
+    return None
+
+
 def _account(name: str, settings: _Settings, base: Path) -> Account:
-    for key in _NOT_YET:
-        if settings.has(key):
-            raise ConfigError(f"{settings.key(key)}: not supported yet; use maildir")
+    destination = _destination_key(settings)
+    if destination in _NOT_YET:
+        raise ConfigError(f"{settings.key(destination)}: not supported yet; use maildir")
     tls = settings.choice("tls", TlsMode, TlsMode.IMPLICIT)
     insecure = settings.boolean("insecure")
     host = settings.string("host")
@@ -261,9 +287,13 @@ def _account(name: str, settings: _Settings, base: Path) -> Account:
         every = parse_duration(settings.raw("every"), settings.key("every"))
         if every < MINIMUM_EVERY:
             raise ConfigError(f"{settings.key('every')}: must be at least {MINIMUM_EVERY:.0f}s")
-    maildir = settings.path("maildir", base, Path.home() / "Maildir")
+    maildir = Path.home() / "Maildir"
+    if destination == "maildir":
+        maildir = settings.path("maildir", base) or maildir
+    mbox = settings.path("mbox", base) if destination == "mbox" else None
+    mda = settings.string("mda") if destination == "mda" else None
     state_dir = settings.path("state_dir", base, _default_state_dir())
-    assert maildir is not None and state_dir is not None
+    assert state_dir is not None
     return Account(
         name=name,
         host=host,
@@ -277,6 +307,8 @@ def _account(name: str, settings: _Settings, base: Path) -> Account:
         auth=auth,
         mode=settings.choice("mode", Mode, Mode.KEEP),
         maildir=maildir,
+        mbox=mbox,
+        mda=mda,
         state_dir=state_dir,
         delete_after_days=delete_after_days,
         max_message_size=max_size,

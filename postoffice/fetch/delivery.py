@@ -54,7 +54,12 @@ class MessageSink(Protocol):
 
 
 class Destination(Protocol):
-    """A local mail store the fetcher delivers into (Maildir now; mbox, MDA, LMTP later)."""
+    """A local mail store the fetcher delivers into (Maildir here; mbox and MDA in
+    ``spooled``)."""
+
+    idempotent: bool
+    """True if ``find_delivered`` can tell what a crash left delivered but unjournaled:
+    then the session may group-commit many messages before journaling them."""
 
     def prepare(self) -> None:
         """Create the store if missing and clean up after a crash. Blocking."""
@@ -92,6 +97,8 @@ def _key_of(name: str) -> str:
 
 class MaildirDestination:
     """Delivers into a Maildir under names derived from (account, UIDL)."""
+
+    idempotent = True
 
     def __init__(self, path: Path, account: str) -> None:
         self.path = path

@@ -10,6 +10,7 @@
         ├── LoginError                          the server refused our credentials
         ├── ServerRefusedError                  ``-ERR`` where the session needs ``+OK``
         ├── PasswordCommandError                ``password_command`` failed
+        ├── DeliveryFailedError                 the local destination refused a message
         └── AccountLockedError                  another fetcher runs this account now
 
 ``RemoteProtocolError`` (from ``postoffice.errors``) means the server broke POP3 itself.
@@ -47,6 +48,10 @@ class ServerRefusedError(FetchError):
 
 class PasswordCommandError(FetchError):
     """``password_command`` exited non-zero or printed nothing."""
+
+
+class DeliveryFailedError(FetchError):
+    """The destination could not take a message (MDA exit status, mbox lock, disk)."""
 
 
 class AccountLockedError(FetchError):

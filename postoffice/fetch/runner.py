@@ -27,11 +27,12 @@ from pathlib import Path
 
 from postoffice.errors import PostofficeError
 from postoffice.fetch.config import Account
-from postoffice.fetch.delivery import MaildirDestination
+from postoffice.fetch.delivery import Destination, MaildirDestination
 from postoffice.fetch.errors import AccountLockedError
 from postoffice.fetch.importers import ImportedState, read_state
 from postoffice.fetch.journal import Journal, journal_path
 from postoffice.fetch.session import Options, SessionResult, run_session
+from postoffice.fetch.spooled import MboxDestination, MdaDestination
 
 __all__ = [
     "EXIT_CONFIG",
@@ -45,6 +46,7 @@ __all__ = [
     "fetch_all",
     "guarded_fetch",
     "import_state",
+    "make_destination",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,6 +82,14 @@ def account_lock(state_dir: Path, account: str) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
+def make_destination(account: Account) -> Destination:
+    if account.mbox is not None:
+        return MboxDestination(account.mbox)
+    if account.mda is not None:
+        return MdaDestination(account.mda, account=account.name, workdir=account.workdir)
+    return MaildirDestination(account.maildir, account.name)
+
+
 async def fetch_account(account: Account, options: Options | None = None) -> SessionResult:
     """One session for ``account`` under its lock, with its journal and Maildir."""
     options = options or Options()
@@ -88,7 +98,7 @@ async def fetch_account(account: Account, options: Options | None = None) -> Ses
         path = journal_path(account.state_dir, account.name)
         journal = None if readonly and not path.exists() else Journal(path)
         try:
-            destination = MaildirDestination(account.maildir, account.name)
+            destination = make_destination(account)
             return await run_session(
                 account, journal=journal, destination=destination, options=options
             )

@@ -353,6 +353,8 @@ class _Transfer:
         self.log = log
         self.clock = options.clock
         self.window = WINDOW if pipelining else 1
+        # Only a destination that can find what a crash left unjournaled may group-commit.
+        self.batch = BATCH if destination.idempotent else 1
         self.todo: deque[tuple[str, ServerMessage]] = deque()
         self.in_flight: deque[tuple[str, ServerMessage]] = deque()
         self.deleted: list[str] = []
@@ -448,7 +450,7 @@ class _Transfer:
             octets,
         )
         more = any(k == "RETR" for k, _ in self.in_flight) or any(k == "RETR" for k, _ in self.todo)
-        if len(self.unjournaled) >= BATCH or not more:
+        if len(self.unjournaled) >= self.batch or not more:
             await self._make_durable(result)
 
     def _commit_batch(self, batch: list[_Received]) -> list[str]:
@@ -458,10 +460,12 @@ class _Transfer:
             for _, sink, _, _ in batch:
                 names.append(sink.commit())
             self.destination.sync()
-        except OSError as error:
+        except (OSError, FetchError) as error:
             for _, sink, _, _ in batch[len(names) :]:
                 sink.abort()
-            raise FetchError(f"cannot deliver to {self.account.maildir}: {error}") from error
+            if isinstance(error, FetchError):
+                raise
+            raise FetchError(f"cannot deliver: {error}") from error
         return names
 
     async def _make_durable(self, result: SessionResult) -> None:

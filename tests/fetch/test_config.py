@@ -88,7 +88,8 @@ def test_implicit_tls_defaults_to_port_995(tmp_path: Path) -> None:
         ({"defaults": {"mode": "move"}, "accounts": {"a": account()}}, "defaults.mode:"),
         ({"defaults": {"colour": 1}, "accounts": {"a": account()}}, "defaults.colour: unknown"),
         ({"accounts": {"a": {"host": "h", "user": "u"}}}, "accounts.a.password_command: required"),
-        ({"accounts": {"a": account(mbox="x")}}, "accounts.a.mbox: not supported yet"),
+        ({"accounts": {"a": account(lmtp="h:24")}}, "accounts.a.lmtp: not supported yet"),
+        ({"accounts": {"a": account(mbox="x", mda="y")}}, "accounts.a.mbox, accounts.a.mda:"),
         ({"accounts": {"a": account(fingerprint="md5:00")}}, "accounts.a.fingerprint:"),
         ({"accounts": {"a": account(max_message_size="big")}}, "accounts.a.max_message_size:"),
         ({"accounts": {"a": account(delete_after_days=-1)}}, "accounts.a.delete_after_days:"),
@@ -125,3 +126,15 @@ def test_missing_file_and_bad_toml(tmp_path: Path) -> None:
         load_fetch_config(tmp_path / "nope.toml")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_fetch_config(_write(tmp_path, "[accounts"))
+
+
+def test_destination_of_the_account_beats_the_default(tmp_path: Path) -> None:
+    data = {
+        "defaults": {"maildir": "Mail"},
+        "accounts": {"a": account(mbox="inbox.mbox"), "b": account(mda="procmail"), "c": account()},
+    }
+    accounts = parse_fetch_config(data, tmp_path / "f.toml").accounts
+    assert accounts["a"].mbox == tmp_path / "inbox.mbox" and accounts["a"].mda is None
+    assert accounts["b"].mda == "procmail" and accounts["b"].mbox is None
+    assert accounts["c"].maildir == tmp_path / "Mail"
+    assert accounts["c"].mbox is None and accounts["c"].mda is None

@@ -30,8 +30,8 @@ with atheris.instrument_imports(include=["postoffice"]):
 
 
 #: Hypothesis needs a few hundred bytes for a session of a dozen commands; libFuzzer's
-#: default starts much smaller.
-DEFAULT_FLAGS = ["-max_len=16384"]
+#: default starts much smaller and grows slowly.
+DEFAULT_FLAGS = ["-max_len=16384", "-len_control=0"]
 
 
 def main() -> None:

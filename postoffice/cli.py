@@ -11,7 +11,6 @@ import click
 
 from postoffice import __version__
 from postoffice.auth import passwd_file
-from postoffice.auth.base import UserRecord
 from postoffice.auth.schemes import hash_password
 from postoffice.auth.usernames import validate_username
 from postoffice.config import Config, load_config
@@ -19,8 +18,6 @@ from postoffice.errors import (
     ConfigError,
     InvalidUsernameError,
     PasswdFileError,
-    PostofficeError,
-    TemporaryDeliveryError,
 )
 from postoffice.secret import Secret
 
@@ -250,45 +247,27 @@ def _checked_name(name: str) -> str:
 @config_option
 @click.argument("users", nargs=-1, required=True)
 def deliver(config_path: Path | None, users: tuple[str, ...]) -> None:
-    """Deliver the message on stdin to each USER's maildrop.
+    """Deliver the message on stdin to each USER's maildrop (for an MTA's mailbox_command).
 
-    Exit codes follow sysexits: 0 delivered, 67 unknown user, 75 temporary failure (the
-    MTA should retry), 78 configuration error.
+    Exit codes follow sysexits: 0 delivered, 67 unknown user, 73 over quota, 75 temporary
+    failure (disk full, I/O error: the MTA should retry), 78 configuration error.
     """
-    from postoffice.delivery.maildir import deliver_to_maildir
-    from postoffice.storage.paths import maildir_for
+    from postoffice.delivery.agent import deliver_from_stream
 
     try:
         config = load_config(config_path)
     except ConfigError as error:
         click.echo(f"postoffice deliver: configuration error: {error}", err=True)
         sys.exit(EX_CONFIG)
-    database = passwd_file.PasswdFile(
-        config.auth.passwd_file, lowercase_names=config.auth.lowercase_names
-    )
-    records: list[UserRecord] = []
-    for name in users:
-        try:
-            record = database.lookup(validate_username(name))
-        except InvalidUsernameError:
-            record = None
-        if record is None:
-            click.echo(f"postoffice deliver: {name!r}: no such user", err=True)
-            sys.exit(EX_NOUSER)
-        records.append(record)
-    message = sys.stdin.buffer.read()
-    for record in records:
-        try:
-            path = maildir_for(config.mail.maildir, data_dir=config.data_dir, user=record)
-            deliver_to_maildir(path, message)
-        except TemporaryDeliveryError as error:
-            click.echo(f"postoffice deliver: {record.name}: {error}", err=True)
-            sys.exit(EX_TEMPFAIL)
-        except PostofficeError as error:
-            click.echo(f"postoffice deliver: {record.name}: {error}", err=True)
-            sys.exit(EX_TEMPFAIL)
+    if config.log_file is not None:
+        _setup_logging(config)
+    else:  # stderr goes to the MTA's log or a bounce: only what went wrong
+        logging.basicConfig(level=logging.WARNING, format="postoffice deliver: %(message)s")
+    sys.exit(deliver_from_stream(config, list(users), sys.stdin.buffer, sys.stderr))
 
 
 from postoffice.fetch.cli import fetch  # noqa: E402
+from postoffice.migrate.cli import migrate  # noqa: E402
 
 main.add_command(fetch)
+main.add_command(migrate)

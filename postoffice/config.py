@@ -16,9 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from postoffice.errors import ConfigError
+from postoffice.storage.uidl import parse_uidl_format
 
 DEFAULT_LISTEN = ("127.0.0.1:1110",)
 DEFAULT_TLS_LISTEN = ("127.0.0.1:1995",)
+DEFAULT_LMTP_LISTEN = ("127.0.0.1:2424",)
+DEFAULT_MAX_MESSAGE_SIZE = 50_000_000
 SASL_MECHANISMS = (
     "PLAIN",
     "LOGIN",
@@ -40,6 +43,16 @@ class ListenAddress:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnixAddress:
+    """A Unix-domain socket to listen on (``"unix:path"`` in the configuration)."""
+
+    path: Path
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +126,21 @@ class MailConfig:
     """Template with {user}, {localpart}, {domain}, {home}, {data_dir}; an absolute path
     once the placeholders are filled in (relative templates are made absolute at load)."""
     no_flag_updates: bool = False
+    uidl_format: str = "postoffice"
+    """Where UIDLs come from: "postoffice", "dovecot[:<pop3_uidl_format>]", "courier" or
+    "x-uidl" (see ``storage/uidl.py``)."""
+    quota: int = 0
+    """Octets a user's maildrop may hold (0: no quota); a passwd-file extra field
+    ``userdb_quota_rule=*:storage=<size>`` sets it per user."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LmtpConfig:
+    """The LMTP listener (RFC 2033) that takes mail in from the MTA."""
+
+    listen: tuple[ListenAddress | UnixAddress, ...] = (ListenAddress(host="127.0.0.1", port=2424),)
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    """Largest message accepted, in octets (announced as SIZE; 0: no limit)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,6 +168,7 @@ class Config:
     oauth: OAuthConfig = field(default_factory=OAuthConfig)
     mail: MailConfig
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    lmtp: LmtpConfig = field(default_factory=LmtpConfig)
     source: Path | None = None
 
 
@@ -389,11 +418,31 @@ def load_config(
     _check_template(template, "mail.maildir")
     if not template.startswith(("/", "{data_dir}", "{home}", "~")):
         template = str(base) + "/" + template
+    uidl_format = mail_table.string("uidl_format", "postoffice")
+    try:
+        parse_uidl_format(uidl_format)
+    except ValueError as error:
+        raise ConfigError(f"mail.uidl_format: {error}") from error
     mail = MailConfig(
         maildir=template,
         no_flag_updates=mail_table.boolean("no_flag_updates", False),
+        uidl_format=uidl_format,
+        quota=parse_size(mail_table.get("quota", 0), "mail.quota"),
     )
     mail_table.finish()
+
+    lmtp_table = root.table("lmtp")
+    lmtp = LmtpConfig(
+        listen=tuple(
+            _lmtp_listen(item, lmtp_table.key("listen"), resolve)
+            for item in lmtp_table.strings("listen", DEFAULT_LMTP_LISTEN)
+        ),
+        max_message_size=parse_size(
+            lmtp_table.get("max_message_size", DEFAULT_MAX_MESSAGE_SIZE),
+            "lmtp.max_message_size",
+        ),
+    )
+    lmtp_table.finish()
 
     limits_table = root.table("limits")
     idle_timeout = limits_table.duration("idle_timeout", 600.0)
@@ -426,8 +475,20 @@ def load_config(
         oauth=oauth,
         mail=mail,
         limits=limits,
+        lmtp=lmtp,
         source=path.resolve() if path is not None else None,
     )
+
+
+def _lmtp_listen(
+    value: str, key: str, resolve: Callable[[str], Path]
+) -> ListenAddress | UnixAddress:
+    """``host:port``, ``[v6]:port`` or ``unix:path`` (relative to the configuration file)."""
+    if value.startswith("unix:"):
+        if not value[5:]:
+            raise ConfigError(f'{key}: expected "unix:<path>", got {value!r}')
+        return UnixAddress(path=resolve(value[5:]))
+    return parse_listen(value, key)
 
 
 def _tls_settings(

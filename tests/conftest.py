@@ -24,6 +24,7 @@ BASE_CONFIG: dict[str, Any] = {
     "log_level": "debug",
     "pop3": {"listen": ["127.0.0.1:0"]},
     "pop3s": {"listen": ["127.0.0.1:0"]},
+    "lmtp": {"listen": ["127.0.0.1:0"]},
     "auth": {"failure_delay": 0},
     "limits": {"shutdown_timeout": 1},
 }
@@ -58,6 +59,7 @@ class ServerHarness:
     host: str = "127.0.0.1"
     port: int = 0
     tls_port: int = 0
+    lmtp_port: int = 0
     server: Pop3Server | None = None
     loop: asyncio.AbstractEventLoop | None = None
     thread: threading.Thread | None = None
@@ -109,6 +111,10 @@ class ServerHarness:
         self.host, self.port = self.server.addresses[0]
         if self.server.tls_addresses:
             self.tls_port = self.server.tls_addresses[0][1]
+        for address in self.server.lmtp_addresses:
+            if isinstance(address, tuple):
+                self.lmtp_port = address[1]
+                break
 
     def stop(self) -> None:
         if self.server is not None and self.loop is not None and self.thread is not None:

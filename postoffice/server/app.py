@@ -23,6 +23,7 @@ from postoffice.auth.authenticator import Authenticator
 from postoffice.auth.passwd_file import PasswdFile
 from postoffice.auth.throttle import FailureThrottle
 from postoffice.config import Config, ListenAddress
+from postoffice.delivery import lmtp
 from postoffice.errors import ConfigError
 from postoffice.server.context import ServerContext
 from postoffice.server.limits import ConnectionLimits
@@ -44,6 +45,10 @@ class Pop3Server:
     servers: list[asyncio.Server] = field(default_factory=list)
     addresses: list[tuple[str, int]] = field(default_factory=list)
     tls_addresses: list[tuple[str, int]] = field(default_factory=list)
+    lmtp_sockets: list[socket.socket] | None = None
+    """LMTP listening sockets bound by a parent process, or None: ``start`` binds them."""
+    lmtp_addresses: list[tuple[str, int] | str] = field(default_factory=list)
+    """LMTP (host, port) pairs, or Unix socket paths."""
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -82,7 +87,12 @@ class Pop3Server:
                 await self._listen(address, implicit_tls=False)
             for address in self.config.pop3s.listen:
                 await self._listen(address, implicit_tls=True)
+            if self.lmtp_sockets is None:
+                self.lmtp_sockets = lmtp.bind_lmtp_sockets(self.config)
+                for sock in self.lmtp_sockets:
+                    log.info("LMTP listening on %s", lmtp.describe(sock))
             drop_privileges(self.config)
+        await self._serve_lmtp()
         for server in self.servers:
             await server.start_serving()
 
@@ -121,6 +131,12 @@ class Pop3Server:
             host = f"[{pair[0]}]" if sock.family == socket.AF_INET6 else pair[0]
             kind = "POP3S" if implicit_tls else "POP3"
             log.info("%s listening on %s:%d", kind, host, pair[1])
+
+    async def _serve_lmtp(self) -> None:
+        """LMTP (``delivery/lmtp.py``) on its sockets; it serves and stops with the rest."""
+        sockets = self.lmtp_sockets or []
+        self.servers.extend(await lmtp.serve_lmtp(self.config, sockets))
+        self.lmtp_addresses.extend(lmtp.bound_address(sock) for sock in sockets)
 
     async def serve_until_stopped(self) -> None:
         await self._stopped.wait()

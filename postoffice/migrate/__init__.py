@@ -1,0 +1,1 @@
+"""Moving users from another POP3 server without clients downloading everything again."""

@@ -9,6 +9,7 @@ names the key (``accounts.office.port``, or ``defaults.mode`` when inherited).
 from __future__ import annotations
 
 import enum
+import getpass
 import ipaddress
 import os
 import re
@@ -80,6 +81,10 @@ class Account:
     """An mbox file to append to instead (mboxrd quoting, dotlock and fcntl locking)."""
     mda: str | None = None
     """A command (run by the shell) that gets each message on stdin, instead."""
+    lmtp: LmtpAddress | None = None
+    """An LMTP server (a local MTA or Dovecot) to hand each message to, instead."""
+    recipient: str = ""
+    """Who the LMTP server delivers to (``recipient``; default: the local login name)."""
     state_dir: Path
     delete_after_days: float | None
     max_message_size: int | None
@@ -93,6 +98,13 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LmtpAddress:
+    host: str
+    """A host name or address, or the path of a Unix socket when ``port`` is None."""
+    port: int | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class FetchConfig:
     path: Path
     accounts: Mapping[str, Account]
@@ -102,7 +114,6 @@ DEFAULT_EVERY = 300.0
 MINIMUM_EVERY = 10.0  # polling faster than this only burdens the server
 _ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _FINGERPRINT = re.compile(r"sha256:((?:[0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2})")
-_NOT_YET = ("lmtp",)
 _DESTINATIONS = ("maildir", "mbox", "mda", "lmtp")
 _KEYS = frozenset(
     {
@@ -126,7 +137,8 @@ _KEYS = frozenset(
         "max_messages_per_session",
         "timeout",
         "every",
-        *_NOT_YET,
+        "lmtp",
+        "recipient",
     }
 )
 _E = TypeVar("_E", bound=enum.Enum)
@@ -221,6 +233,19 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _lmtp_address(settings: _Settings, base: Path) -> LmtpAddress:
+    value = settings.string("lmtp")
+    if value.startswith(("/", "./", "~")):
+        path = Path(value).expanduser()
+        return LmtpAddress(host=str(path if path.is_absolute() else base / path), port=None)
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f'{settings.key("lmtp")}: expected "host:port" or a socket path, got {value!r}'
+        )
+    return LmtpAddress(host=host.strip("[]"), port=int(port))
+
+
 def _destination_key(settings: _Settings) -> str | None:
     """Which of maildir/mbox/mda/lmtp applies: the account's own, else the default's."""
     for chosen in (
@@ -229,7 +254,7 @@ def _destination_key(settings: _Settings) -> str | None:
     ):
         if len(chosen) > 1:
             keys = ", ".join(settings.key(key) for key in chosen)
-            raise ConfigError(f"{keys}: give only one destination (maildir, mbox or mda)")
+            raise ConfigError(f"{keys}: give only one destination (maildir, mbox, mda, lmtp)")
         if chosen:
             return chosen[0]
     return None
@@ -237,8 +262,6 @@ def _destination_key(settings: _Settings) -> str | None:
 
 def _account(name: str, settings: _Settings, base: Path) -> Account:
     destination = _destination_key(settings)
-    if destination in _NOT_YET:
-        raise ConfigError(f"{settings.key(destination)}: not supported yet; use maildir")
     tls = settings.choice("tls", TlsMode, TlsMode.IMPLICIT)
     insecure = settings.boolean("insecure")
     host = settings.string("host")
@@ -292,6 +315,8 @@ def _account(name: str, settings: _Settings, base: Path) -> Account:
         maildir = settings.path("maildir", base) or maildir
     mbox = settings.path("mbox", base) if destination == "mbox" else None
     mda = settings.string("mda") if destination == "mda" else None
+    lmtp = _lmtp_address(settings, base) if destination == "lmtp" else None
+    recipient = settings.string("recipient", getpass.getuser())
     state_dir = settings.path("state_dir", base, _default_state_dir())
     assert state_dir is not None
     return Account(
@@ -309,6 +334,8 @@ def _account(name: str, settings: _Settings, base: Path) -> Account:
         maildir=maildir,
         mbox=mbox,
         mda=mda,
+        lmtp=lmtp,
+        recipient=recipient,
         state_dir=state_dir,
         delete_after_days=delete_after_days,
         max_message_size=max_size,

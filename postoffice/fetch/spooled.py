@@ -1,4 +1,4 @@
-"""Destinations that take a message only whole: an mbox file and an MDA command.
+"""Destinations that take a message only whole: an mbox file, an MDA command, LMTP.
 
 Theory of operation
 -------------------
@@ -15,6 +15,10 @@ blank line. The file is locked as mutt and procmail do, a ``.lock`` dotlock (whe
 folder is writable) and then ``fcntl``; the append is fsynced, and on any error the file
 is cut back to its old length, so no partial message stays.
 
+LMTP (RFC 2033), to a local MTA or Dovecot: one connection per message, ``MAIL FROM`` the
+Return-Path, ``RCPT TO`` the account's ``recipient``; the 250 after the data is the
+durability point. Any other answer raises, and the message is not journaled.
+
 MDA: the command runs by the shell in the configuration's folder with the message on
 stdin and ``POSTOFFICE_ACCOUNT`` / ``POSTOFFICE_UIDL`` in its environment; exit status 0
 means delivered. One that runs longer than ``MDA_TIMEOUT`` is killed.
@@ -27,6 +31,7 @@ import errno
 import fcntl
 import os
 import re
+import smtplib
 import subprocess
 import tempfile
 import time
@@ -34,9 +39,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from postoffice.fetch.config import LmtpAddress
 from postoffice.fetch.errors import DeliveryFailedError
 
-__all__ = ["MboxDestination", "MdaDestination"]
+__all__ = ["LmtpDestination", "MboxDestination", "MdaDestination"]
 
 MDA_TIMEOUT = 300.0
 DOTLOCK_TIMEOUT = 30.0
@@ -132,7 +138,72 @@ class _MdaMessage(_Spool):
         return f"mda:{self.uidl}"
 
 
+# -- LMTP -----------------------------------------------------------------------------------
+
+
+class LmtpDestination:
+    idempotent = False
+
+    def __init__(self, address: LmtpAddress, *, recipient: str, timeout: float) -> None:
+        self.address = address
+        self.recipient = recipient
+        self.timeout = timeout
+
+    def prepare(self) -> None:
+        return None
+
+    def find_delivered(self, uidls: Iterable[str]) -> dict[str, str]:
+        return {}
+
+    def sync(self) -> None:
+        return None  # the server's 250 after the data is its durability point
+
+    def begin(self, uidl: str) -> _LmtpMessage:
+        return _LmtpMessage(self)
+
+
+class _LmtpMessage(_Spool):
+    def __init__(self, destination: LmtpDestination) -> None:
+        super().__init__()
+        self.destination = destination
+
+    def commit(self) -> str:
+        destination = self.destination
+        address = destination.address
+        try:
+            spool = self.rewind()
+            sender = _return_path(spool)
+            data = spool.read().replace(b"\n", b"\r\n")  # smtplib sends bytes as they are
+            where = address.host if address.port is None else f"{address.host}:{address.port}"
+            try:
+                with smtplib.LMTP(
+                    address.host, address.port or 0, timeout=destination.timeout
+                ) as lmtp:
+                    code, _ = lmtp.ehlo()  # LHLO (RFC 2033 §4.1); there is no HELO fallback
+                    if code != 250:
+                        raise DeliveryFailedError(f"LMTP {where} refused LHLO ({code})")
+                    refused = lmtp.sendmail(sender, [destination.recipient], data)
+            except smtplib.SMTPException as error:
+                raise DeliveryFailedError(f"LMTP {where} refused the message: {error}") from None
+            if refused:
+                raise DeliveryFailedError(f"LMTP {where} refused the message: {refused}")
+        finally:
+            self.finish()
+        return f"lmtp:{destination.recipient}"
+
+
 # -- mbox -----------------------------------------------------------------------------------
+
+
+def _return_path(spool: BinaryIO) -> str:
+    """The envelope sender from the Return-Path header ("" for none or the null sender)."""
+    head = spool.read(64 * 1024)
+    spool.seek(0)
+    match = _RETURN_PATH.search(head.split(b"\n\n", 1)[0])
+    sender = match.group(1).strip() if match else b""
+    if any(c <= 0x20 or c >= 0x7F for c in sender):
+        return ""
+    return sender.decode("ascii")
 
 
 def _take_dotlock(lock: Path) -> bool:
@@ -202,14 +273,8 @@ class _MboxMessage(_Spool):
         self.path = path
 
     def _from_line(self, spool: BinaryIO) -> bytes:
-        head = spool.read(64 * 1024)
-        spool.seek(0)
-        header = head.split(b"\n\n", 1)[0]
-        match = _RETURN_PATH.search(header)
-        sender = match.group(1).strip() if match else b""
-        if not sender or any(c <= 0x20 for c in sender):
-            sender = b"MAILER-DAEMON"
-        return b"From " + sender + b" " + time.asctime().encode() + b"\n"
+        sender = _return_path(spool) or "MAILER-DAEMON"
+        return b"From " + sender.encode() + b" " + time.asctime().encode() + b"\n"
 
     def commit(self) -> str:
         spool = self.rewind()

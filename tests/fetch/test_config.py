@@ -10,6 +10,7 @@ import pytest
 from postoffice.errors import ConfigError
 from postoffice.fetch.config import (
     AuthMethod,
+    LmtpAddress,
     Mode,
     Oversize,
     TlsMode,
@@ -88,7 +89,6 @@ def test_implicit_tls_defaults_to_port_995(tmp_path: Path) -> None:
         ({"defaults": {"mode": "move"}, "accounts": {"a": account()}}, "defaults.mode:"),
         ({"defaults": {"colour": 1}, "accounts": {"a": account()}}, "defaults.colour: unknown"),
         ({"accounts": {"a": {"host": "h", "user": "u"}}}, "accounts.a.password_command: required"),
-        ({"accounts": {"a": account(lmtp="h:24")}}, "accounts.a.lmtp: not supported yet"),
         ({"accounts": {"a": account(mbox="x", mda="y")}}, "accounts.a.mbox, accounts.a.mda:"),
         ({"accounts": {"a": account(fingerprint="md5:00")}}, "accounts.a.fingerprint:"),
         ({"accounts": {"a": account(max_message_size="big")}}, "accounts.a.max_message_size:"),
@@ -138,3 +138,16 @@ def test_destination_of_the_account_beats_the_default(tmp_path: Path) -> None:
     assert accounts["b"].mda == "procmail" and accounts["b"].mbox is None
     assert accounts["c"].maildir == tmp_path / "Mail"
     assert accounts["c"].mbox is None and accounts["c"].mda is None
+
+
+def test_lmtp_addresses(tmp_path: Path) -> None:
+    path = tmp_path / "f.toml"
+    tcp = parse_fetch_config({"accounts": {"a": account(lmtp="[::1]:24", recipient="me")}}, path)
+    assert (tcp.accounts["a"].lmtp, tcp.accounts["a"].recipient) == (
+        LmtpAddress(host="::1", port=24),
+        "me",
+    )
+    unix = parse_fetch_config({"accounts": {"a": account(lmtp="./run/lmtp")}}, path)
+    assert unix.accounts["a"].lmtp == LmtpAddress(host=str(tmp_path / "run" / "lmtp"), port=None)
+    with pytest.raises(ConfigError, match=r"accounts\.a\.lmtp: expected"):
+        parse_fetch_config({"accounts": {"a": account(lmtp="localhost")}}, path)

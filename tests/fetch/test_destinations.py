@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import mailbox
 import os
@@ -9,6 +10,7 @@ import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -153,3 +155,84 @@ async def test_mda_failure_keeps_the_server_copy(tmp_path: Path, server: FakePop
         await fetch_account(account)
     assert len(server.messages) == 6
     assert server.deleted == []
+
+
+# -- LMTP -----------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeLmtp:
+    """A minimal LMTP server (RFC 2033): records what it accepts."""
+
+    data_reply: bytes = b"250 2.0.0 delivered"
+    received: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
+    port: int = 0
+
+    async def start(self) -> asyncio.Server:
+        server = await asyncio.start_server(self._session, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        return server
+
+    async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 fake LMTP\r\n")
+        sender = recipient = b""
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"LHLO":
+                writer.write(b"250-fake\r\n250 PIPELINING\r\n")
+            elif verb == b"MAIL":
+                sender = line[5:].strip()  # smtplib writes "mail FROM:<...>"
+                writer.write(b"250 2.1.0 ok\r\n")
+            elif verb == b"RCPT":
+                recipient = line[5:].strip()
+                writer.write(b"250 2.1.5 ok\r\n")
+            elif verb == b"DATA":
+                writer.write(b"354 go on\r\n")
+                await writer.drain()
+                body = bytearray()
+                while (chunk := await reader.readline()) != b".\r\n":
+                    body += chunk[1:] if chunk.startswith(b"..") else chunk
+                if self.data_reply.startswith(b"250"):
+                    self.received.append((sender, recipient, bytes(body)))
+                writer.write(self.data_reply + b"\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                await writer.drain()
+                break
+            else:
+                writer.write(b"500 what\r\n")
+            await writer.drain()
+        writer.close()
+
+
+async def test_lmtp_hands_over_every_message(tmp_path: Path, server: FakePop3Server) -> None:
+    lmtp = FakeLmtp()
+    listener = await lmtp.start()
+    try:
+        account = make_account(
+            tmp_path, server, lmtp=f"127.0.0.1:{lmtp.port}", recipient="bob", mode="delete"
+        )
+        result = await fetch_account(account)
+    finally:
+        listener.close()
+    assert (result.fetched, result.deleted) == (6, 6)
+    assert len(lmtp.received) == 6
+    by_sender = {sender: body for sender, _, body in lmtp.received}
+    assert by_sender[b"FROM:<bob@example.org>"].endswith(b"no final newline\r\n")
+    assert {recipient for _, recipient, _ in lmtp.received} == {b"TO:<bob>"}
+    first = five_messages()[0].data
+    assert first in {body for _, _, body in lmtp.received}
+
+
+async def test_lmtp_temporary_failure_keeps_the_server_copy(
+    tmp_path: Path, server: FakePop3Server
+) -> None:
+    lmtp = FakeLmtp(data_reply=b"452 4.2.2 mailbox full")
+    listener = await lmtp.start()
+    try:
+        account = make_account(tmp_path, server, lmtp=f"127.0.0.1:{lmtp.port}", mode="delete")
+        with pytest.raises(DeliveryFailedError, match="452"):
+            await fetch_account(account)
+    finally:
+        listener.close()
+    assert len(server.messages) == 6 and lmtp.received == []

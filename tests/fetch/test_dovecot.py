@@ -28,6 +28,7 @@ from .helpers import expected_bodies, five_messages, maildir_files, make_account
 
 DOVECOT = Path("/usr/sbin/dovecot")
 DH = Path("/usr/share/dovecot/dh.pem")
+LMTPD = Path("/usr/lib/dovecot/lmtp")  # Debian's dovecot-lmtpd
 
 
 def _free_port() -> int:
@@ -42,6 +43,7 @@ class Dovecot:
     root: Path
     pop3: int
     pop3s: int
+    lmtp: int
     ca_file: Path
 
     @property
@@ -57,8 +59,9 @@ class Dovecot:
         path.write_bytes(data)
         os.chown(path, nobody.pw_uid, nobody.pw_gid)
 
-    def remaining(self) -> int:
-        return sum(len(os.listdir(self.maildir / sub)) for sub in ("new", "cur"))
+    def remaining(self, user: str = "alice") -> int:
+        maildir = self.root / "home" / user / "Maildir"
+        return sum(len(os.listdir(maildir / sub)) for sub in ("new", "cur"))
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -101,16 +104,24 @@ def dovecot(tmp_path: Path) -> Iterator[Dovecot]:
     cert.cert_chain_pems[0].write_to_path(str(root / "cert.pem"))
     ca_file = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
-    (root / "passwd").write_text("alice:{PLAIN}secret\n")
-    pop3, pop3s = _free_port(), _free_port()
+    (root / "passwd").write_text("alice:{PLAIN}secret\nbob:{PLAIN}hunter2\n")
+    pop3, pop3s, lmtp = _free_port(), _free_port(), _free_port()
     uid, gid = nobody.pw_uid, nobody.pw_gid
     dh = f"ssl_dh = <{DH}\n" if DH.exists() else ""
+    has_lmtp = LMTPD.exists()
+    protocols = "pop3 lmtp" if has_lmtp else "pop3"
+    lmtp_service = (
+        f"service lmtp {{\n  inet_listener lmtp {{\n    address = 127.0.0.1\n"
+        f"    port = {lmtp}\n  }}\n}}"
+        if has_lmtp
+        else ""
+    )
     (root / "dovecot.conf").write_text(
         f"""
 base_dir = {root}/run
 state_dir = {root}/state
 log_path = {root}/dovecot.log
-protocols = pop3
+protocols = {protocols}
 listen = 127.0.0.1
 ssl = yes
 ssl_cert = <{root}/cert.pem
@@ -137,6 +148,7 @@ service pop3-login {{
     ssl = yes
   }}
 }}
+{lmtp_service}
 service anvil {{
   chroot =
 }}
@@ -154,9 +166,14 @@ service stats {{
     try:
         _wait_for_port(pop3, process, root / "stderr.log")
         _wait_for_port(pop3s, process, root / "stderr.log")
-        yield Dovecot(root=root, pop3=pop3, pop3s=pop3s, ca_file=ca_file)
+        if has_lmtp:
+            _wait_for_port(lmtp, process, root / "stderr.log")
+        yield Dovecot(
+            root=root, pop3=pop3, pop3s=pop3s, lmtp=lmtp if has_lmtp else 0, ca_file=ca_file
+        )
     finally:
-        os.kill(process.pid, signal.SIGTERM)
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGTERM)
         try:
             process.wait(20)
         except subprocess.TimeoutExpired:
@@ -217,3 +234,22 @@ async def test_untrusted_dovecot_certificate_is_refused(tmp_path: Path, dovecot:
     account = make_account(tmp_path, port=dovecot.pop3s, tls="implicit")
     with pytest.raises(CertificateError, match="fingerprint"):
         await fetch_account(account)
+
+
+async def test_lmtp_into_dovecot(tmp_path: Path, dovecot: Dovecot) -> None:
+    """Fetch alice's mail over POP3 and hand it to Dovecot's LMTP for bob."""
+    if not dovecot.lmtp:
+        pytest.skip("Dovecot's LMTP server is not installed (apt-get install dovecot-lmtpd)")
+    fill(dovecot)
+    account = make_account(
+        tmp_path,
+        port=dovecot.pop3,
+        tls="none",
+        mode="delete",
+        lmtp=f"127.0.0.1:{dovecot.lmtp}",
+        recipient="bob",
+    )
+    result = await fetch_account(account)
+    assert (result.fetched, result.deleted) == (5, 5)
+    assert dovecot.remaining("alice") == 0
+    assert dovecot.remaining("bob") == 5

@@ -123,7 +123,8 @@ def sessions(harness: ServerHarness) -> set[Pop3Session]:
 
 
 AUTH_FAILED = b"-ERR [AUTH] authentication failed\r\n"
-THROTTLE = {"failure_delay": 0.2, "failure_delay_max": 0.8}
+THROTTLE = {"failure_delay": 0.3, "failure_delay_max": 1.2}
+"""Small delays so the tests are quick, yet far above scheduling noise on a loaded machine."""
 
 
 # -- failed-login delay ------------------------------------------------------------------------
@@ -131,7 +132,7 @@ THROTTLE = {"failure_delay": 0.2, "failure_delay_max": 0.8}
 
 def test_failure_delay_doubles_per_address_up_to_the_cap(harness: ServerHarness) -> None:
     """Each new wrong password from one address doubles the wait before the next answer
-    (0.2 s, 0.4 s, 0.8 s, capped at 0.8 s here; 2 s to 15 s by default); the penalty follows
+    (0.3 s, 0.6 s, 1.2 s, capped at 1.2 s here; 2 s to 15 s by default); the penalty follows
     the address to a new connection, another address is not delayed, and a right password
     (itself delayed) clears it."""
     harness.add_user("alice", "secret")
@@ -143,9 +144,10 @@ def test_failure_delay_doubles_per_address_up_to_the_cap(harness: ServerHarness)
         assert reply == AUTH_FAILED
         waits.append(seconds)
     print("waits before each wrong password:", ", ".join(ms(w) for w in waits))
-    expected = [0.0, 0.2, 0.4, 0.8, 0.8, 0.8]
+    expected = [0.0, 0.3, 0.6, 1.2, 1.2, 1.2]
     for seen, wanted in zip(waits, expected, strict=True):
-        assert wanted - 0.02 <= seen <= wanted + 0.3, (waits, expected)
+        # The wait runs from the failure, and the client's next PASS leaves a little later.
+        assert wanted * 0.8 <= seen <= wanted + 0.4, (waits, expected)
 
     # The same address on a new connection is still penalised ...
     again = Client(harness)
@@ -156,18 +158,18 @@ def test_failure_delay_doubles_per_address_up_to_the_cap(harness: ServerHarness)
     elsewhere, reply = attempt(other, "alice", "wrong-elsewhere")
     assert reply == AUTH_FAILED
     print(f"new connection, same address: {ms(carried)}; other address: {ms(elsewhere)}")
-    assert carried >= 0.75
-    assert elsewhere < 0.15
+    assert carried >= 0.96
+    assert elsewhere < 0.2
 
     # The right password is delayed too, then clears the record.
     right, reply = attempt(again, "alice", "secret")
     assert reply.startswith(b"+OK maildrop has")
-    assert right >= 0.75
+    assert right >= 0.96
     assert again.command(b"QUIT").startswith(b"+OK")
     after, reply = attempt(client, "alice", "wrong-after-success")
     assert reply == AUTH_FAILED
     print(f"right password after failures: {ms(right)}; next failure: {ms(after)}")
-    assert after < 0.15
+    assert after < 0.2
     for each in (client, again, other):
         each.close()
 
@@ -186,11 +188,11 @@ def test_the_same_wrong_password_again_does_not_escalate(harness: ServerHarness)
         "| then new ones:",
         ", ".join(ms(w) for w in different),
     )
-    assert same[0] < 0.15
+    assert same[0] < 0.2
     for seconds in same[1:]:
-        assert 0.18 <= seconds <= 0.5  # base delay every time, never 0.4 or 0.8
-    assert 0.18 <= different[0] <= 0.5  # the first new password: still one failure counted
-    assert 0.38 <= different[1] <= 0.7  # now two distinct failures: doubled
+        assert 0.24 <= seconds <= 0.55  # base delay every time, never 0.6 or 1.2
+    assert 0.24 <= different[0] <= 0.55  # the first new password: still one failure counted
+    assert 0.48 <= different[1] <= 1.0  # now two distinct failures: doubled
     client.close()
 
 
@@ -202,12 +204,12 @@ def test_trusted_networks_are_never_delayed(harness: ServerHarness) -> None:
     client = Client(harness)
     waits = [attempt(client, "alice", f"wrong-{n}")[0] for n in range(6)]
     print("trusted 127.0.0.0/8, waits:", ", ".join(ms(w) for w in waits))
-    assert max(waits) < 0.15
+    assert max(waits) < 0.2
     client.close()
 
 
 def test_a_penalised_address_does_not_slow_other_clients(harness: ServerHarness) -> None:
-    """While 127.0.0.1 keeps failing (and waiting up to 0.8 s each time), a session from
+    """While 127.0.0.1 keeps failing (and waiting up to 1.2 s each time), a session from
     127.0.0.2 answers NOOP as fast as when all was quiet, and logs in without a wait."""
     harness.add_user("alice", "secret")
     harness.add_user("bob", "hunter2")
@@ -230,7 +232,7 @@ def test_a_penalised_address_does_not_slow_other_clients(harness: ServerHarness)
     thread = threading.Thread(target=attacker)
     thread.start()
     try:
-        wait_until(lambda: len(failures) >= 3)  # penalised: 0.4 s and more per guess now
+        wait_until(lambda: len(failures) >= 3)  # penalised: 0.6 s and more per guess now
         during = [bystander.timed(b"NOOP")[0] for _ in range(200)]
         newcomer = Client(harness, source=OTHER_ADDRESS)
         login_wait, reply = attempt(newcomer, "bob", "hunter2")
@@ -245,9 +247,10 @@ def test_a_penalised_address_does_not_slow_other_clients(harness: ServerHarness)
         f"{', '.join(ms(f) for f in failures[:6])}) median {ms(statistics.median(during))} "
         f"p99 {ms(sorted(during)[197])}; a login from {OTHER_ADDRESS} took {ms(login_wait)}"
     )
-    assert max(failures) >= 0.35
-    assert statistics.median(during) < statistics.median(quiet) * 3 + 0.005
-    assert login_wait < 0.15
+    assert max(failures) >= 0.55
+    quiet_median = statistics.median(quiet)
+    assert statistics.median(during) < max(quiet_median * 3, quiet_median + 0.02)
+    assert login_wait < 0.45  # the penalised address waits 0.6 s or more by now
     bystander.close()
 
 

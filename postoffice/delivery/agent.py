@@ -22,7 +22,16 @@ from typing import BinaryIO, TextIO
 from postoffice.auth.base import UserRecord
 from postoffice.auth.passwd_file import PasswdFile
 from postoffice.config import Config
-from postoffice.delivery.local import EX_NOUSER, EX_OK, EX_TEMPFAIL, LocalDelivery, Outcome
+from postoffice.delivery.local import (
+    EX_NOUSER,
+    EX_OK,
+    EX_TEMPFAIL,
+    NO_SUCH_USER,
+    USERDB_TROUBLE,
+    LocalDelivery,
+    Outcome,
+)
+from postoffice.errors import AuthError
 
 __all__ = ["deliver_from_stream"]
 
@@ -35,10 +44,15 @@ def deliver_from_stream(config: Config, users: list[str], source: BinaryIO, err:
     delivery = LocalDelivery(config, database)
     records: list[UserRecord] = []
     for name in users:
-        record, outcome = delivery.check(name)
-        if record is None or not outcome.ok:
-            _report(err, name, outcome)
-            return outcome.exit_code
+        try:
+            record = delivery.resolve(name)
+        except AuthError as error:
+            log.error("user database unavailable: %s", error)
+            _report(err, name, USERDB_TROUBLE)
+            return USERDB_TROUBLE.exit_code
+        if record is None:
+            _report(err, name, NO_SUCH_USER)
+            return NO_SUCH_USER.exit_code
         records.append(record)
     message = source.read()
     status = EX_OK

@@ -1,7 +1,8 @@
 """``postoffice fetch``: the command line of the fetcher.
 
-Progress is plain log lines on stderr for now (one per message, a summary per account);
-``--list`` prints a table on stdout.
+Progress is a ``rich`` bar per account on a terminal (when rich is installed), plain log
+lines otherwise (one per message, a summary per account); ``--list`` prints a table on
+stdout.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -18,6 +20,7 @@ import click
 from postoffice.errors import ConfigError, PostofficeError
 from postoffice.fetch.config import Account, default_config_path, load_fetch_config
 from postoffice.fetch.daemon import run_daemon
+from postoffice.fetch.progress import rich_progress
 from postoffice.fetch.runner import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -156,7 +159,13 @@ def fetch(
     if daemon:
         asyncio.run(_daemon(selected, options))
         sys.exit(0)
-    outcomes = asyncio.run(fetch_all(selected, options))
+    bar = None if quiet or dry_run or list_only else rich_progress()
+    if bar is None:
+        outcomes = asyncio.run(fetch_all(selected, options))
+    else:
+        logging.getLogger().handlers[:] = [bar.log_handler()]
+        with bar:
+            outcomes = asyncio.run(fetch_all(selected, replace(options, progress=bar)))
     if list_only:
         _print_listing(outcomes)
     sys.exit(exit_code(outcomes))

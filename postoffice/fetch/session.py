@@ -38,6 +38,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from postoffice.errors import RemoteProtocolError
 from postoffice.fetch.auth import login, read_password
@@ -71,7 +72,15 @@ from postoffice.proto.listings import (
     parse_uidl_listing,
 )
 
-__all__ = ["Options", "Plan", "ServerMessage", "SessionResult", "make_plan", "run_session"]
+__all__ = [
+    "Options",
+    "Plan",
+    "Progress",
+    "ServerMessage",
+    "SessionResult",
+    "make_plan",
+    "run_session",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -96,6 +105,20 @@ class Options:
     """Record every new message as already fetched, without downloading it (after a
     server migration changed the unique ids, or when switching from another fetcher)."""
     clock: Callable[[], float] = time.time
+    progress: Progress | None = None
+    """Told of every message and octet received (the CLI's progress bar)."""
+
+
+class Progress(Protocol):
+    """What a progress display is told; calls come from the event loop, in order."""
+
+    def start(self, account: str, messages: int, octets: int) -> None: ...
+
+    def advance(self, account: str, octets: int) -> None: ...
+
+    def message_done(self, account: str) -> None: ...
+
+    def finish(self, account: str) -> None: ...
 
 
 @dataclass(slots=True, kw_only=True)
@@ -308,6 +331,8 @@ async def run_session(
                 result.failed += 1
     finally:
         await client.close()
+        if options.progress is not None:
+            options.progress.finish(account.name)
     log.info(
         "%d fetched (%d octets), %d deleted, %d left new, %d skipped",
         result.fetched,
@@ -352,6 +377,7 @@ class _Transfer:
         self.destination = destination
         self.log = log
         self.clock = options.clock
+        self.progress = options.progress
         self.window = WINDOW if pipelining else 1
         # Only a destination that can find what a crash left unjournaled may group-commit.
         self.batch = BATCH if destination.idempotent else 1
@@ -386,6 +412,8 @@ class _Transfer:
         self.todo.extend(("DELE", message) for message in plan.delete)
         self.todo.extend(("RETR", message) for message in plan.fetch)
         total = len(plan.fetch)
+        if self.progress is not None:
+            self.progress.start(self.account.name, total, sum(m.size for m in plan.fetch))
         try:
             while self.todo or self.in_flight:
                 await self._pump()
@@ -422,6 +450,8 @@ class _Transfer:
         elif isinstance(event, BodyData):
             assert self.sink is not None
             self.sink.write(event.data)
+            if self.progress is not None:
+                self.progress.advance(self.account.name, len(event.data))
             self.header.feed(event.data)
         elif isinstance(event, MultilineEnd):
             self.in_flight.popleft()
@@ -442,7 +472,11 @@ class _Transfer:
                 octets,
             )
         self.unjournaled.append((message, sink, octets, self.header.fingerprint()))
-        self.log.info(
+        if self.progress is not None:
+            self.progress.message_done(self.account.name)
+        # With a progress bar, a line per message would only push it around.
+        self.log.log(
+            logging.DEBUG if self.progress is not None else logging.INFO,
             "%d/%d: %s, %d octets",
             result.fetched + len(self.unjournaled),
             total,

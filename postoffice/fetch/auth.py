@@ -2,11 +2,12 @@
 
 ``auth = "auto"`` takes the strongest SASL mechanism the server's CAPA ``SASL`` line offers
 that a password can drive (SCRAM-SHA-256, then PLAIN, then LOGIN; see ``postoffice.sasl``)
-and falls back to USER/PASS. APOP (MD5 of the greeting's timestamp and the password, RFC
-1939 §7) is used only when asked for. For ``oauthbearer`` and ``xoauth2`` the
-``password_command`` prints the access token. Secrets stay in ``Secret`` and are never
-logged. The SASL mechanisms themselves are the pure machines of ``postoffice.sasl``; this
-module only carries their data over POP3 (RFC 5034).
+and falls back to USER/PASS. ``scram-sha-256-plus`` binds SCRAM to the server's certificate
+and APOP (MD5 of the greeting's timestamp and the password, RFC 1939 §7) are used only when
+asked for. For ``oauthbearer`` and ``xoauth2`` the ``password_command`` prints the access
+token. Secrets stay in ``Secret`` and are never logged. The SASL mechanisms themselves are
+the pure machines of ``postoffice.sasl``; this module only carries their data over POP3
+(RFC 5034).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
+from cryptography import x509
+
 from postoffice.errors import RemoteProtocolError
 from postoffice.fetch.config import Account, AuthMethod
 from postoffice.fetch.errors import LoginError, PasswordCommandError
 from postoffice.fetch.transport import Pop3Client
 from postoffice.proto.client_events import Continuation, Greeting, Reply, Request, SaslResponse
 from postoffice.proto.listings import Capabilities
+from postoffice.sasl.channel import ChannelBinding, tls_server_end_point
 from postoffice.sasl.errors import ServerProofError
 from postoffice.sasl.framing import (
     decode_base64,
@@ -66,11 +70,29 @@ async def read_password(account: Account) -> Secret:
     return Secret(lines[0])
 
 
-def _credentials(account: Account, secret: Secret) -> ClientCredentials:
+def _channel_binding(client: Pop3Client) -> ChannelBinding:
+    """``tls-server-end-point`` of the server's certificate (RFC 5929 §4.1): the only
+    binding Python's ssl module can give for TLS 1.3 (it has no keying-material exporter)."""
+    der = client.peer_certificate()
+    if der is None:
+        raise LoginError('auth = "scram-sha-256-plus" needs TLS (tls = "implicit" or "starttls")')
+    algorithm = x509.load_der_x509_certificate(der).signature_hash_algorithm
+    try:
+        return tls_server_end_point(der, algorithm.name if algorithm else None)
+    except ValueError as error:
+        raise LoginError(f"no channel binding for this certificate: {error}") from error
+
+
+def _credentials(account: Account, secret: Secret, client: Pop3Client) -> ClientCredentials:
     if account.auth in _TOKEN_METHODS:
         return ClientCredentials(
             username=account.user, token=secret, host=account.host, port=account.port
         )
+    if account.auth is AuthMethod.SCRAM_SHA_256_PLUS:
+        binding = _channel_binding(client)
+        return ClientCredentials(username=account.user, password=secret, channel_binding=binding)
+    # Without binding data a SCRAM client says "n" (no binding), not "y": auto mode must not
+    # fail against servers whose PLUS wants a binding type Python cannot produce.
     return ClientCredentials(username=account.user, password=secret)
 
 
@@ -138,7 +160,7 @@ async def login(
     greeting: Greeting,
 ) -> str:
     """Log in or raise ``LoginError``; returns the method used (``USER``, ``PLAIN``, ...)."""
-    credentials = _credentials(account, secret)
+    credentials = _credentials(account, secret, client)
     method = choose_mechanism(account, capabilities, credentials)
     user = account.user
     if method == "APOP":

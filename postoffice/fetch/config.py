@@ -52,6 +52,7 @@ class AuthMethod(enum.Enum):
     PLAIN = "plain"
     LOGIN = "login"
     SCRAM_SHA_256 = "scram-sha-256"
+    SCRAM_SHA_256_PLUS = "scram-sha-256-plus"  # bound to the TLS certificate (RFC 5929)
     OAUTHBEARER = "oauthbearer"  # password_command prints the OAuth 2.0 access token
     XOAUTH2 = "xoauth2"
 

@@ -27,6 +27,7 @@ from postoffice.proto.events import (
 )
 from postoffice.proto.framing import MessageEncoder, TopFilter
 from postoffice.proto.server import ServerConnection
+from postoffice.sasl.channel import ChannelBinding
 from postoffice.sasl.events import (
     NO_CREDENTIALS,
     Challenge,
@@ -45,6 +46,7 @@ from postoffice.sasl.framing import (
     decode_initial_response,
     decode_response,
 )
+from postoffice.sasl.mechanism import ServerOptions
 from postoffice.sasl.registry import server_mechanism
 from postoffice.sasl.scram import make_credentials
 
@@ -93,6 +95,8 @@ class FakePop3Server:
     """Offered mechanisms; any of postoffice.sasl's (a token equal to the password is valid)."""
     apop: bool = False
     login_delay: int | None = None
+    channel_bindings: tuple[ChannelBinding, ...] = ()
+    """The TLS bindings of the fake's certificate, for SCRAM-SHA-256-PLUS."""
     stls_context: ssl.SSLContext | None = None
     implicit_context: ssl.SSLContext | None = None
     faults: Faults = field(default_factory=Faults)
@@ -214,7 +218,8 @@ class FakePop3Server:
     ) -> bool:
         """AUTH with postoffice's own server-side SASL machines (RFC 5034 §4)."""
         name, _, initial_text = argument.partition(" ")
-        mechanism = server_mechanism(name, enabled=frozenset(self.sasl))
+        options = ServerOptions(channel_bindings=self.channel_bindings)
+        mechanism = server_mechanism(name, options, enabled=frozenset(self.sasl))
         initial = decode_initial_response(initial_text.encode()) if initial_text else None
         step = mechanism.start(initial)
         while True:

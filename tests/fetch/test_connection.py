@@ -22,6 +22,7 @@ from postoffice.fetch.errors import (
 )
 from postoffice.fetch.runner import fetch_account
 from postoffice.fetch.session import DAY, Options
+from postoffice.sasl.channel import tls_server_end_point
 
 from .fakeserver import FakeMessage, FakePop3Server, Faults
 from .helpers import big_message, five_messages, maildir_files, make_account
@@ -218,6 +219,40 @@ async def test_fingerprint_pin(
     with pytest.raises(CertificateError, match="does not match the pinned fingerprint"):
         await fetch_account(make_account(tmp_path, server, tls=tls, fingerprint=wrong))
     assert server.logins == ["plain"]
+
+
+@pytest.mark.parametrize("right", [True, False])
+async def test_scram_plus_binds_to_the_certificate(
+    tmp_path: Path,
+    start: ServerFactory,
+    server_context: ssl.SSLContext,
+    server_cert: trustme.LeafCert,
+    ca_file: Path,
+    right: bool,
+) -> None:
+    der = ssl.PEM_cert_to_DER_cert(server_cert.cert_chain_pems[0].bytes().decode())
+    # A man in the middle with another certificate would present another binding.
+    binding = tls_server_end_point(der if right else der + b"x", "sha256")
+    server = await start(
+        stls_context=server_context,
+        sasl=("SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"),
+        channel_bindings=(binding,),
+    )
+    account = make_account(
+        tmp_path, server, tls="starttls", ca_file=str(ca_file), auth="scram-sha-256-plus"
+    )
+    if right:
+        assert (await fetch_account(account)).fetched == 5
+        assert server.logins == ["scram-sha-256-plus"]
+    else:
+        with pytest.raises(LoginError):
+            await fetch_account(account)
+
+
+async def test_scram_plus_needs_tls(tmp_path: Path, start: ServerFactory) -> None:
+    server = await start(sasl=("SCRAM-SHA-256-PLUS",))
+    with pytest.raises(LoginError, match="needs TLS"):
+        await fetch_account(make_account(tmp_path, server, auth="scram-sha-256-plus"))
 
 
 async def test_refused_stls_never_falls_back(tmp_path: Path, start: ServerFactory) -> None:

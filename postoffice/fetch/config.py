@@ -57,6 +57,11 @@ class AuthMethod(enum.Enum):
     XOAUTH2 = "xoauth2"
 
 
+class WithoutUidl(enum.Enum):
+    REFUSE = "refuse"  # a server without UIDL is an error
+    FINGERPRINT = "fingerprint"  # ids from a hash of each header (TOP n 0)
+
+
 class Oversize(enum.Enum):
     SKIP = "skip"  # leave it on the server, warn each session
     DELETE = "delete"  # delete it from the server unread
@@ -92,6 +97,8 @@ class Account:
     oversize: Oversize
     max_messages_per_session: int | None
     timeout: float
+    fingerprint_without_uidl: bool = False
+    """``without_uidl = "fingerprint"``: on a server without UIDL, make ids from headers."""
     every: float
     """Seconds between sessions in ``--daemon`` mode (``every = "5m"``)."""
     workdir: Path
@@ -138,6 +145,7 @@ _KEYS = frozenset(
         "max_messages_per_session",
         "timeout",
         "every",
+        "without_uidl",
         "lmtp",
         "recipient",
     }
@@ -346,6 +354,8 @@ def _account(name: str, settings: _Settings, base: Path) -> Account:
         ),
         timeout=timeout,
         every=every,
+        fingerprint_without_uidl=settings.choice("without_uidl", WithoutUidl, WithoutUidl.REFUSE)
+        is WithoutUidl.FINGERPRINT,
         workdir=base,
     )
 

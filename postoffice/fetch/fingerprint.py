@@ -8,6 +8,9 @@ listed message and journals every one whose fingerprint matches a delivered mess
 its new id, instead of downloading it again. A match is the same header hash, or the same
 Message-ID, Date and size. Messages that match nothing are fetched as usual, so a false
 alarm (say, another client deleted everything and new mail came) costs one TOP each.
+
+A server without UIDL gets ids made the same way (``without_uidl = "fingerprint"``): the
+header hash of each message, from ``TOP n 0`` at every session.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from email.parser import BytesHeaderParser
 from email.policy import compat32
 from typing import TYPE_CHECKING, Protocol
 
+from postoffice.fetch.errors import ServerRefusedError
 from postoffice.proto.client_events import Reply, Request
 
 if TYPE_CHECKING:
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Fingerprint",
     "HeaderCollector",
+    "fingerprint_ids",
     "fingerprint_of",
     "recover_renumbered",
     "renumbered",
@@ -139,3 +144,23 @@ async def recover_renumbered(
         await asyncio.to_thread(journal.record_delivered_many, matched, now=now, delete=False)
     log.warning("%d of %d messages matched messages fetched before", len(matched), len(listing))
     return len(matched)
+
+
+async def fingerprint_ids(client: Pop3Client, numbers: list[int], *, window: int) -> dict[int, str]:
+    """Unique ids made from ``TOP n 0`` for a server without UIDL (``without_uidl =
+    "fingerprint"``): ``fp-`` and a header hash, ``-2``, ``-3``... for identical headers."""
+    ids: dict[int, str] = {}
+    seen: dict[str, int] = {}
+    for start in range(0, len(numbers), window):
+        batch = numbers[start : start + window]
+        await client.send(*(Request(keyword="TOP", arguments=(str(n), "0")) for n in batch))
+        for number in batch:
+            header = await client.collect(limit=MAX_HEADER + 2)
+            if isinstance(header, Reply):
+                raise ServerRefusedError(
+                    f"without UIDL, TOP is needed to fingerprint messages: {header.text}"
+                )
+            base = "fp-" + fingerprint_of(header).header_hash[:40]
+            seen[base] = seen.get(base, 0) + 1
+            ids[number] = base if seen[base] == 1 else f"{base}-{seen[base]}"
+    return ids

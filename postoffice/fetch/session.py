@@ -53,6 +53,7 @@ from postoffice.fetch.errors import (
 from postoffice.fetch.fingerprint import (
     Fingerprint,
     HeaderCollector,
+    fingerprint_ids,
     recover_renumbered,
     renumbered,
 )
@@ -204,7 +205,7 @@ async def _capabilities(client: Pop3Client) -> Capabilities:
     return Capabilities() if isinstance(body, Reply) else parse_capabilities(body)
 
 
-async def _listing(client: Pop3Client, pipelining: bool) -> list[ServerMessage]:
+async def _listing(client: Pop3Client, pipelining: bool, account: Account) -> list[ServerMessage]:
     uidl, scan = Request(keyword="UIDL"), Request(keyword="LIST")
     if pipelining:
         await client.send(uidl, scan)
@@ -214,14 +215,20 @@ async def _listing(client: Pop3Client, pipelining: bool) -> list[ServerMessage]:
         uidl_body = await client.collect()
         await client.send(scan)
         scan_body = await client.collect()
-    if isinstance(uidl_body, Reply):
-        raise ServerRefusedError(
-            f"the server does not support UIDL ({uidl_body.text}); without unique ids "
-            f"postoffice cannot tell fetched messages from new ones"
-        )
     if isinstance(scan_body, Reply):
         raise ServerRefusedError(f"LIST failed: {scan_body.text}")
-    uids, sizes = parse_uidl_listing(uidl_body), parse_scan_listing(scan_body)
+    sizes = parse_scan_listing(scan_body)
+    if isinstance(uidl_body, Reply):
+        if not account.fingerprint_without_uidl:
+            raise ServerRefusedError(
+                f"the server does not support UIDL ({uidl_body.text}); without unique ids "
+                f"postoffice cannot tell fetched messages from new ones (set "
+                f'without_uidl = "fingerprint" to tell them apart by their headers)'
+            )
+        window = WINDOW if pipelining else 1
+        uids = await fingerprint_ids(client, sorted(sizes), window=window)
+    else:
+        uids = parse_uidl_listing(uidl_body)
     if set(uids) != set(sizes):
         raise RemoteProtocolError("UIDL and LIST list different message numbers")
     return [ServerMessage(number=n, uidl=uids[n], size=sizes[n]) for n in sorted(uids)]
@@ -253,7 +260,7 @@ async def run_session(
             log.warning("the server announces EXPIRE 0: it deletes messages once retrieved")
         pipelining = "PIPELINING" in capabilities
         result.login_delay = _login_delay(capabilities)
-        listing = await _listing(client, pipelining)
+        listing = await _listing(client, pipelining, account)
         result.listing = listing
         result.listed = len(listing)
         now = options.clock()

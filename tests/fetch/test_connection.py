@@ -331,6 +331,21 @@ async def test_server_without_uidl_is_refused(tmp_path: Path, start: ServerFacto
     assert sum(server.retrieved.values()) == 0
 
 
+@pytest.mark.parametrize("mode", ["keep", "delete"])
+async def test_server_without_uidl_by_fingerprint(
+    tmp_path: Path, start: ServerFactory, mode: str
+) -> None:
+    twin = FakeMessage("twin", five_messages()[0].data)  # same header as uid-1
+    server = await start(uidl=False, messages=[*five_messages(), twin])
+    account = make_account(tmp_path, server, mode=mode, without_uidl="fingerprint")
+    assert (await fetch_account(account)).fetched == 6
+    server.messages.append(FakeMessage("late", b"Subject: late\r\n\r\nx\r\n"))
+    assert (await fetch_account(account)).fetched == 1
+    assert set(server.retrieved.values()) == {1}
+    assert len(maildir_files(account.maildir)) == 7
+    assert server.messages == ([] if mode == "delete" else server.messages)
+
+
 async def test_large_message_streams_intact(tmp_path: Path, start: ServerFactory) -> None:
     message = big_message("big", 3_000_000)
     server = await start(messages=[message])

@@ -95,6 +95,7 @@ class Journal:
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode = WAL")
         self._db.execute("PRAGMA synchronous = FULL")  # fsync the WAL at every commit
+        self._db.execute("PRAGMA busy_timeout = 10000")  # someone reading it with sqlite3
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
         for column, kind in _ADDED_COLUMNS.items():

@@ -21,6 +21,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,10 @@ async def guarded_fetch(account: Account, options: Options) -> Outcome:
         result = await fetch_account(account, options)
     except (PostofficeError, OSError) as error:
         logger.error("%s: %s", account.name, error)
+        return Outcome(account=account.name, result=None, error=error)
+    except sqlite3.Error as error:
+        path = journal_path(account.state_dir, account.name)
+        logger.error("%s: the journal %s cannot be used: %s", account.name, path, error)
         return Outcome(account=account.name, result=None, error=error)
     except Exception as error:  # a bug: say so, but let the other accounts finish
         logger.exception("%s: unexpected error", account.name)

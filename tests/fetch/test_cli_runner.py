@@ -131,3 +131,15 @@ def test_adopt_marks_everything_fetched(tmp_path: Path, threaded_server: FakePop
     assert dict(threaded_server.retrieved) == {"later": 1}
     code, output = run("--config", str(config), "--adopt", "--dry-run")
     assert code == EXIT_CONFIG and "go alone" in output
+
+
+def test_a_broken_journal_is_a_failure_not_a_crash(
+    tmp_path: Path, threaded_server: FakePop3Server
+) -> None:
+    config = write_config(tmp_path, threaded_server.port)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "office.journal.sqlite3").write_bytes(b"not a database" * 100)
+    code, output = run("--config", str(config))
+    assert code == EXIT_FAILURE
+    assert "the journal" in output and "cannot be used" in output
+    assert sum(threaded_server.retrieved.values()) == 0

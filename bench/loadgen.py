@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -125,38 +126,52 @@ def idle(
     sessions: int,
     *,
     window: int = 100,
+    pace: float = 2.0,
     measure: Callable[[], dict[str, Any]] | None = None,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """Open ``sessions`` idle sessions, call ``measure`` while they are all open, NOOP them.
+) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
+    """Open ``sessions`` idle sessions, call ``measure`` while they are all open, NOOP them
+    all at once, then (``pace`` > 0) again spread evenly over ``pace`` seconds.
 
-    Returns (open figures, measure()'s figures, NOOP figures)."""
+    Returns (open figures, measure()'s figures, [NOOP figures of each round])."""
     process = subprocess.Popen(
-        [str(build()), "idle", HOST, str(port), str(users_file), str(sessions), str(window)],
+        [
+            str(build()),
+            "idle",
+            HOST,
+            str(port),
+            str(users_file),
+            str(sessions),
+            str(window),
+            str(pace),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     assert process.stdin is not None and process.stdout is not None
-    try:
-        first = process.stdout.readline()
-        if not first:
+
+    def figures() -> dict[str, Any]:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line:
             raise RuntimeError(f"pop3load idle failed: {process.communicate()[1].strip()}")
-        opened: dict[str, Any] = json.loads(first)
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    try:
+        opened = figures()
         measured = measure() if measure else {}
         process.stdin.write("go\n")
         process.stdin.flush()
-        second = process.stdout.readline()
-        if not second:
-            raise RuntimeError(f"pop3load idle failed: {process.communicate()[1].strip()}")
-        noop: dict[str, Any] = json.loads(second)
+        noops = [figures() for _ in range(2 if pace > 0 else 1)]
         process.stdin.close()
         process.wait(60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    return opened, measured, noop
+    return opened, measured, noops
 
 
 class Responder:
@@ -197,12 +212,26 @@ class Responder:
 # -- workloads ----------------------------------------------------------------------------
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _server_cpu(server: Server, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``run()``, adding the server's CPU share (all its processes) over the same span."""
+    """``run()``, adding over the same span the server's CPU share (all its processes) and
+    the share taken by everything else on the machine (other users' jobs: noise)."""
+    busy_before, steal_before = procs.machine_cpu()
+    client_before = _children_cpu()
     before, started = server.cpu_seconds(), time.monotonic()
     figures = run()
     elapsed = time.monotonic() - started
-    figures["server_cpu"] = (server.cpu_seconds() - before) / elapsed if elapsed > 0 else 0.0
+    server_cpu = server.cpu_seconds() - before
+    client = _children_cpu() - client_before  # the whole client run, warm-up included
+    busy, steal = procs.machine_cpu()
+    if elapsed > 0:
+        figures["server_cpu"] = server_cpu / elapsed
+        figures["others_cpu"] = max(busy - busy_before - server_cpu - client, 0.0) / elapsed
+        figures["steal"] = (steal - steal_before) / elapsed
     return figures
 
 
@@ -227,6 +256,8 @@ def login_storm(
         "storm.errors": figures["errors"],
         "cpu.storm": figures["client_cpu"],
         "server_cpu.storm": figures["server_cpu"],
+        "others_cpu.storm": figures["others_cpu"],
+        "steal.storm": figures["steal"],
     }
 
 
@@ -254,6 +285,8 @@ def bulk_download(server: Server, corpus: Corpus) -> dict[str, Any]:
         "cpu.bulk32": piped["client_cpu"],
         "server_cpu.bulk1": single["server_cpu"],
         "server_cpu.bulk32": piped["server_cpu"],
+        "others_cpu.bulk1": single["others_cpu"],
+        "others_cpu.bulk32": piped["others_cpu"],
     }
 
 
@@ -305,19 +338,21 @@ def idle_sessions(server: Server, corpus: Corpus, work: Path, sessions: int) -> 
         pids = server.pids()
         return {"pss_kib": procs.pss_kib(pids), "processes": len(pids)}
 
-    opened, measured, noop = idle(server.port, users, sessions, measure=measure)
+    opened, measured, (noop, paced) = idle(server.port, users, sessions, measure=measure)
     if opened["opened"] != sessions:
         raise RuntimeError(
             f"idle: opened {opened['opened']} of {sessions} sessions; first error: "
             f"{opened['first_error']}"
         )
-    if noop["answered"] != sessions:
-        raise RuntimeError(f"idle: {noop['answered']} of {sessions} NOOPs answered")
+    for figures in (noop, paced):
+        if figures["answered"] != sessions:
+            raise RuntimeError(f"idle: {figures['answered']} of {sessions} NOOPs answered")
     return {
         "idle.open_s": opened["seconds"],
         "idle.kib_per_session": (measured["pss_kib"] - baseline) / sessions,
         "idle.noop_p99_ms": noop["p99_ms"],
         "idle.noop_p50_ms": noop["p50_ms"],
+        "idle.paced_p99_ms": paced["p99_ms"],
         "idle.processes": measured["processes"],
         "idle.timeouts": opened["timeouts"],
         "cpu.idle": opened["client_cpu"],

@@ -17,11 +17,12 @@
  *   sync HOST PORT USER PASS KNOWNFILE
  *       Keep-mode sync: log in, UIDL, RETR each message whose UIDL is not in KNOWNFILE,
  *       QUIT; timed from connect to the QUIT reply.
- *   idle HOST PORT USERS_FILE N WINDOW
- *       Opens N authenticated sessions (at most WINDOW logging in at once), prints a JSON
- *       line, waits for a line on stdin (the caller measures the server's memory), sends
- *       NOOP on all of them (in batches, reading replies in between), prints a second JSON
- *       line, then QUITs them all.
+ *   idle HOST PORT USERS_FILE N WINDOW PACE
+ *       Opens N authenticated sessions (at most WINDOW logging in at once; a login stuck
+ *       for 10 s is retried), prints a JSON line, waits for a line on stdin (the caller
+ *       measures the server's memory), sends NOOP on all of them at once (in batches of 64,
+ *       reading replies in between) and prints a JSON line, then (PACE > 0) once more
+ *       spread evenly over PACE seconds and prints a JSON line, then QUITs them all.
  *   responder PORT PROCS MESSAGES MSGSIZE
  *       A do-nothing POP3 responder: +OK to everything, MESSAGES messages of MSGSIZE
  *       octets for STAT/RETR. Prints "READY <port>" once listening. Used to show the
@@ -512,11 +513,83 @@ static int mode_storm(int argc, char **argv) {
 
 /* -------------------------------------------------------------------------- idle */
 
+/* One NOOP on every idle session and the latency of each reply. PACE 0: all at once (64
+ * sends, then the replies that are in, and so on); PACE > 0: session i sends at
+ * i * PACE / n seconds, an even stream. Prints one JSON line. */
+static void noop_round(conn_t *conns, int n, double pace, presult_t *res, long *lost) {
+    struct epoll_event evs[512];
+    char line[512];
+    uint32_t *lat = calloc((size_t)n + 1, sizeof(uint32_t));
+    long answered = 0, sent = 0, noop_errors = 0, pending = 0;
+    int i = 0;
+    double t0 = now(), deadline = t0 + pace + 60;
+    double cpu0 = cpu_of(RUSAGE_SELF);
+    while ((pending > 0 || i < n) && now() < deadline) {
+        double t = now();
+        for (int b = 0; b < 64 && i < n; i++) {
+            conn_t *c = &conns[i];
+            if (c->state != S_IDLE) continue;
+            if (pace > 0 && t0 + pace * i / n > t) break;
+            c->t_sent = now();
+            if (conn_send(c, "NOOP\r\n")) {
+                noop_errors++;
+                conn_close(c);
+                c->state = S_FREE;
+            } else {
+                c->state = S_NOOP;
+                sent++;
+                pending++;
+            }
+            b++;
+        }
+        int timeout = 50;
+        if (i < n) {
+            double due = pace > 0 ? t0 + pace * i / n - now() : 0;
+            timeout = due > 0 ? (int)(due * 1000) : 0;
+        }
+        int k = epoll_wait(epfd, evs, 512, timeout);
+        for (int e = 0; e < k; e++) {
+            conn_t *c = evs[e].data.ptr;
+            int rc = conn_read(c);
+            int m;
+            while ((m = conn_line(c, line, sizeof line)) >= 0) {
+                if (c->state != S_NOOP) continue;
+                pending--;
+                c->state = S_IDLE;
+                if (strncmp(line, "+OK", 3) == 0) {
+                    lat[answered++] = (uint32_t)((now() - c->t_sent) * 1e6);
+                } else {
+                    noop_errors++;
+                    note_error(res, "noop", line, (size_t)m);
+                }
+            }
+            if (rc != 0) {
+                if (c->state == S_NOOP) pending--;
+                (*lost)++;
+                conn_close(c);
+                c->state = S_FREE;
+            }
+        }
+    }
+    double secs = now() - t0;
+    double cpu = cpu_of(RUSAGE_SELF) - cpu0;
+    qsort(lat, (size_t)answered, sizeof(uint32_t), cmp_u32);
+    printf("{\"mode\": \"idle-noop\", \"pace\": %.3f, \"sent\": %ld, \"answered\": %ld, "
+           "\"p50_ms\": %.3f, \"p99_ms\": %.3f, \"max_ms\": %.3f, \"seconds\": %.4f, "
+           "\"errors\": %ld, \"lost\": %ld, \"client_cpu\": %.4f}\n",
+           pace, sent, answered, quantile_ms(lat, (size_t)answered, 0.5),
+           quantile_ms(lat, (size_t)answered, 0.99), quantile_ms(lat, (size_t)answered, 1.0), secs,
+           noop_errors, *lost, secs > 0 ? cpu / secs : 0);
+    fflush(stdout);
+    free(lat);
+}
+
 static int mode_idle(int argc, char **argv) {
-    if (argc != 7) die("usage: idle HOST PORT USERS_FILE N WINDOW");
+    if (argc != 8) die("usage: idle HOST PORT USERS_FILE N WINDOW PACE");
     set_addr(argv[2], argv[3]);
     load_users(argv[4]);
     int n = atoi(argv[5]), window = atoi(argv[6]);
+    double pace = atof(argv[7]);
     if (n > nusers) die("%d sessions need %d users, the file has %d", n, n, nusers);
     raise_nofile();
     epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -632,63 +705,9 @@ static int mode_idle(int argc, char **argv) {
     char go[64];
     if (!fgets(go, sizeof go, stdin)) return 0;
 
-    /* Phase 2: NOOP on every open session, 64 at a time, replies read in between. */
-    uint32_t *lat = calloc((size_t)n + 1, sizeof(uint32_t));
-    long answered = 0, sent = 0, noop_errors = 0, pending = 0;
-    int i = 0;
-    deadline = now() + 60;
-    t0 = now();
-    cpu0 = cpu_of(RUSAGE_SELF);
-    while ((pending > 0 || i < n) && now() < deadline) {
-        for (int b = 0; b < 64 && i < n; i++) {
-            conn_t *c = &conns[i];
-            if (c->state != S_IDLE) continue;
-            c->t_sent = now();
-            if (conn_send(c, "NOOP\r\n")) {
-                noop_errors++;
-                conn_close(c);
-                c->state = S_FREE;
-            } else {
-                c->state = S_NOOP;
-                sent++;
-                pending++;
-            }
-            b++;
-        }
-        int k = epoll_wait(epfd, evs, 512, i < n ? 0 : 50);
-        for (int e = 0; e < k; e++) {
-            conn_t *c = evs[e].data.ptr;
-            int rc = conn_read(c);
-            int m;
-            while ((m = conn_line(c, line, sizeof line)) >= 0) {
-                if (c->state != S_NOOP) continue;
-                pending--;
-                c->state = S_IDLE;
-                if (strncmp(line, "+OK", 3) == 0) {
-                    lat[answered++] = (uint32_t)((now() - c->t_sent) * 1e6);
-                } else {
-                    noop_errors++;
-                    note_error(&res, "noop", line, (size_t)m);
-                }
-            }
-            if (rc != 0) {
-                if (c->state == S_NOOP) pending--;
-                lost++;
-                conn_close(c);
-                c->state = S_FREE;
-            }
-        }
-    }
-    double noop_s = now() - t0;
-    double noop_cpu = cpu_of(RUSAGE_SELF) - cpu0;
-    qsort(lat, (size_t)answered, sizeof(uint32_t), cmp_u32);
-    printf("{\"mode\": \"idle-noop\", \"sent\": %ld, \"answered\": %ld, \"p50_ms\": %.3f, "
-           "\"p99_ms\": %.3f, \"max_ms\": %.3f, \"seconds\": %.4f, \"errors\": %ld, \"lost\": %ld, "
-           "\"client_cpu\": %.4f}\n",
-           sent, answered, quantile_ms(lat, (size_t)answered, 0.5),
-           quantile_ms(lat, (size_t)answered, 0.99), quantile_ms(lat, (size_t)answered, 1.0),
-           noop_s, noop_errors, lost, noop_s > 0 ? noop_cpu / noop_s : 0);
-    fflush(stdout);
+    /* Phase 2: NOOP on every open session, all at once, then paced over PACE seconds. */
+    noop_round(conns, n, 0, &res, &lost);
+    if (pace > 0) noop_round(conns, n, pace, &res, &lost);
 
     /* Phase 3: QUIT everything, wait (bounded) for the server to close. */
     long open_now = 0;

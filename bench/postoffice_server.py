@@ -85,6 +85,18 @@ def parse_setting(text: str) -> dict[str, Any]:
     return table
 
 
+def _accepted(table: dict[str, Any], root: Path) -> bool:
+    """Whether the installed postoffice accepts this configuration."""
+    from postoffice.config import load_config
+    from postoffice.errors import ConfigError
+
+    try:
+        load_config(data=table, base=root)
+    except ConfigError:
+        return False
+    return True
+
+
 class PostofficeServer:
     """``postoffice serve --config`` serving ``corpus`` on ``127.0.0.1:port``."""
 
@@ -115,6 +127,12 @@ class PostofficeServer:
                 "shutdown_timeout": 2,
             },
         }
+        # Settings only newer servers know (an older one refuses unknown keys): no LMTP
+        # listener, so no fixed port is taken.
+        optionals: list[dict[str, Any]] = [{"lmtp": {"listen": []}}]
+        for optional in optionals:
+            if _accepted(merged(base, optional), root):
+                base = merged(base, optional)
         return merged(base, self.extra)
 
     def start(self) -> None:

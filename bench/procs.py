@@ -70,6 +70,15 @@ def cpu_seconds(leader: int, pids: list[int]) -> float:
     return ticks / CLOCK_TICKS
 
 
+def machine_cpu() -> tuple[float, float]:
+    """CPU seconds the whole machine has been busy (all cores), and stolen by the hypervisor."""
+    with open("/proc/stat") as file:
+        fields = [int(value) for value in file.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6]
+    return busy / CLOCK_TICKS, fields[7] / CLOCK_TICKS
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -28,3 +28,19 @@ def threaded_server() -> Iterator[FakePop3Server]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+TRIAL_REPORTS: list[str] = []
+
+
+@pytest.fixture
+def trial_report() -> list[str]:
+    """Lines for the fault-injection summary printed at the end of the test run."""
+    return TRIAL_REPORTS
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if TRIAL_REPORTS:
+        terminalreporter.section("fetch fault-injection trials")
+        for line in TRIAL_REPORTS:
+            terminalreporter.write_line(line)

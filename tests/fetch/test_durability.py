@@ -240,7 +240,7 @@ async def test_local_delivery_failure_aborts_and_keeps_the_server_copy(
 
 
 async def test_many_faults_in_a_row_then_one_clean_run(
-    tmp_path: Path, server: FakePop3Server
+    tmp_path: Path, server: FakePop3Server, trial_report: list[str]
 ) -> None:
     """Every fault, one after the other, then a clean run: lost = 0, duplicated = 0."""
     account = make_account(tmp_path, server, mode="delete")
@@ -261,6 +261,9 @@ async def test_many_faults_in_a_row_then_one_clean_run(
     expected = expected_bodies(five_messages())
     lost = len(set(expected) - set(bodies))
     duplicated = len(bodies) - len(set(bodies))
-    print(f"fault trials={len(trials)} lost={lost} duplicated={duplicated}")
+    trial_report.append(
+        f"connection faults in a row, delete mode: trials={len(trials)} lost={lost} "
+        f"duplicated={duplicated}"
+    )
     assert (lost, duplicated) == (0, 0)
     assert server.messages == []

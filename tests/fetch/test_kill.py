@@ -29,7 +29,7 @@ TRIALS = 12
 
 
 @pytest.fixture
-def threaded_server() -> Iterator[tuple[FakePop3Server, asyncio.AbstractEventLoop]]:
+def server_and_loop() -> Iterator[tuple[FakePop3Server, asyncio.AbstractEventLoop]]:
     fake = FakePop3Server(messages=[])
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -57,10 +57,11 @@ def fetch_command(config: Path) -> list[str]:
 @pytest.mark.parametrize("mode", ["delete", "keep"])
 def test_kill_9_at_many_points(
     tmp_path: Path,
-    threaded_server: tuple[FakePop3Server, asyncio.AbstractEventLoop],
+    server_and_loop: tuple[FakePop3Server, asyncio.AbstractEventLoop],
     mode: str,
+    trial_report: list[str],
 ) -> None:
-    server, loop = threaded_server
+    server, loop = server_and_loop
     (tmp_path / "pw").write_text("secret\n")
     config = tmp_path / "fetch.toml"
     config.write_text(
@@ -115,7 +116,9 @@ timeout = 10
     bodies = sorted(maildir_files(tmp_path / "Maildir").values())
     lost = len(set(expected) - set(bodies))
     duplicated = len(bodies) - len(set(bodies))
-    print(f"kill -9 trials={TRIALS} killed={killed} mode={mode} lost={lost} dup={duplicated}")
+    trial_report.append(
+        f"kill -9, {mode} mode: trials={TRIALS} killed={killed} lost={lost} duplicated={duplicated}"
+    )
     assert (lost, duplicated) == (0, 0)
     assert bodies == expected
     assert killed >= TRIALS // 2, "most trials should have killed the fetcher mid-session"

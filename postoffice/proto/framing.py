@@ -38,6 +38,9 @@ class LineBuffer:
 
     max_line_octets: int = 255
     max_discard_octets: int = 65536
+    long_prefix: bytes = b""
+    """Lines starting with this (any case) may be ``long_line_octets`` long."""
+    long_line_octets: int = 0
     _buffer: bytearray | None = None
     _scanned: int = 0
     _discarding: int = 0  # octets dropped of the current over-long line; 0 when not dropping
@@ -69,7 +72,7 @@ class LineBuffer:
         assert buffer is not None
         end = buffer.find(b"\n", self._scanned)
         if end < 0:
-            if self._discarding or len(buffer) > self.max_line_octets:
+            if self._discarding or len(buffer) > self._limit(buffer):
                 self._discarding += len(buffer)
                 buffer.clear()
                 self._scanned = 0
@@ -85,11 +88,17 @@ class LineBuffer:
         if self._discarding:
             self._discarding = 0
             return LineProblem.TOO_LONG
-        if len(line) + 1 > self.max_line_octets:  # +1: the LF; a CR is part of ``line``
+        if len(line) + 1 > self._limit(line):  # +1: the LF; a CR is part of ``line``
             return LineProblem.TOO_LONG
         if line.endswith(b"\r"):
             line = line[:-1]
         return line
+
+    def _limit(self, line: bytes | bytearray) -> int:
+        prefix = self.long_prefix
+        if prefix and line[: len(prefix)].upper() == prefix:
+            return max(self.long_line_octets, self.max_line_octets)
+        return self.max_line_octets
 
 
 class MessageEncoder:

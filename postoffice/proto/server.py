@@ -43,7 +43,12 @@ from postoffice.proto.framing import LineBuffer, LineProblem
 from postoffice.proto.replies import ResponseCode, err, multiline, ok
 from postoffice.proto.states import COMMAND_STATES, Pending, State
 from postoffice.sasl.errors import MalformedSaslError
-from postoffice.sasl.framing import challenge_line, decode_initial_response
+from postoffice.sasl.framing import (
+    CANCEL,
+    challenge_line,
+    decode_initial_response,
+    decode_response,
+)
 from postoffice.secret import Secret
 
 _APOP_DIGEST_OCTETS = 32
@@ -113,6 +118,10 @@ class ServerConnection(Generic[MessageT]):
         self._lines = LineBuffer(
             max_line_octets=self.settings.max_line_octets,
             max_discard_octets=self.settings.max_discard_octets,
+            # AUTH with an initial response may exceed 255 octets (mpop sends OAUTHBEARER
+            # tokens that way); RFC 5034 allows the SASL data itself to be longer.
+            long_prefix=b"AUTH ",
+            long_line_octets=self.settings.max_sasl_line_octets,
         )
         self._out: list[bytes] = []
         self._messages: Sequence[MessageT] = ()
@@ -167,6 +176,8 @@ class ServerConnection(Generic[MessageT]):
                 self._out.append(err("line too long, closing connection"))
                 self._close("line flood")
                 continue
+            if self._awaiting_sasl_response and line is LineProblem.TOO_LONG:
+                return self._sasl_line(line)  # ends the exchange with one -ERR
             if line is LineProblem.TOO_LONG:
                 self._bad_command(err("line too long"))
                 continue
@@ -483,18 +494,24 @@ class ServerConnection(Generic[MessageT]):
     def _sasl_line(self, line: bytes | LineProblem) -> Event[MessageT]:
         self._awaiting_sasl_response = False
         self._lines.max_line_octets = self.settings.max_line_octets
-        if line == b"*":
-            self._sasl = False
-            self._out.append(LoginFailure.CANCELLED)
-            return SaslCancelled(reason="cancelled by client")
-        decoded = _decode_base64(line) if isinstance(line, bytes) else None
-        if decoded is None:
+        response: bytes | None = None
+        if isinstance(line, bytes):
+            try:
+                decoded = decode_response(line)  # an empty line is empty data (RFC 5034 §4)
+            except MalformedSaslError:
+                decoded = None
+            if decoded is CANCEL:
+                self._sasl = False
+                self._out.append(LoginFailure.CANCELLED)
+                return SaslCancelled(reason="cancelled by client")
+            response = decoded if isinstance(decoded, bytes) else None
+        if response is None:
             self._sasl = False
             self._out.append(err("malformed SASL response"))
             self.counters.bad_commands += 1
             return SaslCancelled(reason="malformed response")
         self.pending = Pending.LOGIN
-        return SaslResponse(data=decoded)
+        return SaslResponse(data=response)
 
     def _totals(self) -> tuple[int, int]:
         return self._count, self._octets

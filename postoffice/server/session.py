@@ -69,6 +69,10 @@ class _SessionOver(Exception):
     """End the session quietly (the reason is already recorded)."""
 
 
+class _SendTimeout(Exception):
+    """The client stopped reading its replies for longer than ``limits.send_timeout``."""
+
+
 class Pop3Session(asyncio.Protocol):
     """Serves one client connection."""
 
@@ -196,6 +200,11 @@ class Pop3Session(asyncio.Protocol):
             await self._serve()
         except _SessionOver:
             pass
+        except _SendTimeout:
+            self._end_reason = "send timed out"
+            # close() would wait for the unread replies forever; drop them and the socket.
+            if self.transport is not None:
+                self.transport.abort()
         except TimeoutError:
             self._end_reason = "timed out"
         except asyncio.CancelledError:
@@ -227,11 +236,13 @@ class Pop3Session(asyncio.Protocol):
                 self._data_ready.clear()
                 self._resume_reading()
                 limits = self.context.config.limits
-                timeout = (
-                    limits.idle_timeout
-                    if connection.state is State.TRANSACTION
-                    else limits.login_timeout
-                )
+                if connection.state is State.TRANSACTION:
+                    timeout = limits.idle_timeout
+                else:
+                    # One deadline for the whole login, so chatter cannot stretch it.
+                    timeout = limits.login_timeout - (time.monotonic() - self._started)
+                    if timeout <= 0:
+                        raise TimeoutError
                 async with asyncio.timeout(timeout):
                     await self._data_ready.wait()
             elif isinstance(event, CloseConnection):
@@ -443,8 +454,11 @@ class Pop3Session(asyncio.Protocol):
             self._octets_out += len(data)
 
     async def _drain(self) -> None:
-        async with asyncio.timeout(self.context.config.limits.send_timeout):
-            await self._can_write.wait()
+        try:
+            async with asyncio.timeout(self.context.config.limits.send_timeout):
+                await self._can_write.wait()
+        except TimeoutError:
+            raise _SendTimeout from None
         if self._eof:
             raise ConnectionResetError("connection lost while sending")
 
@@ -487,7 +501,6 @@ class Pop3Session(asyncio.Protocol):
         if self._admitted:
             self.context.limits.release_connection(self.peer_ip)
             self._admitted = False
-        self.context.sessions.discard(self)
         counters = self.connection.counters
         self.log.info(
             "end user=%r reason=%s tls=%s commands=%d retrieved=%d top=%d deleted=%d "
@@ -502,3 +515,4 @@ class Pop3Session(asyncio.Protocol):
             self._octets_out,
             time.monotonic() - self._started,
         )
+        self.context.sessions.discard(self)  # last: watchers see the end line first

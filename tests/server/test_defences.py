@@ -412,7 +412,7 @@ def test_a_client_that_stops_reading_is_dropped_and_nothing_is_deleted(
         return [r.getMessage() for r in records if " end user=" in r.getMessage()]
 
     wait_until(lambda: bool(ended()))
-    assert "reason=timed out" in ended()[0]
+    assert "reason=send timed out" in ended()[0]
     assert "deleted=0" in ended()[0]
     maildir = harness.maildir("alice")
     assert len([p for sub in ("new", "cur") for p in (maildir / sub).iterdir()]) == 2
@@ -421,17 +421,6 @@ def test_a_client_that_stops_reading_is_dropped_and_nothing_is_deleted(
     fresh.close()
 
 
-SOCKET_KEPT = (
-    "server: after the send timeout the session ends with transport.close(), which in "
-    "asyncio waits for the write buffer to drain, so the server keeps the socket of a client "
-    "that never reads open for ever (its connection slot is already released: a client can "
-    "pile up file descriptors past max_connections). Needed: transport.abort() when the "
-    "session ends on a send timeout (better: SO_LINGER 0 first, so the kernel resets the "
-    "connection instead of keeping an orphan with megabytes queued)."
-)
-
-
-@pytest.mark.xfail(strict=True, reason=SOCKET_KEPT)
 def test_a_client_that_stops_reading_loses_its_socket(
     harness: ServerHarness, stalled_reader: tuple[socket.socket, float]
 ) -> None:
@@ -719,8 +708,8 @@ def refusal_and_failure_times(
     harness: ServerHarness, authority: trustme.CA, encoded: str, tries: int = 10
 ) -> tuple[list[float], list[float], list[str]]:
     """PASS answer times: the refusal before TLS (right password) and a wrong password over
-    POP3S, for carol whose stored hash is ``encoded``; and every name the authenticator saw
-    during the refusals."""
+    POP3S, for carol whose stored hash is ``encoded``; and every password the authenticator
+    was asked to check during the refusals."""
     harness.passwd.parent.mkdir(parents=True, exist_ok=True)
     passwd_file.add_user(harness.passwd, "carol", encoded)
     certificate = authority.issue_cert("localhost", "127.0.0.1")
@@ -738,7 +727,7 @@ def refusal_and_failure_times(
     original = authenticator.verify
 
     async def spy(username: str, password: Secret) -> Any:
-        seen.append(username)
+        seen.append(password.reveal())
         return await original(username, password)
 
     context = ssl.create_default_context()
@@ -765,8 +754,8 @@ def test_plaintext_refusal_costs_a_wrong_password_and_checks_nothing(
 ) -> None:
     """plaintext = "never": USER/PASS before TLS is refused after the same work as a wrong
     password (a hash verification, here Argon2id at its default cost, as ``user add``
-    writes it), and the right password is never checked: the authenticator only sees the
-    dummy name."""
+    writes it), and the password sent is never checked: the authenticator is only asked
+    about random passwords."""
     encoded = hash_password(Secret("right"), "ARGON2ID")
     refused, failed, seen = refusal_and_failure_times(harness, authority, encoded)
     ratio = statistics.median(refused) / statistics.median(failed)
@@ -775,15 +764,15 @@ def test_plaintext_refusal_costs_a_wrong_password_and_checks_nothing(
         f"wrong password over TLS median {ms(statistics.median(failed))}, ratio {ratio:.2f}"
     )
     assert 0.5 < ratio < 2
-    assert seen and "carol" not in seen
+    assert len(seen) == 10 and "right" not in seen
 
 
 def test_plaintext_refusal_is_never_cheaper_than_a_wrong_password(
     harness: ServerHarness, authority: trustme.CA
 ) -> None:
-    """With a cheaper hash for the user (Argon2id m=16MiB t=2) the refusal still costs the
-    dummy hash (default cost): never less than a wrong password, so a refusal cannot be
-    told from a rejected password by being quicker."""
+    """With a cheaper hash for the user (Argon2id m=16MiB t=2) the refusal costs that
+    user's own hash, like a wrong password: a refusal cannot be told from a rejected
+    password by its time."""
     encoded = hash_password(Secret("right"), "ARGON2ID", memory_kib=16384, rounds=2)
     refused, failed, _ = refusal_and_failure_times(harness, authority, encoded)
     ratio = statistics.median(refused) / statistics.median(failed)
@@ -791,7 +780,7 @@ def test_plaintext_refusal_is_never_cheaper_than_a_wrong_password(
         f"Argon2id m=16MiB t=2: refusal before TLS median {ms(statistics.median(refused))}, "
         f"wrong password over TLS median {ms(statistics.median(failed))}, ratio {ratio:.2f}"
     )
-    assert ratio > 0.5
+    assert 0.5 < ratio < 2
 
 
 # -- privilege drop ----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-The parent binds every listener, loads (or makes) the TLS certificates and drops
+The parent binds every listener (POP3, POP3S, LMTP), loads (or makes) the TLS certificates and drops
 privileges; then it forks ``process.workers`` children. Each child runs its own event loop
 and accepts on the inherited sockets, so the kernel spreads
 connections over them. Nothing in a session assumes one process: the maildrop lock is an
@@ -28,6 +28,7 @@ import sys
 import time
 
 from postoffice.config import Config, ListenAddress
+from postoffice.delivery import lmtp
 from postoffice.server.app import Pop3Server, drop_privileges
 from postoffice.tls import ListenerContexts
 
@@ -74,6 +75,9 @@ def run(config: Config, workers: int) -> int:
                 host, port = sock.getsockname()[:2]
                 shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
                 log.info("%s listening on %s:%d", "POP3S" if implicit_tls else "POP3", shown, port)
+    lmtp_sockets = lmtp.bind_lmtp_sockets(config)
+    for sock in lmtp_sockets:
+        log.info("LMTP listening on %s", lmtp.describe(sock))
     tls = None
     if config.pop3s.listen or config.pop3.stls:
         tls = ListenerContexts(
@@ -89,7 +93,7 @@ def run(config: Config, workers: int) -> int:
         if pid == 0:
             status = 1
             try:
-                status = _child(config, bound, tls, number)
+                status = _child(config, bound, lmtp_sockets, tls, number)
             finally:
                 logging.shutdown()
                 os._exit(status)
@@ -126,6 +130,8 @@ def run(config: Config, workers: int) -> int:
             start(number)
     for sock, _ in bound:
         sock.close()
+    for sock in lmtp_sockets:
+        sock.close()
     log.info("stopped")
     return 0
 
@@ -133,6 +139,7 @@ def run(config: Config, workers: int) -> int:
 def _child(
     config: Config,
     bound: list[tuple[socket.socket, bool]],
+    lmtp_sockets: list[socket.socket],
     tls: ListenerContexts | None,
     number: int,
 ) -> int:
@@ -146,7 +153,7 @@ def _child(
     asyncio.set_event_loop(loop)
 
     async def main() -> None:
-        server = Pop3Server(config, bound=bound, tls_loaded=tls)
+        server = Pop3Server(config, bound=bound, lmtp_sockets=lmtp_sockets, tls_loaded=tls)
         await server.start()
         loop.add_signal_handler(signal.SIGTERM, server.request_stop)
         loop.add_signal_handler(signal.SIGINT, server.request_stop)

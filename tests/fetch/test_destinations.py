@@ -89,7 +89,7 @@ async def test_mbox_waits_for_the_fcntl_lock(tmp_path: Path, server: FakePop3Ser
     assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
     account = make_account(tmp_path, server, mbox="inbox")
     result = await fetch_account(account)  # blocks in a worker thread until released
-    holder.wait(10)
+    holder.wait(60)
     assert result.fetched == 6
     with open(inbox, "rb") as file:
         fcntl.lockf(file, fcntl.LOCK_SH | fcntl.LOCK_NB)  # nobody holds it any more

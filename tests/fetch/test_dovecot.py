@@ -65,7 +65,7 @@ class Dovecot:
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
             pytest.fail(f"dovecot exited: {log.read_text() if log.exists() else ''}")
@@ -74,7 +74,7 @@ def _wait_for_port(port: int, process: subprocess.Popen[bytes], log: Path) -> No
                 return
         except OSError:
             time.sleep(0.05)  # polling a port the server opens; no event to wait on
-    pytest.fail("dovecot did not start listening within 20s")
+    pytest.fail("dovecot did not start listening within 60s")
 
 
 @pytest.fixture

@@ -98,7 +98,7 @@ def run_mpop(root: Path, port: int) -> Path:
         f"uidls_file {root}/mpop_uidls\n",
     )
     rc.chmod(0o600)
-    subprocess.run([mpop, "-q", "-C", str(rc), "test"], check=True, timeout=60)
+    subprocess.run([mpop, "-q", "-C", str(rc), "test"], check=True, timeout=180)
     return root / "mpop_uidls"
 
 
@@ -114,7 +114,7 @@ def run_fetchmail(root: Path, port: int) -> Path:
     env = {**os.environ, "HOME": str(root)}
     idfile = root / ".fetchids"
     command = [fetchmail, "-s", "-f", str(rc), "--idfile", str(idfile)]
-    subprocess.run([*command, "--pidfile", str(root / "pid")], check=True, timeout=60, env=env)
+    subprocess.run([*command, "--pidfile", str(root / "pid")], check=True, timeout=180, env=env)
     return idfile
 
 
@@ -132,7 +132,7 @@ def run_getmail(root: Path, port: int) -> Path:
     subprocess.run(
         [getmail, "--rcfile", str(rc), "--getmaildir", str(root / "getmail")],
         check=True,
-        timeout=60,
+        timeout=180,
     )
     (oldmail,) = (root / "getmail").glob("oldmail-*")
     return oldmail

@@ -75,7 +75,7 @@ password_command = "cat pw"
 mode = "{mode}"
 maildir = "Maildir"
 state_dir = "state"
-timeout = 10
+timeout = 60
 """
     )
     rng = random.Random(5)
@@ -107,10 +107,10 @@ timeout = 10
         server.on_line = on_line
         process = subprocess.Popen(fetch_command(config), cwd=tmp_path)
         running["fetcher"] = process
-        process.wait(60)
+        process.wait(180)
         running.clear()
         server.on_line = None
-    clean = subprocess.run(fetch_command(config), cwd=tmp_path, timeout=60, check=False)
+    clean = subprocess.run(fetch_command(config), cwd=tmp_path, timeout=180, check=False)
     assert clean.returncode in (0, 1)
     expected = sorted(message(n).data.replace(b"\r\n", b"\n") for n in range(1, next_number + 1))
     bodies = sorted(maildir_files(tmp_path / "Maildir").values())

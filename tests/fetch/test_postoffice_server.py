@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import trustme
 
 from postoffice.fetch.errors import LoginError
 from postoffice.fetch.runner import fetch_account
@@ -50,3 +51,40 @@ async def test_wrong_password(tmp_path: Path, pop3_server: ServerHarness) -> Non
     (tmp_path / "pw").write_text("wrong\n")
     with pytest.raises(LoginError):
         await fetch_account(account)
+
+
+@pytest.fixture
+def tls_server(harness: ServerHarness, tmp_path: Path) -> ServerHarness:
+    """postoffice's server with a trustme certificate, refusing plaintext logins."""
+    authority = trustme.CA()
+    certificate = authority.issue_cert("localhost", "127.0.0.1")
+    tls_dir = harness.root / "tls"
+    tls_dir.mkdir()
+    certificate.private_key_pem.write_to_path(str(tls_dir / "key.pem"))
+    certificate.cert_chain_pems[0].write_to_path(str(tls_dir / "fullchain.pem"))
+    authority.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    harness.add_user("alice", "secret")
+    fill(harness)
+    harness.start(
+        tls={"certificate": "tls/fullchain.pem", "private_key": "tls/key.pem"},
+        auth={"plaintext": "never"},
+    )
+    return harness
+
+
+@pytest.mark.parametrize("tls", ["starttls", "implicit"])
+async def test_verified_tls_to_postoffice(
+    tmp_path: Path, tls_server: ServerHarness, tls: str
+) -> None:
+    port = tls_server.port if tls == "starttls" else tls_server.tls_port
+    account = make_account(
+        tmp_path,
+        host="127.0.0.1",
+        port=port,
+        tls=tls,
+        ca_file=str(tmp_path / "ca.pem"),
+        mode="delete",
+    )
+    result = await fetch_account(account)
+    assert (result.fetched, result.deleted) == (5, 5)
+    assert sorted(maildir_files(account.maildir).values()) == expected_bodies(five_messages())

@@ -215,11 +215,12 @@ async def test_deletion_committed_but_ok_lost_is_settled(
     assert_exactly_once(account)
 
 
+@pytest.mark.parametrize("command", ["UIDL", "RETR", "DELE", "QUIT"])
 async def test_stalled_server_times_out_and_loses_nothing(
-    tmp_path: Path, server: FakePop3Server
+    tmp_path: Path, server: FakePop3Server, command: str
 ) -> None:
     impatient = make_account(tmp_path, server, mode="delete", timeout=0.5)
-    server.faults = Faults(stall_on="QUIT")
+    server.faults = Faults(stall_on=command)
     with pytest.raises(FetchTimeoutError):
         await fetch_account(impatient)
     assert len(server.messages) == 5

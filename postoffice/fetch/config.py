@@ -87,10 +87,11 @@ class Account:
     """An mbox file to append to instead (mboxrd quoting, dotlock and fcntl locking)."""
     mda: str | None = None
     """A command (run by the shell) that gets each message on stdin, instead."""
-    lmtp: LmtpAddress | None = None
-    """An LMTP server (a local MTA or Dovecot) to hand each message to, instead."""
+    forward: MtaAddress | None = None
+    """An LMTP server (``lmtp``: a local MTA or Dovecot) or a local SMTP server (``smtp``)
+    to hand each message to, instead."""
     recipient: str = ""
-    """Who the LMTP server delivers to (``recipient``; default: the local login name)."""
+    """Who the MTA delivers to (``recipient``; default: the local login name)."""
     state_dir: Path
     delete_after_days: float | None
     max_message_size: int | None
@@ -106,7 +107,9 @@ class Account:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LmtpAddress:
+class MtaAddress:
+    protocol: str
+    """``lmtp`` (RFC 2033) or ``smtp`` (RFC 5321)."""
     host: str
     """A host name or address, or the path of a Unix socket when ``port`` is None."""
     port: int | None
@@ -122,7 +125,7 @@ DEFAULT_EVERY = 300.0
 MINIMUM_EVERY = 10.0  # polling faster than this only burdens the server
 _ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _FINGERPRINT = re.compile(r"sha256:((?:[0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2})")
-_DESTINATIONS = ("maildir", "mbox", "mda", "lmtp")
+_DESTINATIONS = ("maildir", "mbox", "mda", "lmtp", "smtp")
 _KEYS = frozenset(
     {
         "host",
@@ -147,6 +150,7 @@ _KEYS = frozenset(
         "every",
         "without_uidl",
         "lmtp",
+        "smtp",
         "recipient",
     }
 )
@@ -242,28 +246,34 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _lmtp_address(settings: _Settings, base: Path) -> LmtpAddress:
-    value = settings.string("lmtp")
-    if value.startswith(("/", "./", "~")):
+def _mta_address(settings: _Settings, base: Path, protocol: str, insecure: bool) -> MtaAddress:
+    value = settings.string(protocol)
+    if protocol == "lmtp" and value.startswith(("/", "./", "~")):
         path = Path(value).expanduser()
-        return LmtpAddress(host=str(path if path.is_absolute() else base / path), port=None)
+        socket = str(path if path.is_absolute() else base / path)
+        return MtaAddress(protocol=protocol, host=socket, port=None)
     host, _, port = value.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        where = '"host:port" or a socket path' if protocol == "lmtp" else '"host:port"'
+        raise ConfigError(f"{settings.key(protocol)}: expected {where}, got {value!r}")
+    host = host.strip("[]")
+    if protocol == "smtp" and not (_is_loopback(host) or insecure):
+        # No STARTTLS here: mail would cross the network in clear text.
         raise ConfigError(
-            f'{settings.key("lmtp")}: expected "host:port" or a socket path, got {value!r}'
+            f"{settings.key(protocol)}: only a local MTA (loopback), or set insecure = true"
         )
-    return LmtpAddress(host=host.strip("[]"), port=int(port))
+    return MtaAddress(protocol=protocol, host=host, port=int(port))
 
 
 def _destination_key(settings: _Settings) -> str | None:
-    """Which of maildir/mbox/mda/lmtp applies: the account's own, else the default's."""
+    """Which destination key applies: the account's own, else the default's."""
     for chosen in (
         [key for key in _DESTINATIONS if settings.own(key)],
         [key for key in _DESTINATIONS if settings.has(key)],
     ):
         if len(chosen) > 1:
             keys = ", ".join(settings.key(key) for key in chosen)
-            raise ConfigError(f"{keys}: give only one destination (maildir, mbox, mda, lmtp)")
+            raise ConfigError(f"{keys}: give only one destination (maildir, mbox, mda, lmtp, smtp)")
         if chosen:
             return chosen[0]
     return None
@@ -324,7 +334,10 @@ def _account(name: str, settings: _Settings, base: Path) -> Account:
         maildir = settings.path("maildir", base) or maildir
     mbox = settings.path("mbox", base) if destination == "mbox" else None
     mda = settings.string("mda") if destination == "mda" else None
-    lmtp = _lmtp_address(settings, base) if destination == "lmtp" else None
+    forward = None
+    if destination in ("lmtp", "smtp"):
+        assert destination is not None
+        forward = _mta_address(settings, base, destination, insecure)
     recipient = settings.string("recipient", getpass.getuser())
     state_dir = settings.path("state_dir", base, _default_state_dir())
     assert state_dir is not None
@@ -343,7 +356,7 @@ def _account(name: str, settings: _Settings, base: Path) -> Account:
         maildir=maildir,
         mbox=mbox,
         mda=mda,
-        lmtp=lmtp,
+        forward=forward,
         recipient=recipient,
         state_dir=state_dir,
         delete_after_days=delete_after_days,

@@ -33,7 +33,7 @@ from postoffice.fetch.errors import AccountLockedError
 from postoffice.fetch.importers import ImportedState, read_state
 from postoffice.fetch.journal import Journal, journal_path
 from postoffice.fetch.session import Options, SessionResult, run_session
-from postoffice.fetch.spooled import LmtpDestination, MboxDestination, MdaDestination
+from postoffice.fetch.spooled import ForwardDestination, MboxDestination, MdaDestination
 
 __all__ = [
     "EXIT_CONFIG",
@@ -86,8 +86,10 @@ def account_lock(state_dir: Path, account: str) -> Iterator[None]:
 def make_destination(account: Account) -> Destination:
     if account.mbox is not None:
         return MboxDestination(account.mbox)
-    if account.lmtp is not None:
-        return LmtpDestination(account.lmtp, recipient=account.recipient, timeout=account.timeout)
+    if account.forward is not None:
+        return ForwardDestination(
+            account.forward, recipient=account.recipient, timeout=account.timeout
+        )
     if account.mda is not None:
         return MdaDestination(account.mda, account=account.name, workdir=account.workdir)
     return MaildirDestination(account.maildir, account.name)

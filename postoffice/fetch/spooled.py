@@ -1,4 +1,4 @@
-"""Destinations that take a message only whole: an mbox file, an MDA command, LMTP.
+"""Destinations that take a message only whole: an mbox file, an MDA command, LMTP/SMTP.
 
 Theory of operation
 -------------------
@@ -15,9 +15,10 @@ blank line. The file is locked as mutt and procmail do, a ``.lock`` dotlock (whe
 folder is writable) and then ``fcntl``; the append is fsynced, and on any error the file
 is cut back to its old length, so no partial message stays.
 
-LMTP (RFC 2033), to a local MTA or Dovecot: one connection per message, ``MAIL FROM`` the
-Return-Path, ``RCPT TO`` the account's ``recipient``; the 250 after the data is the
-durability point. Any other answer raises, and the message is not journaled.
+LMTP (RFC 2033), to a local MTA or Dovecot, or SMTP to a local MTA: one connection per
+message, ``MAIL FROM`` the Return-Path, ``RCPT TO`` the account's ``recipient``; the 250
+after the data is the durability point (the MTA has taken responsibility). Any other
+answer raises, and the message is not journaled.
 
 MDA: the command runs by the shell in the configuration's folder with the message on
 stdin and ``POSTOFFICE_ACCOUNT`` / ``POSTOFFICE_UIDL`` in its environment; exit status 0
@@ -39,10 +40,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from postoffice.fetch.config import LmtpAddress
+from postoffice.fetch.config import MtaAddress
 from postoffice.fetch.errors import DeliveryFailedError
 
-__all__ = ["LmtpDestination", "MboxDestination", "MdaDestination"]
+__all__ = ["ForwardDestination", "MboxDestination", "MdaDestination"]
 
 MDA_TIMEOUT = 300.0
 DOTLOCK_TIMEOUT = 30.0
@@ -141,10 +142,12 @@ class _MdaMessage(_Spool):
 # -- LMTP -----------------------------------------------------------------------------------
 
 
-class LmtpDestination:
+class ForwardDestination:
+    """Hands each message to an LMTP or SMTP server."""
+
     idempotent = False
 
-    def __init__(self, address: LmtpAddress, *, recipient: str, timeout: float) -> None:
+    def __init__(self, address: MtaAddress, *, recipient: str, timeout: float) -> None:
         self.address = address
         self.recipient = recipient
         self.timeout = timeout
@@ -158,12 +161,12 @@ class LmtpDestination:
     def sync(self) -> None:
         return None  # the server's 250 after the data is its durability point
 
-    def begin(self, uidl: str) -> _LmtpMessage:
-        return _LmtpMessage(self)
+    def begin(self, uidl: str) -> _ForwardMessage:
+        return _ForwardMessage(self)
 
 
-class _LmtpMessage(_Spool):
-    def __init__(self, destination: LmtpDestination) -> None:
+class _ForwardMessage(_Spool):
+    def __init__(self, destination: ForwardDestination) -> None:
         super().__init__()
         self.destination = destination
 
@@ -175,21 +178,29 @@ class _LmtpMessage(_Spool):
             sender = _return_path(spool)
             data = spool.read().replace(b"\n", b"\r\n")  # smtplib sends bytes as they are
             where = address.host if address.port is None else f"{address.host}:{address.port}"
+            where = f"{address.protocol.upper()} {where}"
             try:
-                with smtplib.LMTP(
-                    address.host, address.port or 0, timeout=destination.timeout
-                ) as lmtp:
-                    code, _ = lmtp.ehlo()  # LHLO (RFC 2033 §4.1); there is no HELO fallback
-                    if code != 250:
-                        raise DeliveryFailedError(f"LMTP {where} refused LHLO ({code})")
-                    refused = lmtp.sendmail(sender, [destination.recipient], data)
+                if address.protocol == "lmtp":
+                    client: smtplib.SMTP = smtplib.LMTP(
+                        address.host, address.port or 0, timeout=destination.timeout
+                    )
+                else:
+                    client = smtplib.SMTP(
+                        address.host, address.port or 25, timeout=destination.timeout
+                    )
+                with client:
+                    if address.protocol == "lmtp":
+                        code, _ = client.ehlo()  # LHLO (RFC 2033 §4.1): no HELO fallback
+                        if code != 250:
+                            raise DeliveryFailedError(f"{where} refused LHLO ({code})")
+                    refused = client.sendmail(sender, [destination.recipient], data)
             except smtplib.SMTPException as error:
-                raise DeliveryFailedError(f"LMTP {where} refused the message: {error}") from None
+                raise DeliveryFailedError(f"{where} refused the message: {error}") from None
             if refused:
-                raise DeliveryFailedError(f"LMTP {where} refused the message: {refused}")
+                raise DeliveryFailedError(f"{where} refused the message: {refused}")
         finally:
             self.finish()
-        return f"lmtp:{destination.recipient}"
+        return f"{address.protocol}:{destination.recipient}"
 
 
 # -- mbox -----------------------------------------------------------------------------------

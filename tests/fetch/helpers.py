@@ -35,7 +35,7 @@ def make_account(root: Path, server: FakePop3Server | None = None, **keys: objec
         "state_dir": "state",
         "timeout": 20,  # generous: CI machines can be heavily loaded
     }
-    if {"mbox", "mda", "lmtp"} & keys.keys():
+    if {"mbox", "mda", "lmtp", "smtp"} & keys.keys():
         del table["maildir"]
     table.update(keys)
     return parse_fetch_config({"accounts": {"test": table}}, root / "fetch.toml").accounts["test"]

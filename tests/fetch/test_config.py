@@ -10,8 +10,8 @@ import pytest
 from postoffice.errors import ConfigError
 from postoffice.fetch.config import (
     AuthMethod,
-    LmtpAddress,
     Mode,
+    MtaAddress,
     Oversize,
     TlsMode,
     load_fetch_config,
@@ -140,14 +140,19 @@ def test_destination_of_the_account_beats_the_default(tmp_path: Path) -> None:
     assert accounts["c"].mbox is None and accounts["c"].mda is None
 
 
-def test_lmtp_addresses(tmp_path: Path) -> None:
+def test_lmtp_and_smtp_addresses(tmp_path: Path) -> None:
     path = tmp_path / "f.toml"
     tcp = parse_fetch_config({"accounts": {"a": account(lmtp="[::1]:24", recipient="me")}}, path)
-    assert (tcp.accounts["a"].lmtp, tcp.accounts["a"].recipient) == (
-        LmtpAddress(host="::1", port=24),
+    assert (tcp.accounts["a"].forward, tcp.accounts["a"].recipient) == (
+        MtaAddress(protocol="lmtp", host="::1", port=24),
         "me",
     )
     unix = parse_fetch_config({"accounts": {"a": account(lmtp="./run/lmtp")}}, path)
-    assert unix.accounts["a"].lmtp == LmtpAddress(host=str(tmp_path / "run" / "lmtp"), port=None)
+    socket = str(tmp_path / "run" / "lmtp")
+    assert unix.accounts["a"].forward == MtaAddress(protocol="lmtp", host=socket, port=None)
     with pytest.raises(ConfigError, match=r"accounts\.a\.lmtp: expected"):
         parse_fetch_config({"accounts": {"a": account(lmtp="localhost")}}, path)
+    smtp = parse_fetch_config({"accounts": {"a": account(smtp="localhost:25")}}, path)
+    assert smtp.accounts["a"].forward == MtaAddress(protocol="smtp", host="localhost", port=25)
+    with pytest.raises(ConfigError, match=r"accounts\.a\.smtp: only a local MTA"):
+        parse_fetch_config({"accounts": {"a": account(smtp="mx.example:25")}}, path)

@@ -162,7 +162,7 @@ async def test_mda_failure_keeps_the_server_copy(tmp_path: Path, server: FakePop
 
 @dataclass
 class FakeLmtp:
-    """A minimal LMTP server (RFC 2033): records what it accepts."""
+    """A minimal LMTP (RFC 2033) or SMTP server: records what it accepts."""
 
     data_reply: bytes = b"250 2.0.0 delivered"
     received: list[tuple[bytes, bytes, bytes]] = field(default_factory=list)
@@ -178,7 +178,7 @@ class FakeLmtp:
         sender = recipient = b""
         while line := await reader.readline():
             verb = line[:4].upper()
-            if verb == b"LHLO":
+            if verb in (b"LHLO", b"EHLO"):
                 writer.write(b"250-fake\r\n250 PIPELINING\r\n")
             elif verb == b"MAIL":
                 sender = line[5:].strip()  # smtplib writes "mail FROM:<...>"
@@ -222,6 +222,17 @@ async def test_lmtp_hands_over_every_message(tmp_path: Path, server: FakePop3Ser
     assert {recipient for _, recipient, _ in lmtp.received} == {b"TO:<bob>"}
     first = five_messages()[0].data
     assert first in {body for _, _, body in lmtp.received}
+
+
+async def test_smtp_to_a_local_mta(tmp_path: Path, server: FakePop3Server) -> None:
+    mta = FakeLmtp()
+    listener = await mta.start()
+    try:
+        account = make_account(tmp_path, server, smtp=f"127.0.0.1:{mta.port}", recipient="bob")
+        result = await fetch_account(account)
+    finally:
+        listener.close()
+    assert result.fetched == 6 and len(mta.received) == 6
 
 
 async def test_lmtp_temporary_failure_keeps_the_server_copy(

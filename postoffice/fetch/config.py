@@ -1,9 +1,28 @@
 """The fetcher's account file: TOML in, one frozen ``Account`` per ``[accounts.NAME]`` out.
 
 Every account inherits the keys of ``[defaults]`` it does not set itself. Relative paths
-(``ca_file``, ``maildir``, ``state_dir``) are relative to the file's folder, and
-``password_command`` runs there, so the example in issue 5 works as written. Every error
-names the key (``accounts.office.port``, or ``defaults.mode`` when inherited).
+(``ca_file``, ``maildir``, ``mbox``, ``state_dir``, an ``lmtp`` socket) are relative to the
+file's folder, and ``password_command`` and ``mda`` run there, so the example in issue 5
+works as written. Every error names the key (``accounts.office.port``, or ``defaults.mode``
+when inherited). The keys::
+
+    host, port            port: 995 for implicit TLS, else 110
+    tls                   "implicit" (default) | "starttls" | "none" (loopback or insecure)
+    ca_file | fingerprint CA bundle, or "sha256:<hex>" certificate pin; default system store
+    insecure              allow tls = "none" (and smtp) beyond loopback
+    user, password_command  the password (or OAuth token) is its first line of output
+    auth                  "auto" | "user" | "apop" | "plain" | "login" | "scram-sha-256"
+                          | "scram-sha-256-plus" | "oauthbearer" | "xoauth2"
+    mode                  "keep" (default) | "delete"
+    delete_after_days     keep mode: delete N days after this machine first saw a message
+    max_message_size      e.g. "20MB"; oversize = "skip" (default) | "delete"
+    max_messages_per_session
+    maildir | mbox | mda | lmtp | smtp   one destination; default maildir = "~/Maildir"
+    recipient             for lmtp/smtp; default the local login name
+    state_dir             the UIDL journal and lock; default ~/.local/state/postoffice
+    without_uidl          "refuse" (default) | "fingerprint"
+    timeout               per network step, default 60 (seconds, or "2m")
+    every                 --daemon interval, default "5m"
 """
 
 from __future__ import annotations

@@ -186,6 +186,7 @@ def _protocol_factory(handler: LmtpHandler, config: Config) -> _Protocol:
         enable_SMTPUTF8=True,
         hostname=socket.gethostname(),
         ident=_IDENT,
+        loop=asyncio.get_running_loop(),
     )
 
 

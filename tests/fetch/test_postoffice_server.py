@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 import trustme
+from click.testing import CliRunner
 
+from postoffice.cli import main
 from postoffice.fetch.errors import LoginError
 from postoffice.fetch.runner import fetch_account
 
 # tests/conftest.py types its harness; imported for annotations only.
 from ..conftest import ServerHarness
 from .helpers import expected_bodies, five_messages, maildir_files, make_account
+from .test_config import EXAMPLE
 
 
 def fill(server: ServerHarness) -> None:
@@ -88,3 +91,17 @@ async def test_verified_tls_to_postoffice(
     result = await fetch_account(account)
     assert (result.fetched, result.deleted) == (5, 5)
     assert sorted(maildir_files(account.maildir).values()) == expected_bodies(five_messages())
+
+
+def test_the_issue_example_works_as_written(tmp_path: Path, tls_server: ServerHarness) -> None:
+    """Issue 5's account file, only the port changed, run through ``postoffice fetch``."""
+    (tmp_path / "alice.secret").write_text("secret\n")
+    config = tmp_path / "fetch.toml"
+    config.write_text(EXAMPLE.replace("port = 1995", f"port = {tls_server.tls_port}"))
+    result = CliRunner().invoke(main, ["fetch", "--config", str(config), "office"])
+    assert result.exit_code == 0, result.output
+    office = tmp_path / "mail" / "office"
+    assert sorted(maildir_files(office).values()) == expected_bodies(five_messages())
+    assert (tmp_path / "state" / "office.journal.sqlite3").exists()
+    again = CliRunner().invoke(main, ["fetch", "--config", str(config), "office"])
+    assert again.exit_code == 1, again.output  # delete mode: nothing left, nothing new

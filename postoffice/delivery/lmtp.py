@@ -144,7 +144,7 @@ class LmtpHandler:
         _record, outcome = await asyncio.to_thread(self.delivery.check, address)
         if outcome.ok:
             envelope.rcpt_tos.append(address)
-        return outcome.reply(address)
+        return outcome.reply(_printable(address))
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""
@@ -161,7 +161,7 @@ class LmtpHandler:
     def _deliver_all(self, sender: str, recipients: list[str], content: bytes) -> list[str]:
         """Deliver to every recipient in turn; one reply line each, in order."""
         body = content.replace(b"\r\n", b"\n")
-        return_path = sender if sender == "<>" else f"<{sender}>"
+        return_path = "<>" if sender == "<>" else f"<{_printable(sender)}>"
         done: dict[str, Outcome] = {}
         replies = []
         for address in recipients:
@@ -170,12 +170,17 @@ class LmtpHandler:
                 if record.name in done:
                     outcome = done[record.name]
                 else:
-                    header = f"Return-Path: {return_path}\nDelivered-To: {address}\n"
+                    header = f"Return-Path: {return_path}\nDelivered-To: {_printable(address)}\n"
                     message = header.encode("utf-8", "surrogateescape") + body
                     outcome = self.delivery.deliver(record, message)
                     done[record.name] = outcome
-            replies.append(outcome.reply(address))
+            replies.append(outcome.reply(_printable(address)))
         return replies
+
+
+def _printable(address: str) -> str:
+    """An address fit for a header or a reply line: control characters become ``?``."""
+    return "".join("?" if ord(char) < 0x20 or ord(char) == 0x7F else char for char in address)
 
 
 def _protocol_factory(handler: LmtpHandler, config: Config) -> _Protocol:

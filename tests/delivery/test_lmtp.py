@@ -407,3 +407,16 @@ def test_startup_log_names_the_lmtp_address(
     caplog.set_level("INFO", logger="postoffice.server.app")
     harness.start()
     assert f"LMTP listening on 127.0.0.1:{harness.lmtp_port}" in caplog.messages
+
+
+def test_control_characters_in_addresses_never_reach_a_header(server: ServerHarness) -> None:
+    """A bare CR in a recipient or sender address is not copied into the stored headers."""
+    script = (
+        b"LHLO mta\r\nMAIL FROM:<s\x7fx@example.org>\r\nRCPT TO:<alice+a\rb@example.org>\r\n"
+        b"DATA\r\nSubject: c\r\n\r\nx\r\n.\r\n"
+    )
+    lines = raw_session(server, script, 5)
+    assert all(b"\r" not in line for line in lines)
+    for data in stored(server, "alice"):
+        head = data.split(b"\n\n")[0]
+        assert b"\r" not in head and b"\x7f" not in head

@@ -31,6 +31,7 @@ class ServerContext:
     bearer_validator: BearerValidator | None = None
     sessions: set[Pop3Session] = field(default_factory=set)
     hostname: str = field(default_factory=socket.gethostname)
+    _trusted: dict[str, bool] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         oauth = self.config.oauth
@@ -47,7 +48,15 @@ class ServerContext:
             )
 
     def is_trusted(self, peer_ip: str) -> bool:
-        """Loopback, or inside ``auth.trusted_networks``."""
+        """Loopback, or inside ``auth.trusted_networks`` (remembered per address)."""
+        trusted = self._trusted.get(peer_ip)
+        if trusted is None:
+            if len(self._trusted) > 4096:
+                self._trusted.clear()
+            trusted = self._trusted[peer_ip] = self._is_trusted(peer_ip)
+        return trusted
+
+    def _is_trusted(self, peer_ip: str) -> bool:
         try:
             address = ipaddress.ip_address(peer_ip)
         except ValueError:

@@ -5,21 +5,24 @@ that a password can drive (SCRAM-SHA-256, then PLAIN, then LOGIN; see ``postoffi
 and falls back to USER/PASS. ``scram-sha-256-plus`` binds SCRAM to the server's certificate
 and APOP (MD5 of the greeting's timestamp and the password, RFC 1939 §7) are used only when
 asked for. For ``oauthbearer`` and ``xoauth2`` the ``password_command`` prints the access
-token. Secrets stay in ``Secret`` and are never logged. The SASL mechanisms themselves are
-the pure machines of ``postoffice.sasl``; this module only carries their data over POP3
-(RFC 5034).
+token. With ``password_keyring = "SERVICE"`` the password (or token) comes from the system
+keyring instead, through the optional ``keyring`` package (imported only then): the entry
+stored for (SERVICE, ``user``), as ``keyring set SERVICE USER`` stores it. Secrets stay in
+``Secret`` and are never logged. The SASL mechanisms themselves are the pure machines of
+``postoffice.sasl``; this module only carries their data over POP3 (RFC 5034).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib
 
 from cryptography import x509
 
 from postoffice.errors import RemoteProtocolError
 from postoffice.fetch.config import Account, AuthMethod
-from postoffice.fetch.errors import LoginError, PasswordCommandError
+from postoffice.fetch.errors import KeyringError, LoginError, PasswordCommandError
 from postoffice.fetch.transport import Pop3Client
 from postoffice.proto.client_events import Continuation, Greeting, Reply, Request, SaslResponse
 from postoffice.proto.listings import Capabilities
@@ -42,8 +45,45 @@ _TOKEN_METHODS = frozenset({AuthMethod.OAUTHBEARER, AuthMethod.XOAUTH2})
 _PASSWORD_SASL = frozenset({"SCRAM-SHA-256", "PLAIN", "LOGIN"})
 
 
+def _keyring_lookup(service: str, user: str) -> str:
+    """``keyring.get_password(service, user)``, blocking (a backend may ask to unlock)."""
+    try:
+        keyring = importlib.import_module("keyring")
+    except ImportError as error:
+        raise KeyringError(
+            'password_keyring needs the Python package "keyring": pip install keyring'
+        ) from error
+    where = f"service {service!r}, user {user!r}"
+    try:
+        password = keyring.get_password(service, user)
+    except Exception as error:  # backends raise their own (D-Bus, KWallet, ...) errors
+        raise KeyringError(
+            f"the system keyring cannot be read for {where}: {type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(password, str) or not password:
+        raise KeyringError(
+            f"the system keyring has no password for {where} (store it with: keyring set "
+            f"{service} {user})"
+        )
+    return password
+
+
 async def read_password(account: Account) -> Secret:
-    """The first line ``password_command`` prints, run by the shell in the config folder."""
+    """The password from the system keyring (``password_keyring``), or the first line
+    ``password_command`` prints, run by the shell in the config folder."""
+    if account.password_keyring is not None:
+        try:
+            async with asyncio.timeout(PASSWORD_COMMAND_TIMEOUT):
+                password = await asyncio.to_thread(
+                    _keyring_lookup, account.password_keyring, account.user
+                )
+        except TimeoutError as error:
+            raise KeyringError(
+                f"the system keyring did not answer within {PASSWORD_COMMAND_TIMEOUT:.0f}s "
+                f"(is it locked, waiting for a prompt?)"
+            ) from error
+        return Secret(password)
+    assert account.password_command is not None
     try:
         process = await asyncio.create_subprocess_shell(
             account.password_command,

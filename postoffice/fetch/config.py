@@ -11,6 +11,8 @@ when inherited). The keys::
     ca_file | fingerprint CA bundle, or "sha256:<hex>" certificate pin; default system store
     insecure              allow tls = "none" (and smtp) beyond loopback
     user, password_command  the password (or OAuth token) is its first line of output
+    password_keyring      instead: the system keyring's service name; the password stored
+                          there for (service, user) is used (needs the keyring package)
     auth                  "auto" | "user" | "apop" | "plain" | "login" | "scram-sha-256"
                           | "scram-sha-256-plus" | "oauthbearer" | "xoauth2"
     mode                  "keep" (default) | "delete"
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import enum
 import getpass
+import importlib.util
 import ipaddress
 import os
 import re
@@ -97,7 +100,10 @@ class Account:
     """Lower-case hex SHA-256 of the server's certificate (DER), when pinned."""
     insecure: bool
     user: str
-    password_command: str
+    password_command: str | None
+    """Prints the password (or OAuth token) on its first line; None with password_keyring."""
+    password_keyring: str | None = None
+    """The service name under which the system keyring holds the password of ``user``."""
     auth: AuthMethod
     mode: Mode
     maildir: Path
@@ -145,6 +151,7 @@ MINIMUM_EVERY = 10.0  # polling faster than this only burdens the server
 _ACCOUNT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _FINGERPRINT = re.compile(r"sha256:((?:[0-9a-fA-F]{2}:?){31}[0-9a-fA-F]{2})")
 _DESTINATIONS = ("maildir", "mbox", "mda", "lmtp", "smtp")
+_PASSWORD_SOURCES = ("password_command", "password_keyring")
 _KEYS = frozenset(
     {
         "host",
@@ -155,6 +162,7 @@ _KEYS = frozenset(
         "insecure",
         "user",
         "password_command",
+        "password_keyring",
         "auth",
         "mode",
         "maildir",
@@ -298,6 +306,33 @@ def _destination_key(settings: _Settings) -> str | None:
     return None
 
 
+def _password_source(settings: _Settings) -> tuple[str | None, str | None]:
+    """(password_command, password_keyring): exactly one of them, the account's own choice
+    winning over ``[defaults]``."""
+    for chosen in (
+        [key for key in _PASSWORD_SOURCES if settings.own(key)],
+        [key for key in _PASSWORD_SOURCES if settings.has(key)],
+    ):
+        if len(chosen) > 1:
+            keys = ", ".join(settings.key(key) for key in chosen)
+            raise ConfigError(f"{keys}: give either password_command or password_keyring")
+        if chosen == ["password_command"]:
+            return settings.string("password_command"), None
+        if chosen == ["password_keyring"]:
+            service = settings.string("password_keyring")
+            if importlib.util.find_spec("keyring") is None:
+                raise ConfigError(
+                    f"{settings.key('password_keyring')}: the system keyring needs the Python "
+                    f'package "keyring", which is not installed: pip install keyring (or '
+                    f'pip install "postoffice[keyring]")'
+                )
+            return None, service
+    raise ConfigError(
+        f'{settings.key("password_command")}: required (or password_keyring = "SERVICE" '
+        f"to take the password from the system keyring)"
+    )
+
+
 def _account(name: str, settings: _Settings, base: Path) -> Account:
     destination = _destination_key(settings)
     tls = settings.choice("tls", TlsMode, TlsMode.IMPLICIT)
@@ -327,6 +362,7 @@ def _account(name: str, settings: _Settings, base: Path) -> Account:
     if ca_file is not None and not ca_file.is_file():
         raise ConfigError(f"{settings.key('ca_file')}: {ca_file} is not a readable file")
     auth = settings.choice("auth", AuthMethod, AuthMethod.AUTO)
+    password_command, password_keyring = _password_source(settings)
     days = settings.raw("delete_after_days")
     delete_after_days = None
     if days is not None:
@@ -369,7 +405,8 @@ def _account(name: str, settings: _Settings, base: Path) -> Account:
         fingerprint=fingerprint,
         insecure=insecure,
         user=settings.string("user"),
-        password_command=settings.string("password_command"),
+        password_command=password_command,
+        password_keyring=password_keyring,
         auth=auth,
         mode=settings.choice("mode", Mode, Mode.KEEP),
         maildir=maildir,

@@ -10,6 +10,7 @@
         ├── LoginError                          the server refused our credentials
         ├── ServerRefusedError                  ``-ERR`` where the session needs ``+OK``
         ├── PasswordCommandError                ``password_command`` failed
+        ├── KeyringError                        no password in the system keyring
         ├── DeliveryFailedError                 the local destination refused a message
         └── AccountLockedError                  another fetcher runs this account now
 
@@ -48,6 +49,10 @@ class ServerRefusedError(FetchError):
 
 class PasswordCommandError(FetchError):
     """``password_command`` exited non-zero or printed nothing."""
+
+
+class KeyringError(FetchError):
+    """``password_keyring``: the system keyring has no such password or cannot be read."""
 
 
 class DeliveryFailedError(FetchError):

@@ -247,23 +247,27 @@ class Corpus:
         maildir = self.maildir("keep")
         for sub in ("new", "cur"):
             for name in os.listdir(maildir / sub):
-                if ".bench-new," in name:
+                if ".bench-new" in name:
                     os.unlink(maildir / sub / name)
 
     def add_keep_new(self, run: int) -> None:
-        """Deliver ``keep_new`` new messages (about 5 KB) into ``keep``'s ``new/``."""
+        """Deliver ``keep_new`` new messages (about 5 KB) into ``keep``'s ``new/``.
+
+        The names are new every time (a clock in the tag): Dovecot warns when a name it saw
+        expunged comes back."""
         writer = _Writer(self.maildir("keep"), self.uid, self.gid)
         messages = Messages(seed=1000 + run)
+        tag = f"bench-new{time.time_ns():x}"
         for k in range(self.spec.keep_new):
             number = 50_000_000 + run * 1000 + k
-            writer.write(number, messages.text("keep", number, 5000), seen=False, tag="bench-new")
+            writer.write(number, messages.text("keep", number, 5000), seen=False, tag=tag)
 
     def check(self) -> bool:
         """Cheap test that a reused corpus still holds what it was built with."""
         try:
             counts = {
                 user: sum(
-                    ".bench-new," not in name for name in os.listdir(self.maildir(user) / "cur")
+                    ".bench-new" not in name for name in os.listdir(self.maildir(user) / "cur")
                 )
                 for user in ("bulk", "huge", "keep")
             }

@@ -106,7 +106,11 @@ class Authorizer:
         except PostofficeError as error:
             self.log.error("no maildrop for %r: %s", record.name, error)
             return LoginFailure.PERMANENT
-        maildrop = MaildirMaildrop(path, flag_updates=not config.mail.no_flag_updates)
+        maildrop = MaildirMaildrop(
+            path,
+            flag_updates=not config.mail.no_flag_updates,
+            uidl_format=config.mail.uidl_format,
+        )
         try:
             messages = await asyncio.to_thread(_lock_and_list, maildrop, config)
         except MaildropInUseError:

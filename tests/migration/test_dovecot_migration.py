@@ -27,8 +27,6 @@ from pathlib import Path
 import pytest
 
 from postoffice.delivery.maildir import deliver_to_maildir
-from postoffice.server import login
-from postoffice.storage.maildir import MaildirMaildrop
 from tests.conftest import ServerHarness, require_tool
 from tests.fetch.test_dovecot import Dovecot
 
@@ -183,16 +181,9 @@ class Mpop:
         return sum(len(os.listdir(self.maildir / sub)) for sub in ("new", "cur"))
 
 
-class ConfiguredMaildrop(MaildirMaildrop):
-    """What server/login.py builds once it passes ``mail.uidl_format`` (see the xfail)."""
-
-    def __init__(self, path: Path, **options: object) -> None:
-        super().__init__(path, uidl_format="dovecot", **options)  # type: ignore[arg-type]
-
-
 @pytest.fixture
 def migrated(
-    dovecot: Dovecot, harness: ServerHarness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    dovecot: Dovecot, harness: ServerHarness, tmp_path: Path
 ) -> Iterator[tuple[DovecotMail, ServerHarness, dict[str, Listing], Mpop]]:
     """Mail in Dovecot, its listings, mpop's first run, and postoffice on the same Maildirs."""
     for tool in (DOVEADM, LDA):
@@ -204,7 +195,6 @@ def migrated(
     mpop = Mpop(tmp_path / "mpop")
     first = mpop.run(dovecot.pop3)
     assert first.returncode == 0, first.stdout + first.stderr
-    monkeypatch.setattr(login, "MaildirMaildrop", ConfiguredMaildrop)
     for user, password in USERS.items():
         harness.add_user(user, password)
     harness.start(
@@ -284,11 +274,6 @@ def test_migrate_check_agrees(
     assert 'mail.uidl_format is "postoffice", not "dovecot"' in changed.stdout
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="server/login.py builds MaildirMaildrop(path, flag_updates=...) without "
-    "uidl_format=config.mail.uidl_format (a one-line change outside this module's files)",
-)
 def test_server_honours_uidl_format_by_itself(dovecot: Dovecot, harness: ServerHarness) -> None:
     """Without the test's help the server serves Dovecot's UIDLs under uidl_format dovecot."""
     mail = DovecotMail(dovecot)

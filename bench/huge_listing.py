@@ -40,6 +40,7 @@ def start_server(root: Path) -> tuple[subprocess.Popen[bytes], int]:
     config = root / "postoffice.toml"
     config.write_text(
         'data_dir = "var"\n[pop3]\nlisten = ["127.0.0.1:0"]\n[pop3s]\nlisten = []\n'
+        "[lmtp]\nlisten = []\n"
         "[limits]\nshutdown_timeout = 1\n"
     )
     log = root / "server.log"

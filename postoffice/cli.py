@@ -111,13 +111,27 @@ def check_config(config_path: Path | None) -> None:
     click.echo(f"configuration: {config.source or 'embedded default'}")
     click.echo(f"data_dir: {config.data_dir}")
     for address in config.pop3.listen:
-        click.echo(f"POP3 listener: {address}")
+        click.echo(f"POP3 listener: {address}" + (" (STLS)" if config.pop3.stls else ""))
+    for address in config.pop3s.listen:
+        click.echo(f"POP3S listener: {address}")
+    for lmtp_address in config.lmtp.listen:
+        click.echo(f"LMTP listener: {lmtp_address}")
+    tls = config.pop3s.tls
+    if config.pop3s.listen or config.pop3.stls:
+        origin = "self-signed, made on first start" if tls.self_signed else "configured"
+        click.echo(f"certificate: {tls.certificate} ({origin}), TLS {tls.min_version}+")
+    click.echo(
+        f"plaintext logins before TLS: {config.auth.plaintext}; "
+        f"SASL: {' '.join(config.auth.mechanisms) or 'none'}"
+    )
+    workers = config.process.workers or os.cpu_count() or 1
+    click.echo(f"worker processes: {workers}")
     click.echo(f"users: {config.auth.passwd_file}")
     if config.auth.passwd_file.exists():
         click.echo(f"  {len(passwd_file.list_users(config.auth.passwd_file))} users")
     else:
         click.echo("  (file does not exist yet)")
-    click.echo(f"maildir: {config.mail.maildir}")
+    click.echo(f"maildir: {config.mail.maildir} (UIDLs: {config.mail.uidl_format})")
     click.echo(f"APOP: {'on' if config.pop3.apop else 'off'}")
     click.echo(f"EXPIRE: {config.pop3.expire}")
     if config.pop3.login_delay:

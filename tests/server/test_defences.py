@@ -831,7 +831,7 @@ def test_root_binds_a_low_port_then_runs_as_nobody_before_any_client(tmp_path: P
     config = tmp_path / "postoffice.toml"
     config.write_text(
         f'data_dir = "var"\n[pop3]\nlisten = ["127.0.0.1:{port}"]\n'
-        "[pop3s]\nlisten = []\n[auth]\nfailure_delay = 0\n"
+        "[pop3s]\nlisten = []\n[lmtp]\nlisten = []\n[auth]\nfailure_delay = 0\n"
         f'[process]\nuser = "nobody"\ngroup = "{group}"\n'
     )
     (tmp_path / "var").mkdir()

@@ -29,6 +29,7 @@ class ServerProcess:
             'data_dir = "var"\n[pop3]\nlisten = ["127.0.0.1:0"]\n'
             "[auth]\nfailure_delay = 0\n[limits]\nshutdown_timeout = 1\n"
             + (extra if "[pop3s]" in extra else "[pop3s]\nlisten = []\n" + extra)
+            + "[lmtp]\nlisten = []\n"
         )
         (root / "var").mkdir(exist_ok=True)
         self.log = root / "server.log"

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from postoffice.durable import fsync_directory
 from postoffice.errors import TemporaryDeliveryError
 from postoffice.storage.maildir import ensure_maildir
 from postoffice.storage.wire import WireSizeCounter
@@ -97,11 +98,7 @@ def deliver_to_maildir(maildir: Path, message: bytes | BinaryIO) -> str:
         final_path = maildir / "new" / name
         os.rename(tmp_path, final_path)
         tmp_path = None
-        dir_fd = os.open(maildir / "new", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_directory(maildir / "new")
     except BaseException as exc:
         # Not known to be durable: take it back so that a retry cannot duplicate it.
         for leftover in (tmp_path, final_path):

@@ -29,6 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
+from postoffice.durable import fsync_directory
 from postoffice.storage.maildir import ensure_maildir
 from postoffice.storage.wire import WireSizeCounter
 
@@ -82,14 +83,6 @@ def message_key(account: str, uidl: str) -> str:
     return f"{digest}.{account}{_SUFFIX}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _key_of(name: str) -> str:
     # "KEY,S=..,W=..:2,S" -> "KEY": drop the info part and the size tags.
     return name.partition(":")[0].partition(",")[0]
@@ -111,7 +104,7 @@ class MaildirDestination:
             if name.endswith(f".{self.account}{_SUFFIX}"):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp / name)
-        _fsync_dir(self.path)
+        fsync_directory(self.path)
 
     def find_delivered(self, uidls: Iterable[str]) -> dict[str, str]:
         present: dict[str, str] = {}
@@ -129,7 +122,7 @@ class MaildirDestination:
         return _MaildirMessage(self.path, message_key(self.account, uidl))
 
     def sync(self) -> None:
-        _fsync_dir(self.path / "new")
+        fsync_directory(self.path / "new")
 
 
 class _MaildirMessage:

@@ -13,12 +13,13 @@ they are forgotten, so a server that briefly hides messages does not cause re-do
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from postoffice.durable import fsync_directory
 
 if TYPE_CHECKING:
     from postoffice.fetch.fingerprint import Fingerprint
@@ -75,14 +76,6 @@ def journal_path(state_dir: Path, account: str) -> Path:
     return state_dir / f"{account}.journal.sqlite3"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Journal:
     """The UIDL journal of one account. Not thread-safe: use from one task at a time."""
 
@@ -102,7 +95,7 @@ class Journal:
             if column not in columns:  # a journal written before fingerprints existed
                 self._db.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
         if created:
-            _fsync_dir(path.parent)  # the new file's name must survive a crash too
+            fsync_directory(path.parent)  # the new file's name must survive a crash too
 
     def close(self) -> None:
         self._db.close()

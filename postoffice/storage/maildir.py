@@ -51,6 +51,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from postoffice.durable import fsync_directory
 from postoffice.errors import MaildropInUseError, MessageVanishedError, StorageError
 from postoffice.storage.base import CommitResult, StoredMessage
 from postoffice.storage.maildir_index import (
@@ -80,14 +81,6 @@ def ensure_maildir(path: Path) -> None:
     for sub in (CUR, NEW, TMP):
         with contextlib.suppress(FileExistsError):
             os.mkdir(path / sub, mode=0o700)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _Relocator:
@@ -341,7 +334,7 @@ class MaildirMaildrop:
             return CommitResult(removed=0, not_removed=0, remaining=len(self._snapshot))
         for sub in (NEW, CUR):
             try:
-                _fsync_dir(self._path / sub)
+                fsync_directory(self._path / sub)
             except OSError as exc:
                 logger.error("cannot fsync %s: %s", self._path / sub, exc)
         # Same order as before; our own changes moved the directory mtimes, so the next

@@ -279,6 +279,19 @@ class _Table:
             raise ConfigError(f"{names}: unknown key")
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's contents; ConfigError saying what is wrong with the file."""
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError as error:
+        raise ConfigError(f"{path}: {what} not found") from error
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from error
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from error
+
+
 def load_config(
     path: Path | None = None, *, data: Mapping[str, Any] | None = None, base: Path | None = None
 ) -> Config:
@@ -289,15 +302,7 @@ def load_config(
     """
     base = base or Path.cwd()
     if path is not None:
-        try:
-            with open(path, "rb") as file:
-                data = tomllib.load(file)
-        except FileNotFoundError as error:
-            raise ConfigError(f"{path}: configuration file not found") from error
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: not valid TOML: {error}") from error
-        except OSError as error:
-            raise ConfigError(f"{path}: cannot read: {error.strerror}") from error
+        data = read_toml(path, "configuration file")
         base = path.resolve().parent
     root = _Table(data or {}, "")
 

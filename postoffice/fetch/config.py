@@ -35,13 +35,12 @@ import importlib.util
 import ipaddress
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from postoffice.config import parse_duration, parse_size
+from postoffice.config import parse_duration, parse_size, read_toml
 from postoffice.errors import ConfigError
 
 __all__ = [
@@ -458,13 +457,4 @@ def parse_fetch_config(data: Mapping[str, Any], path: Path) -> FetchConfig:
 
 def load_fetch_config(path: Path) -> FetchConfig:
     """Read and validate the account file at ``path``."""
-    try:
-        with open(path, "rb") as file:
-            data = tomllib.load(file)
-    except FileNotFoundError as error:
-        raise ConfigError(f"{path}: account file not found") from error
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from error
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from error
-    return parse_fetch_config(data, path)
+    return parse_fetch_config(read_toml(path, "account file"), path)

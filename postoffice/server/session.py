@@ -392,33 +392,38 @@ class Pop3Session(asyncio.Protocol):
         assert maildrop is not None
         message = request.message
         try:
-            file = await asyncio.to_thread(maildrop.open, message)
+            # One trip to a thread opens the file and reads the first chunk, which for
+            # most messages is the whole of it.
+            file, first = await asyncio.to_thread(_open_and_read, maildrop, message)
         except (OSError, StorageError) as error:
             self.log.warning("cannot read %s: %s", message.key, error)
             self.connection.message_unavailable()
             return
         with file:
             self.connection.message_follows()
-            await self._stream(file, request, message)
+            await self._stream(file, first, request, message)
         self.connection.message_sent()
 
     async def _stream(
-        self, file: BinaryIO, request: MessageRequest[StoredMessage], message: StoredMessage
+        self,
+        file: BinaryIO,
+        chunk: bytes,
+        request: MessageRequest[StoredMessage],
+        message: StoredMessage,
     ) -> None:
         encoder = MessageEncoder()
         top = TopFilter(request.body_lines) if request.body_lines is not None else None
         self._send(self.connection.data_to_send())
-        while True:
-            chunk = await asyncio.to_thread(file.read, READ_CHUNK)
-            if not chunk:
-                break
+        while chunk:
+            complete = len(chunk) < READ_CHUNK  # a short read: the end of the file
             if top is not None:
                 chunk = top.feed(chunk)
             self._send(encoder.encode(chunk))
             if not self._can_write.is_set():
                 await self._drain()
-            if top is not None and top.done:
+            if complete or (top is not None and top.done):
                 break
+            chunk = await asyncio.to_thread(file.read, READ_CHUNK)
         self._send(encoder.finish())
         if top is None and encoder.octets != message.size:
             self.log.warning(
@@ -516,3 +521,12 @@ class Pop3Session(asyncio.Protocol):
             time.monotonic() - self._started,
         )
         self.context.sessions.discard(self)  # last: watchers see the end line first
+
+
+def _open_and_read(maildrop: Maildrop, message: StoredMessage) -> tuple[BinaryIO, bytes]:
+    file = maildrop.open(message)
+    try:
+        return file, file.read(READ_CHUNK)
+    except BaseException:
+        file.close()
+        raise

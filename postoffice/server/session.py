@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 MAX_UNPARSED = 65536
 READ_CHUNK = 256 * 1024
+INLINE_READ_OCTETS = 128 * 1024
 
 
 class SessionLog(logging.LoggerAdapter[logging.Logger]):
@@ -392,9 +393,12 @@ class Pop3Session(asyncio.Protocol):
         assert maildrop is not None
         message = request.message
         try:
-            # One trip to a thread opens the file and reads the first chunk, which for
-            # most messages is the whole of it.
-            file, first = await asyncio.to_thread(_open_and_read, maildrop, message)
+            if message.size <= INLINE_READ_OCTETS:
+                # A small file is one short read, cheaper than a trip to a thread.
+                file, first = _open_and_read(maildrop, message)
+            else:
+                # One trip opens the file and reads the first chunk.
+                file, first = await asyncio.to_thread(_open_and_read, maildrop, message)
         except (OSError, StorageError) as error:
             self.log.warning("cannot read %s: %s", message.key, error)
             self.connection.message_unavailable()

@@ -122,7 +122,9 @@ class MessageEncoder:
             self._pending_cr = True
         if not chunk:
             return b""
-        if b"\n" in chunk:
+        if b"\r" not in chunk:
+            chunk = chunk.replace(b"\n", b"\r\n")  # stored with bare LF: one pass
+        elif b"\n" in chunk:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         self.octets += len(chunk)
         if self._at_line_start and chunk[:1] == b".":

@@ -417,18 +417,25 @@ class Pop3Session(asyncio.Protocol):
     ) -> None:
         encoder = MessageEncoder()
         top = TopFilter(request.body_lines) if request.body_lines is not None else None
-        self._send(self.connection.data_to_send())
+        pending = self.connection.data_to_send()  # the +OK line goes out with the first chunk
         while chunk:
             complete = len(chunk) < READ_CHUNK  # a short read: the end of the file
             if top is not None:
                 chunk = top.feed(chunk)
-            self._send(encoder.encode(chunk))
+            if complete or (top is not None and top.done):
+                # The whole reply in one write: one system call per message.
+                self._send(pending + encoder.encode(chunk) + encoder.finish())
+                pending = b""
+                break
+            self._send(pending + encoder.encode(chunk))
+            pending = b""
             if not self._can_write.is_set():
                 await self._drain()
-            if complete or (top is not None and top.done):
-                break
             chunk = await asyncio.to_thread(file.read, READ_CHUNK)
-        self._send(encoder.finish())
+        else:
+            self._send(pending + encoder.finish())
+        if not self._can_write.is_set():
+            await self._drain()  # pipelined RETRs must not pile replies up unread
         if top is None and encoder.octets != message.size:
             self.log.warning(
                 "size of %s was %d, sent %d octets; corrected",

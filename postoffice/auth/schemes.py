@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import secrets
@@ -407,4 +408,15 @@ def hash_password(
 
 
 # Verified for unknown users so that a login costs the same whether the name exists or not.
-DUMMY_HASH: str = hash_password(Secret(secrets.token_urlsafe(32)))
+@functools.cache
+def dummy_hash() -> str:
+    """A default-cost ARGON2ID hash of a random password, made on first use (it costs a
+    quarter of a second, which a command like ``postoffice fetch`` should not pay)."""
+    return hash_password(Secret(secrets.token_urlsafe(32)))
+
+
+def __getattr__(name: str) -> str:
+    # DUMMY_HASH is made on first access, not at import.
+    if name == "DUMMY_HASH":
+        return dummy_hash()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

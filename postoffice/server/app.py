@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from postoffice.auth.authenticator import Authenticator
 from postoffice.auth.passwd_file import PasswdFile
+from postoffice.auth.schemes import dummy_hash
 from postoffice.auth.throttle import FailureThrottle
 from postoffice.config import Config, ListenAddress
 from postoffice.delivery import lmtp
@@ -77,6 +78,8 @@ class Pop3Server:
 
     async def start(self) -> None:
         """Bind and start every listener; ``addresses`` then holds the bound pairs."""
+        # Made before the first login, so the first unknown user costs what later ones do.
+        await asyncio.to_thread(dummy_hash)
         if self.bound is not None:
             for sock, implicit_tls in self.bound:
                 await self._listen(None, implicit_tls=implicit_tls, sock=sock)

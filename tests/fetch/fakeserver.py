@@ -49,19 +49,9 @@ from postoffice.sasl.framing import (
 from postoffice.sasl.mechanism import ServerOptions
 from postoffice.sasl.registry import server_mechanism
 from postoffice.sasl.scram import make_credentials
+from tests.proto.driver import Message
 
-
-@dataclass(frozen=True, slots=True)
-class FakeMessage:
-    uid: str
-    data: bytes
-
-    @property
-    def size(self) -> int:
-        encoder = MessageEncoder()
-        encoder.encode(self.data)
-        encoder.finish()
-        return encoder.octets
+FakeMessage = Message  # a message of the fake server: uid, data, exact size
 
 
 @dataclass

@@ -64,6 +64,7 @@ from postoffice.proto.framing import MessageEncoder, TopFilter
 from postoffice.proto.replies import MAX_REPLY_OCTETS
 from postoffice.proto.server import LoginFailure, ServerConnection, ServerSettings
 from postoffice.proto.states import Pending, State
+from tests.proto.driver import Message
 
 FLOOD_MARGIN = 60000
 """Streams with a run this long without LF are exempt from the lockstep/pipelined
@@ -84,19 +85,6 @@ _CHALLENGE = re.compile(rb"\+ [A-Za-z0-9+/]*={0,2}")
 
 class InvariantError(AssertionError):
     """A session broke one of the invariants in the module docstring."""
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    uid: str
-    data: bytes
-
-    @property
-    def size(self) -> int:
-        encoder = MessageEncoder()
-        encoder.encode(self.data)
-        encoder.finish()
-        return encoder.octets
 
 
 @dataclass(frozen=True)

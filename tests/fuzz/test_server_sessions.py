@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 
 from postoffice.proto.server import ServerSettings
-from tests.fuzz.sessions import InvariantError, Message, Session, check_session, sessions
+from tests.fuzz.sessions import InvariantError, Session, check_session, sessions
+from tests.proto.driver import Message
 
 EXAMPLES = int(os.environ.get("POSTOFFICE_FUZZ_EXAMPLES", "100"))
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -70,7 +69,8 @@ def _user_or(name: str, fallback: str) -> str:
     return name
 
 
-class DovecotServer:
+class DovecotServer(procs.ManagedServer):
+    log_name = "dovecot.log"
     """One private Dovecot instance serving ``corpus`` on ``127.0.0.1:port``."""
 
     def __init__(self, corpus: Corpus, *, mode: str = "default", max_sessions: int = 5000) -> None:
@@ -79,9 +79,7 @@ class DovecotServer:
         self.corpus = corpus
         self.mode = mode
         self.max_sessions = max_sessions
-        self.port = 0
-        self.root: Path | None = None
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__()
 
     @property
     def name(self) -> str:
@@ -145,61 +143,12 @@ service pop3 {{
         self.port = procs.free_port()
         config = root / "dovecot.conf"
         config.write_text(self.config_text(root))
-        stderr = root / "stderr.log"
-        with open(stderr, "wb") as err:
-            self.process = subprocess.Popen(
-                [str(DOVECOT), "-F", "-c", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-                preexec_fn=procs.raise_nofile,  # no threads here: safe
-            )
-        try:
-            procs.wait_for_greeting(self.port, self.process, stderr, "dovecot")
-        except BaseException:
-            self.stop()
-            raise
-
-    def pids(self) -> list[int]:
-        return procs.session_pids(self.process.pid) if self.process else []
-
-    def cpu_seconds(self) -> float:
-        if self.process is None:
-            return 0.0
-        return procs.cpu_seconds(self.process.pid, self.pids())
-
-    def log_tail(self, lines: int = 20) -> str:
-        if self.root is None:
-            return ""
-        text = ""
-        for name in ("dovecot.log", "stderr.log"):
-            path = self.root / name
-            if path.exists():
-                text += "".join(path.read_text(errors="replace").splitlines(True)[-lines:])
-        return text
+        self.launch([str(DOVECOT), "-F", "-c", str(config)], "dovecot")
 
     def warnings(self) -> list[str]:
         """Warnings and errors Dovecot logged (a refused or insufficient setting shows here)."""
-        if self.root is None or not (self.root / "dovecot.log").exists():
-            return []
-        text = (self.root / "dovecot.log").read_text(errors="replace")
+        text = self.log_text()
         return [line for line in text.splitlines() if "Warning:" in line or "Error:" in line]
-
-    def stop(self, *, keep: bool = False) -> None:
-        if self.process is not None:
-            procs.stop_session(self.process)
-            self.process = None
-        if self.root is not None and not keep:
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
-
-    def __enter__(self) -> DovecotServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 if __name__ == "__main__":

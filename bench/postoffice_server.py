@@ -13,8 +13,6 @@ it is stopped by PID, and anything left of its session is killed by PID.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -97,10 +95,11 @@ def _accepted(table: dict[str, Any], root: Path) -> bool:
     return True
 
 
-class PostofficeServer:
+class PostofficeServer(procs.ManagedServer):
     """``postoffice serve --config`` serving ``corpus`` on ``127.0.0.1:port``."""
 
     name = "postoffice"
+    log_name = "postoffice.log"
 
     def __init__(
         self, corpus: Corpus, *, max_sessions: int = 5000, extra: dict[str, Any] | None = None
@@ -108,9 +107,7 @@ class PostofficeServer:
         self.corpus = corpus
         self.max_sessions = max_sessions
         self.extra = extra or {}
-        self.port = 0
-        self.root: Path | None = None
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__()
 
     def config(self, root: Path) -> dict[str, Any]:
         connections = self.max_sessions + 1000
@@ -141,61 +138,12 @@ class PostofficeServer:
         self.port = procs.free_port()
         config = root / "postoffice.toml"
         config.write_text(to_toml(self.config(root)))
-        stderr = root / "stderr.log"
-        with open(stderr, "wb") as err:
-            self.process = subprocess.Popen(
-                [str(POSTOFFICE), "serve", "--config", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-                preexec_fn=procs.raise_nofile,  # no threads here: safe
-            )
-        try:
-            procs.wait_for_greeting(self.port, self.process, stderr, "postoffice")
-        except BaseException:
-            self.stop()
-            raise
-
-    def pids(self) -> list[int]:
-        return procs.session_pids(self.process.pid) if self.process else []
-
-    def cpu_seconds(self) -> float:
-        if self.process is None:
-            return 0.0
-        return procs.cpu_seconds(self.process.pid, self.pids())
-
-    def log_tail(self, lines: int = 20) -> str:
-        if self.root is None:
-            return ""
-        text = ""
-        for name in ("postoffice.log", "stderr.log"):
-            path = self.root / name
-            if path.exists():
-                text += "".join(path.read_text(errors="replace").splitlines(True)[-lines:])
-        return text
+        self.launch([str(POSTOFFICE), "serve", "--config", str(config)], "postoffice")
 
     def warnings(self) -> list[str]:
-        if self.root is None or not (self.root / "postoffice.log").exists():
-            return []
-        text = (self.root / "postoffice.log").read_text(errors="replace")
+        text = self.log_text()
         return [
             line
             for line in text.splitlines()
             if (" WARNING " in line or " ERROR " in line) and "PLAIN" not in line
         ]
-
-    def stop(self, *, keep: bool = False) -> None:
-        if self.process is not None:
-            procs.stop_session(self.process)
-            self.process = None
-        if self.root is not None and not keep:
-            shutil.rmtree(self.root, ignore_errors=True)
-            self.root = None
-
-    def __enter__(self) -> PostofficeServer:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import ClassVar, Self
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -136,3 +138,78 @@ def raise_nofile() -> None:
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class ManagedServer:
+    """A benchmarked server: its own process session, its files in ``root``.
+
+    Subclasses make ``root``, ``port`` and their configuration, then call ``launch``.
+    """
+
+    log_name: ClassVar[str] = ""
+    """The server's own log file in ``root`` (besides ``stderr.log``)."""
+
+    def __init__(self) -> None:
+        self.root: Path | None = None
+        self.port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def launch(self, command: list[str], label: str) -> None:
+        """Start ``command`` and wait for its POP3 greeting on ``port``."""
+        assert self.root is not None
+        stderr = self.root / "stderr.log"
+        with open(stderr, "wb") as err:
+            self.process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=raise_nofile,  # no threads here: safe
+            )
+        try:
+            wait_for_greeting(self.port, self.process, stderr, label)
+        except BaseException:
+            self.stop()
+            raise
+
+    def pids(self) -> list[int]:
+        return session_pids(self.process.pid) if self.process else []
+
+    def cpu_seconds(self) -> float:
+        if self.process is None:
+            return 0.0
+        return cpu_seconds(self.process.pid, self.pids())
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self.root is None:
+            return ""
+        text = ""
+        for name in (self.log_name, "stderr.log"):
+            path = self.root / name
+            if path.exists():
+                text += "".join(path.read_text(errors="replace").splitlines(True)[-lines:])
+        return text
+
+    def log_text(self) -> str:
+        if self.root is None or not (self.root / self.log_name).exists():
+            return ""
+        return (self.root / self.log_name).read_text(errors="replace")
+
+    def stop(self, *, keep: bool = False) -> None:
+        if self.process is not None:
+            stop_session(self.process)
+            self.process = None
+        if self.root is not None and not keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+            self.root = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -383,7 +383,7 @@ class Pop3Session(asyncio.Protocol):
         self._user_admitted = True
         self.user = outcome.name
         self.maildrop = opened.maildrop
-        self.log.info("login %r, %d messages", outcome.name, len(opened.messages))
+        self.log.debug("login %r, %d messages", outcome.name, len(opened.messages))
         connection.login_accepted(opened.messages, username=outcome.name)
 
     # -- messages and UPDATE -----------------------------------------------------------
@@ -451,9 +451,12 @@ class Pop3Session(asyncio.Protocol):
         maildrop = self.maildrop
         assert maildrop is not None
         try:
-            result = await asyncio.to_thread(
-                maildrop.commit, deleted=request.deleted, retrieved=request.retrieved
-            )
+            if request.deleted or request.retrieved:
+                result = await asyncio.to_thread(
+                    maildrop.commit, deleted=request.deleted, retrieved=request.retrieved
+                )
+            else:  # nothing to remove or flag: no filesystem work, no trip to a thread
+                result = maildrop.commit(deleted=(), retrieved=())
         except (OSError, StorageError) as error:
             self.log.error("UPDATE failed: %s", error)
             self.connection.update_done(removed_all=False, remaining=-1)

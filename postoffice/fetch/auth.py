@@ -18,8 +18,6 @@ import asyncio
 import hashlib
 import importlib
 
-from cryptography import x509
-
 from postoffice.errors import RemoteProtocolError
 from postoffice.fetch.config import Account, AuthMethod
 from postoffice.fetch.errors import KeyringError, LoginError, PasswordCommandError
@@ -116,6 +114,8 @@ def _channel_binding(client: Pop3Client) -> ChannelBinding:
     der = client.peer_certificate()
     if der is None:
         raise LoginError('auth = "scram-sha-256-plus" needs TLS (tls = "implicit" or "starttls")')
+    from cryptography import x509  # only here: it costs 0.1 s to import
+
     algorithm = x509.load_der_x509_certificate(der).signature_hash_algorithm
     try:
         return tls_server_end_point(der, algorithm.name if algorithm else None)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from postoffice.errors import StorageError
+from postoffice.storage.legacy_file import read_state_file
 
 __all__ = ["SIZELIST_NAME", "CourierSizelist", "parse_sizelist", "read_sizelist"]
 
@@ -37,17 +37,7 @@ class CourierSizelist:
 def read_sizelist(maildir: Path) -> CourierSizelist | None:
     """The maildir's ``courierpop3dsizelist``; None if there is none (``StorageError`` if
     it cannot be read or its header is not one Courier writes)."""
-    path = maildir / SIZELIST_NAME
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StorageError(f"cannot read {path}: {exc}") from exc
-    try:
-        return parse_sizelist(data)
-    except ValueError as exc:
-        raise StorageError(f"{path}: {exc}") from exc
+    return read_state_file(maildir / SIZELIST_NAME, parse_sizelist)
 
 
 def parse_sizelist(data: bytes) -> CourierSizelist:

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from postoffice.errors import StorageError
+from postoffice.storage.legacy_file import read_state_file
 
 __all__ = [
     "DEFAULT_POP3_UIDL_FORMAT",
@@ -74,17 +74,7 @@ def read_uidlist(maildir: Path) -> DovecotUidlist | None:
     An unreadable or malformed file raises ``StorageError``: serving other UIDLs instead
     would make every client download everything again.
     """
-    path = maildir / UIDLIST_NAME
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise StorageError(f"cannot read {path}: {exc}") from exc
-    try:
-        return parse_uidlist(data)
-    except ValueError as exc:
-        raise StorageError(f"{path}: {exc}") from exc
+    return read_state_file(maildir / UIDLIST_NAME, parse_uidlist)
 
 
 def parse_uidlist(data: bytes) -> DovecotUidlist:

@@ -13,6 +13,7 @@ certificates; sessions keep running.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -80,60 +81,30 @@ class Pop3Server:
         """Bind and start every listener; ``addresses`` then holds the bound pairs."""
         # Made before the first login, so the first unknown user costs what later ones do.
         await asyncio.to_thread(dummy_hash)
-        if self.bound is not None:
-            for sock, implicit_tls in self.bound:
-                await self._listen(None, implicit_tls=implicit_tls, sock=sock)
-        else:
+        if self.bound is None:  # one process: bind here (several: the parent did)
+            self.bound = bind_pop3_listeners(self.config)
             if self.context.tls is not None:
                 await asyncio.to_thread(self.context.tls.load)
-            for address in self.config.pop3.listen:
-                await self._listen(address, implicit_tls=False)
-            for address in self.config.pop3s.listen:
-                await self._listen(address, implicit_tls=True)
             if self.lmtp_sockets is None:
                 self.lmtp_sockets = lmtp.bind_lmtp_sockets(self.config)
                 for sock in self.lmtp_sockets:
                     log.info("LMTP listening on %s", lmtp.describe(sock))
             drop_privileges(self.config)
-        await self._serve_lmtp()
-        for server in self.servers:
-            await server.start_serving()
-
-    async def _listen(
-        self,
-        address: ListenAddress | None,
-        *,
-        implicit_tls: bool,
-        sock: socket.socket | None = None,
-    ) -> None:
         loop = asyncio.get_running_loop()
-        if sock is not None:
+        for sock, implicit_tls in self.bound:
             server = await loop.create_server(
-                lambda: Pop3Session(self.context, implicit_tls=implicit_tls),
+                functools.partial(Pop3Session, self.context, implicit_tls=implicit_tls),
                 sock=sock,
                 backlog=1024,
                 start_serving=False,
             )
-        else:
-            assert address is not None
-            server = await loop.create_server(
-                lambda: Pop3Session(self.context, implicit_tls=implicit_tls),
-                host=address.host,
-                port=address.port,
-                reuse_address=True,
-                backlog=1024,
-                start_serving=False,
-            )
-        self.servers.append(server)
-        if sock is not None:
-            return  # the parent process logged the address
-        for sock in server.sockets:
+            self.servers.append(server)
             bound = sock.getsockname()
             pair = (str(bound[0]), int(bound[1]))
             (self.tls_addresses if implicit_tls else self.addresses).append(pair)
-            host = f"[{pair[0]}]" if sock.family == socket.AF_INET6 else pair[0]
-            kind = "POP3S" if implicit_tls else "POP3"
-            log.info("%s listening on %s:%d", kind, host, pair[1])
+        await self._serve_lmtp()
+        for server in self.servers:
+            await server.start_serving()
 
     async def _serve_lmtp(self) -> None:
         """LMTP (``delivery/lmtp.py``) on its sockets; it serves and stops with the rest."""
@@ -171,6 +142,37 @@ class Pop3Server:
             await server.wait_closed()
         self.context.authenticator.close()
         log.info("stopped")
+
+
+def bind(address: ListenAddress) -> list[socket.socket]:
+    """Listening sockets for ``address`` (every address a name resolves to)."""
+    sockets = []
+    infos = socket.getaddrinfo(
+        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    for family, kind, protocol, _name, sockaddr in infos:
+        sock = socket.socket(family, kind, protocol)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(1024)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
+
+
+def bind_pop3_listeners(config: Config) -> list[tuple[socket.socket, bool]]:
+    """Every POP3 and POP3S socket, with its "implicit TLS" flag; each is logged once."""
+    bound = []
+    for addresses, implicit_tls in ((config.pop3.listen, False), (config.pop3s.listen, True)):
+        for address in addresses:
+            for sock in bind(address):
+                bound.append((sock, implicit_tls))
+                host, port = sock.getsockname()[:2]
+                shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+                log.info("%s listening on %s:%d", "POP3S" if implicit_tls else "POP3", shown, port)
+    return bound
 
 
 def drop_privileges(config: Config) -> None:

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -143,6 +142,5 @@ def _lock_and_list(maildrop: MaildirMaildrop, config: Config) -> list[StoredMess
             last = 0.0
         if now - last < delay * (1 - LOGIN_DELAY_ALLOWANCE):
             raise _LoginTooSoon
-        marker.touch()
-        os.utime(marker, (now, now))
+        marker.touch()  # its mtime is this login's time
     return maildrop.snapshot()

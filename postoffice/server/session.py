@@ -80,7 +80,8 @@ class Pop3Session(asyncio.Protocol):
     def __init__(self, context: ServerContext, *, implicit_tls: bool = False) -> None:
         self.context = context
         self.implicit_tls = implicit_tls
-        self.connection: ServerConnection[StoredMessage] = ServerConnection()
+        # Made in connection_made, once the peer (and so the plaintext policy) is known.
+        self.connection: ServerConnection[StoredMessage]
         self.transport: asyncio.Transport | None = None
         self.peer_ip = "?"
         self.session_id = secrets.token_hex(4)

@@ -27,32 +27,14 @@ import socket
 import sys
 import time
 
-from postoffice.config import Config, ListenAddress
+from postoffice.config import Config
 from postoffice.delivery import lmtp
-from postoffice.server.app import Pop3Server, drop_privileges
+from postoffice.server.app import Pop3Server, bind_pop3_listeners, drop_privileges
 from postoffice.tls import ListenerContexts
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
-
-
-def bind(address: ListenAddress) -> list[socket.socket]:
-    """Listening sockets for ``address`` (every address a name resolves to)."""
-    sockets = []
-    infos = socket.getaddrinfo(
-        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    for family, kind, protocol, _name, sockaddr in infos:
-        sock = socket.socket(family, kind, protocol)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(sockaddr)
-        sock.listen(1024)
-        sock.setblocking(False)
-        sockets.append(sock)
-    return sockets
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -67,14 +49,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 def run(config: Config, workers: int) -> int:
     """Serve with ``workers`` processes until SIGTERM or SIGINT; the exit status."""
-    bound: list[tuple[socket.socket, bool]] = []
-    for addresses, implicit_tls in ((config.pop3.listen, False), (config.pop3s.listen, True)):
-        for address in addresses:
-            for sock in bind(address):
-                bound.append((sock, implicit_tls))
-                host, port = sock.getsockname()[:2]
-                shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
-                log.info("%s listening on %s:%d", "POP3S" if implicit_tls else "POP3", shown, port)
+    bound = bind_pop3_listeners(config)
     lmtp_sockets = lmtp.bind_lmtp_sockets(config)
     for sock in lmtp_sockets:
         log.info("LMTP listening on %s", lmtp.describe(sock))

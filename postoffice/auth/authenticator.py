@@ -4,14 +4,21 @@ Theory of operation: a password hash (Argon2, bcrypt) costs tens to hundreds of
 milliseconds of CPU, so each check runs in a small dedicated thread pool; a burst of logins
 queues there while the event loop keeps serving sessions. The database lookup runs in the
 same job, since a passwd-file reload reads the disk. An invalid or unknown name is checked
-against DUMMY_HASH so that the reply takes as long as for a real user: timing does not tell
-an attacker which names exist. This module logs user names only after they passed the
-allow-list, and never a password.
+against a hash in the database's most common scheme (``typical_hash``; DUMMY_HASH when the
+database has none) so that the reply takes as long as for a typical user: timing does not
+tell an attacker which names exist.
+
+``verify_now`` gives the same verdict without the trip to a thread when that is cheap: the
+database answers from memory (its file unchanged) and both the user's scheme and the
+typical scheme are plaintext or a single digest (microseconds). Otherwise it says
+``NOT_CURRENT`` and the caller uses ``verify``. This module logs user names only after they
+passed the allow-list, and never a password.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -20,9 +27,16 @@ import secrets
 import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 
-from postoffice.auth.base import UserDatabase, UserRecord
+from postoffice.auth.base import (
+    NOT_CURRENT,
+    CachedUserDatabase,
+    NotCurrent,
+    UserDatabase,
+    UserRecord,
+)
 from postoffice.auth.schemes import (
     dummy_hash,
+    is_cheap_scheme,
     is_weak_scheme,
     plaintext_password,
     scheme_of,
@@ -37,9 +51,11 @@ _log = logging.getLogger(__name__)
 _APOP_DIGEST = re.compile(r"[0-9a-fA-F]{32}")
 
 
-def _burn(password: Secret) -> None:
-    """Spend the work of a real check, for names that have no password to check."""
-    verify_password(dummy_hash(), password)
+def _burn(database: CachedUserDatabase | None, password: Secret) -> None:
+    """Spend the work of a typical check, for names that have no password to check."""
+    typical = database.typical_hash if database is not None else None
+    with contextlib.suppress(UnknownSchemeError):  # a malformed hash still cost its parse
+        verify_password(typical or dummy_hash(), password)
 
 
 def apop_digest(timestamp: str, password: Secret) -> str:
@@ -70,6 +86,8 @@ class Authenticator:
         self._executor: Executor = executor or ThreadPoolExecutor(
             max_workers=max_concurrent_hashes, thread_name_prefix="postoffice-auth"
         )
+        # Checked once: isinstance against a runtime Protocol is slow on a hot path.
+        self._cached = database if isinstance(database, CachedUserDatabase) else None
         self._weak_warned: set[str] = set()
         self._weak_lock = threading.Lock()
 
@@ -77,6 +95,28 @@ class Authenticator:
         """The user's record if ``password`` is right, else None (same work either way)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._verify, username, password)
+
+    def verify_now(self, username: str, password: Secret) -> UserRecord | NotCurrent | None:
+        """``verify``'s verdict if it is cheap to reach on the event loop, else
+        ``NOT_CURRENT`` (see the module docstring)."""
+        database = self._cached
+        if database is None:
+            return NOT_CURRENT
+        typical = database.typical_hash
+        if typical is None or not is_cheap_scheme(typical):
+            return NOT_CURRENT
+        try:
+            validate_username(username)
+        except InvalidUsernameError:
+            record = None
+        else:
+            found = database.lookup_if_current(username)
+            if isinstance(found, NotCurrent):
+                return NOT_CURRENT
+            record = found
+        if record is not None and not is_cheap_scheme(record.password_hash):
+            return NOT_CURRENT
+        return self._check(record, password)
 
     async def verify_apop(self, username: str, timestamp: str, digest: str) -> UserRecord | None:
         """The user's record if ``digest`` is the APOP digest of ``timestamp`` and the
@@ -106,15 +146,17 @@ class Authenticator:
         return self._database.lookup(username)
 
     def _verify(self, username: str, password: Secret) -> UserRecord | None:
-        record = self._lookup(username)
+        return self._check(self._lookup(username), password)
+
+    def _check(self, record: UserRecord | None, password: Secret) -> UserRecord | None:
         if record is None:
-            _burn(password)
+            _burn(self._cached, password)
             return None
         try:
             ok = verify_password(record.password_hash, password)
         except UnknownSchemeError as exc:
             _log.warning("user %s cannot log in: %s", record.name, exc)
-            _burn(password)
+            _burn(self._cached, password)
             return None
         self._warn_if_weak(record)
         return record if ok else None

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,3 +33,24 @@ class UserDatabase(Protocol):
 
     def lookup(self, name: str) -> UserRecord | None:
         """The user called ``name``, or None."""
+
+
+class NotCurrent(enum.Enum):
+    NOT_CURRENT = "not current"
+
+
+NOT_CURRENT = NotCurrent.NOT_CURRENT
+"""The database's copy in memory may be out of date: use ``lookup``."""
+
+
+@runtime_checkable
+class CachedUserDatabase(UserDatabase, Protocol):
+    """A database that keeps its users in memory and can answer without any I/O but a stat."""
+
+    def lookup_if_current(self, name: str) -> UserRecord | NotCurrent | None:
+        """The user from memory if the source is unchanged, else ``NOT_CURRENT``."""
+
+    @property
+    def typical_hash(self) -> str | None:
+        """A stored hash in the source's most common scheme (unknown names are checked
+        against it), or None."""

@@ -29,12 +29,13 @@ import stat
 import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
-from postoffice.auth.base import UserRecord
-from postoffice.auth.schemes import is_known_scheme
+from postoffice.auth.base import NOT_CURRENT, NotCurrent, UserRecord
+from postoffice.auth.schemes import is_known_scheme, scheme_of
 from postoffice.auth.usernames import validate_username
 from postoffice.errors import InvalidUsernameError, PasswdFileError
 
@@ -110,6 +111,18 @@ def _parse_bytes(data: bytes, *, source: str, lowercase_names: bool) -> dict[str
     return users
 
 
+def _typical_hash(users: dict[str, UserRecord]) -> str | None:
+    first_of: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    for record in users.values():
+        scheme = scheme_of(record.password_hash)
+        counts[scheme] += 1
+        first_of.setdefault(scheme, record.password_hash)
+    if not counts:
+        return None
+    return first_of[counts.most_common(1)[0][0]]
+
+
 @dataclass(frozen=True, slots=True)
 class _Signature:
     mtime_ns: int
@@ -138,6 +151,7 @@ class PasswdFile:
         self._data = b""
         self._racy = False
         self._missing_logged = False
+        self._typical_hash: str | None = None
 
     @property
     def path(self) -> str:
@@ -150,6 +164,26 @@ class PasswdFile:
             self._refresh()
             return self._users.get(key)
 
+    def lookup_if_current(self, name: str) -> UserRecord | NotCurrent | None:
+        """Like ``lookup``, but ``NOT_CURRENT`` instead of reading the file again: one
+        ``stat``, so it may run on the event loop. Raises PasswdFileError like ``lookup``."""
+        key = name.lower() if self._lowercase else name
+        with self._lock:
+            try:
+                signature = _Signature.of(os.stat(self._path))
+            except OSError:
+                return NOT_CURRENT  # lookup() reports it
+            if signature != self._signature or self._racy:
+                return NOT_CURRENT
+            return self._users.get(key)
+
+    @property
+    def typical_hash(self) -> str | None:
+        """The stored hash of a user whose scheme is the file's most common one: an unknown
+        name is checked against it, so it costs what a typical user costs (no timing
+        tells names apart). None before the file was read or when it has no users."""
+        return self._typical_hash
+
     def _refresh(self) -> None:
         try:
             signature = _Signature.of(os.stat(self._path))
@@ -158,6 +192,7 @@ class PasswdFile:
                 _log.warning("passwd-file %s does not exist: no users", self._path)
                 self._missing_logged = True
             self._users, self._signature, self._data = {}, None, b""
+            self._typical_hash = None
             return
         except OSError as exc:
             raise PasswdFileError(f"cannot stat passwd-file {self._path}: {exc.strerror}") from exc
@@ -170,12 +205,14 @@ class PasswdFile:
                 data = file.read()
         except FileNotFoundError:
             self._users, self._signature, self._data = {}, None, b""
+            self._typical_hash = None
             return
         except OSError as exc:
             raise PasswdFileError(f"cannot read passwd-file {self._path}: {exc.strerror}") from exc
         self._racy = time.time_ns() - signature.mtime_ns < _RACY_NS
         if data != self._data or self._signature is None:
             self._users = _parse_bytes(data, source=self._path, lowercase_names=self._lowercase)
+            self._typical_hash = _typical_hash(self._users)
             self._data = data
         self._signature = signature
 

@@ -330,6 +330,13 @@ def is_weak_scheme(stored: str) -> bool:
     return scheme in WEAK_SCHEMES
 
 
+def is_cheap_scheme(stored: str) -> bool:
+    """True if checking ``stored`` costs microseconds (plaintext or one digest), so it can
+    be done on the event loop rather than in the hashing pool."""
+    scheme = _parse(stored).scheme
+    return scheme in _PLAINTEXT_SCHEMES or scheme in _DIGESTS
+
+
 def is_known_scheme(stored: str) -> bool:
     """True if verify_password knows the scheme of ``stored`` (the data may still be bad)."""
     return _parse(stored).scheme in _VERIFIERS

@@ -32,6 +32,7 @@ class ServerContext:
     sessions: set[Pop3Session] = field(default_factory=set)
     hostname: str = field(default_factory=socket.gethostname)
     _trusted: dict[str, bool] = field(default_factory=dict)
+    _settings: dict[tuple[bool, bool, bool], ServerSettings] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         oauth = self.config.oauth
@@ -83,6 +84,21 @@ class ServerContext:
         )
 
     def session_settings(self, peer_ip: str, *, implicit_tls: bool) -> ServerSettings:
+        pop3 = self.config.pop3
+        if pop3.apop:  # a fresh timestamp per session
+            return self._make_settings(peer_ip, implicit_tls=implicit_tls)
+        # Otherwise shared by every session alike (one object, not one per connection).
+        key = (
+            implicit_tls,
+            self.tls is not None,
+            self.plaintext_allowed(peer_ip, tls_active=implicit_tls),
+        )
+        settings = self._settings.get(key)
+        if settings is None:
+            settings = self._settings[key] = self._make_settings(peer_ip, implicit_tls=implicit_tls)
+        return settings
+
+    def _make_settings(self, peer_ip: str, *, implicit_tls: bool) -> ServerSettings:
         pop3 = self.config.pop3
         timestamp = None
         if pop3.apop:

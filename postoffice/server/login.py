@@ -15,8 +15,9 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from postoffice.auth.base import UserRecord
+from postoffice.auth.base import NotCurrent, UserRecord
 from postoffice.config import Config
 from postoffice.errors import AuthError, MaildropInUseError, PostofficeError, StorageError
 from postoffice.proto.server import LoginFailure
@@ -58,16 +59,15 @@ class Authorizer:
     ) -> UserRecord | bytes:
         """The user, or the ``LoginFailure`` line to send."""
         await self.wait_penalty()
-        authenticator = self.context.authenticator
         if not plaintext_allowed:
             # A random password against the user's own hash (or the dummy one): the work of
             # a wrong password, and the password sent is never checked.
             with contextlib.suppress(AuthError):
-                await authenticator.verify(username, Secret(secrets.token_urlsafe(24)))
+                await self._verify(username, Secret(secrets.token_urlsafe(24)))
             self.log.info("plaintext login refused before TLS for %r", username)
             return LoginFailure.NOT_ALLOWED
         try:
-            record = await authenticator.verify(username, password)
+            record = await self._verify(username, password)
         except AuthError as error:
             self.log.error("user database unavailable: %s", error)
             return LoginFailure.TEMPORARY
@@ -75,6 +75,13 @@ class Authorizer:
             password.reveal().encode("utf-8", "surrogateescape"), key=_FINGERPRINT_KEY
         ).digest()
         return self.judged(username, record, fingerprint)
+
+    async def _verify(self, username: str, password: Secret) -> UserRecord | None:
+        authenticator = self.context.authenticator
+        verdict = authenticator.verify_now(username, password)
+        if isinstance(verdict, NotCurrent):
+            return await authenticator.verify(username, password)
+        return verdict
 
     async def check_apop(self, username: str, timestamp: str, digest: str) -> UserRecord | bytes:
         await self.wait_penalty()
@@ -111,7 +118,10 @@ class Authorizer:
             uidl_format=config.mail.uidl_format,
         )
         try:
-            messages = await asyncio.to_thread(_lock_and_list, maildrop, config)
+            if _open_costs.get(path, INLINE_OPEN_SECONDS) < INLINE_OPEN_SECONDS:
+                messages = _lock_and_list(maildrop, config)
+            else:
+                messages = await asyncio.to_thread(_lock_and_list, maildrop, config)
         except MaildropInUseError:
             self.log.info("maildrop of %r is in use", record.name)
             return LoginFailure.IN_USE
@@ -129,7 +139,24 @@ class _LoginTooSoon(Exception):
     """LOGIN-DELAY: the last login to this maildrop was too recent."""
 
 
+INLINE_OPEN_SECONDS = 0.002
+"""A maildrop whose last lock and listing took less than this is opened on the event loop
+(a thread trip costs more); the first time, and after a slow one, in a thread."""
+_open_costs: dict[Path, float] = {}
+_OPEN_COSTS_KEPT = 100_000
+
+
 def _lock_and_list(maildrop: MaildirMaildrop, config: Config) -> list[StoredMessage]:
+    started = time.perf_counter()
+    try:
+        return _lock_and_list_now(maildrop, config)
+    finally:
+        if len(_open_costs) >= _OPEN_COSTS_KEPT:
+            _open_costs.clear()
+        _open_costs[maildrop.path] = time.perf_counter() - started
+
+
+def _lock_and_list_now(maildrop: MaildirMaildrop, config: Config) -> list[StoredMessage]:
     maildrop.lock()
     delay = config.pop3.login_delay
     if delay:

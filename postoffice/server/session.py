@@ -2,14 +2,23 @@
 
 Theory of operation
 -------------------
-``data_received`` hands octets straight to the protocol machine and wakes the session
-task; the task alone calls ``next_event`` and answers events, so replies leave in command
-order. Reading pauses while the machine holds more than ``MAX_UNPARSED`` octets or while
-the transport's write buffer is over its high-water mark (a client that pipelines but does
-not read its replies cannot make us buffer without bound). Waits for input use the login
-timeout before authentication and the idle timeout after; a blocked write uses the send
-timeout. Any way out of the task other than the UPDATE that QUIT asks for leaves the
-maildrop untouched (RFC 1939 §6), and the lock is always released.
+Callbacks, not a task per connection: ``data_received`` hands octets to the protocol
+machine and answers every complete command right there (``_process``), so a command costs
+no extra trip through the event loop and an idle session holds no task, coroutine, event
+or future, only this object, its transport and its machine. An event that needs the
+outside world (a login, RETR, UPDATE, STLS) runs its handler eagerly, as far as it gets
+without waiting; only a handler that really waits (a password hash in the thread pool, a
+large file read, a TLS handshake) continues in a task, and the session reads no further
+commands until it ends (``_busy``), so replies leave in command order.
+
+Reading pauses while the machine holds more than ``MAX_UNPARSED`` octets or while the
+transport's write buffer is over its high-water mark (a client that pipelines but does not
+read its replies cannot make us buffer without bound). One timer per session enforces the
+deadlines: the whole login must finish within the login timeout, a logged-in session may
+wait for a command up to the idle timeout, and a blocked write up to the send timeout. It
+is armed lazily: activity only moves the deadline, and the timer re-arms itself when it
+fires early. Any way out other than the UPDATE that QUIT asks for leaves the maildrop
+untouched (RFC 1939 §6), and the lock is always released.
 
 TLS is started by the session itself with the public ``loop.start_tls``, for POP3S right
 after connecting and for STLS after its ``+OK``. The protocol machine has already dropped
@@ -21,10 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
+import random
 import ssl
-import time
-from typing import BinaryIO, cast
+from collections.abc import Coroutine, Generator
+from typing import Any, BinaryIO, cast
 
 from postoffice.auth.base import UserRecord
 from postoffice.errors import StorageError
@@ -32,6 +41,7 @@ from postoffice.proto.events import (
     NEED_DATA,
     ApopLogin,
     CloseConnection,
+    Event,
     MessageRequest,
     PasswordLogin,
     SaslCancelled,
@@ -70,23 +80,88 @@ class _SessionOver(Exception):
     """End the session quietly (the reason is already recorded)."""
 
 
-class _SendTimeout(Exception):
-    """The client stopped reading its replies for longer than ``limits.send_timeout``."""
+class _Resumed:
+    """Awaits the rest of a coroutine that already ran up to its first wait (``waiting``)."""
+
+    __slots__ = ("coroutine", "waiting")
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], waiting: object) -> None:
+        self.coroutine = coroutine
+        self.waiting = waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coroutine, waiting = self.coroutine, self.waiting
+        self.waiting = None
+        while True:
+            try:
+                sent = yield waiting
+            except GeneratorExit:
+                coroutine.close()
+                raise
+            except BaseException as error:  # the task's cancellation, passed on
+                try:
+                    waiting = coroutine.throw(error)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting = coroutine.send(sent)
+                except StopIteration:
+                    return
 
 
 class Pop3Session(asyncio.Protocol):
     """Serves one client connection."""
 
+    __slots__ = (
+        "_admitted",
+        "_authorizer",
+        "_busy",
+        "_closed_waiter",
+        "_early_tls_data",
+        "_end_reason",
+        "_eof",
+        "_finished",
+        "_inside_tls_handshake",
+        "_log",
+        "_loop",
+        "_octets_out",
+        "_peer_text",
+        "_reading_paused",
+        "_sasl_exchange",
+        "_started",
+        "_task",
+        "_timer",
+        "_timer_when",
+        "_tls_kind",
+        "_user_admitted",
+        "_waiting_since",
+        "_write_blocked_since",
+        "_write_waiter",
+        "connection",
+        "context",
+        "implicit_tls",
+        "maildrop",
+        "peer_ip",
+        "session_id",
+        "stopping",
+        "tls_active",
+        "transport",
+        "user",
+    )
+
     def __init__(self, context: ServerContext, *, implicit_tls: bool = False) -> None:
         self.context = context
         self.implicit_tls = implicit_tls
+        self._loop = asyncio.get_running_loop()
         # Made in connection_made, once the peer (and so the plaintext policy) is known.
         self.connection: ServerConnection[StoredMessage]
         self.transport: asyncio.Transport | None = None
         self.peer_ip = "?"
-        self.session_id = secrets.token_hex(4)
-        self.log = SessionLog(log, {"session": self.session_id, "peer": "?"})
-        self.authorizer: Authorizer | None = None
+        self._peer_text = "?"
+        self.session_id = f"{random.getrandbits(32):08x}"  # for log lines, not a secret
+        self._log: SessionLog | None = None
+        self._authorizer: Authorizer | None = None
         self.maildrop: Maildrop | None = None
         self.user: str | None = None
         self.tls_active = False
@@ -94,30 +169,48 @@ class Pop3Session(asyncio.Protocol):
         self._sasl_exchange: SaslExchange | None = None
         self._inside_tls_handshake = False
         self._early_tls_data: list[bytes] = []
-        self._data_ready = asyncio.Event()
-        self._can_write = asyncio.Event()
-        self._can_write.set()
         self._eof = False
         self._reading_paused = False
+        self._write_blocked_since: float | None = None
+        self._write_waiter: asyncio.Future[None] | None = None
         self._admitted = False
         self._user_admitted = False
+        self._busy = False  # an event's handler is still running; read no further commands
         self._task: asyncio.Task[None] | None = None
-        self._started = time.monotonic()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+        self._started = self._waiting_since = self._loop.time()
         self._octets_out = 0
         self._end_reason = "closed by client"
+        self._finished = False
+        self._closed_waiter: asyncio.Future[None] | None = None
         self.stopping = False
+
+    @property
+    def log(self) -> SessionLog:
+        if self._log is None:
+            self._log = SessionLog(log, {"session": self.session_id, "peer": self._peer_text})
+        return self._log
+
+    @property
+    def authorizer(self) -> Authorizer:
+        if self._authorizer is None:
+            self._authorizer = Authorizer(self.context, self.peer_ip, self.log)
+        return self._authorizer
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        self.peer_ip = str(peer[0]) if isinstance(peer, tuple) else "local"
-        peer_text = f"[{self.peer_ip}]:{peer[1]}" if isinstance(peer, tuple) else "local"
-        self.log = SessionLog(log, {"session": self.session_id, "peer": peer_text})
+        if isinstance(peer, tuple):
+            self.peer_ip = str(peer[0])
+            self._peer_text = f"[{self.peer_ip}]:{peer[1]}"
+        else:
+            self.peer_ip = self._peer_text = "local"
         if not self._admit():
+            self._finished = True
             self.log.warning("refused: too many connections")
             transport.write(err("too many connections, try again later", ResponseCode.SYS_TEMP))
             transport.close()
@@ -130,9 +223,11 @@ class Pop3Session(asyncio.Protocol):
         self.connection = ServerConnection(
             self.context.session_settings(self.peer_ip, implicit_tls=self.implicit_tls)
         )
-        self.authorizer = Authorizer(self.context, self.peer_ip, self.log)
         self.context.sessions.add(self)
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        if self.implicit_tls:
+            self._start(self._implicit_tls())
+        else:
+            self._process()
 
     def _admit(self) -> bool:
         """Take a connection slot, evicting the oldest connection not logged in if full."""
@@ -159,8 +254,7 @@ class Pop3Session(asyncio.Protocol):
             self._admitted = False
         if self.transport is not None:
             self.transport.abort()
-        if self._task is not None:
-            self._task.cancel()
+        self._finish()
 
     def data_received(self, data: bytes) -> None:
         if self._inside_tls_handshake:
@@ -168,103 +262,183 @@ class Pop3Session(asyncio.Protocol):
             # first commands inside TLS, for after ``tls_started``.
             self._early_tls_data.append(data)
             return
+        if self._finished:
+            return
         self.connection.receive_data(data)
-        self._data_ready.set()
         if self.connection.buffered > MAX_UNPARSED:
             self._pause_reading()
+        self._process()
 
     def eof_received(self) -> bool | None:
         self._eof = True
-        self._data_ready.set()
+        self._process()
         # Keep our half open: commands sent before a half-close (``printf ... | nc``) still
         # get their replies; the session closes once they are answered. (TLS cannot.)
         return not self.tls_active
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._eof = True
-        self._data_ready.set()
-        self._can_write.set()
+        self._write_blocked_since = None
+        self._wake_writer()
+        self._process()
 
     def pause_writing(self) -> None:
-        self._can_write.clear()
+        self._write_blocked_since = self._loop.time()
         self._pause_reading()
+        self._arm_timer()
 
     def resume_writing(self) -> None:
-        self._can_write.set()
+        self._write_blocked_since = None
+        if self._write_waiter is not None:
+            self._wake_writer()
+        else:
+            self._process()
 
-    # -- the session task ------------------------------------------------------------
+    # -- answering commands ------------------------------------------------------------
 
-    async def _run(self) -> None:
+    def _process(self) -> None:
+        """Answer buffered commands until the machine needs input, the transport cannot take
+        more output, or a handler has to wait."""
+        if self._busy or self._finished:
+            return
+        connection = self.connection
         try:
-            if self.implicit_tls:
-                await self._handshake("pop3s")
-                self._feed_early_tls_data()
-            await self._serve()
-        except _SessionOver:
+            while self._write_blocked_since is None and not self._finished:
+                event = connection.next_event()
+                if event is NEED_DATA:
+                    self._send(connection.data_to_send())
+                    if self._write_blocked_since is not None:
+                        continue  # resume_writing calls us again
+                    if self._eof:
+                        self._finish()
+                    elif self.stopping and connection.state is State.AUTHORIZATION:
+                        self._end_reason = "server shutdown"
+                        self._finish()
+                    else:
+                        self._waiting_since = self._loop.time()
+                        self._resume_reading()
+                        self._arm_timer()
+                    return
+                if isinstance(event, CloseConnection):
+                    self._end_reason = event.reason
+                    self._send(connection.data_to_send())
+                    self._finish()
+                    return
+                if not self._run_eagerly(self._handle(event)):
+                    return
+            if not self._finished:
+                self._pause_reading()
+                self._arm_timer()
+        except Exception as error:
+            self._fail(error)
+
+    async def _handle(self, event: Event[StoredMessage]) -> None:
+        if isinstance(event, PasswordLogin):
+            await self._password_login(event)
+        elif isinstance(event, MessageRequest):
+            await self._send_message(event)
+        elif isinstance(event, UpdateRequest):
+            await self._update(event)
+        elif isinstance(event, ApopLogin):
+            await self._apop_login(event)
+        elif isinstance(event, SaslStart | SaslResponse | SaslCancelled):
+            await self._sasl(event)
+        elif isinstance(event, StartTls):
+            await self._stls(event)
+
+    def _start(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run a handler outside ``_process`` (POP3S start), then go on answering."""
+        try:
+            if self._run_eagerly(coroutine):
+                self._process()
+        except Exception as error:
+            self._fail(error)
+
+    def _run_eagerly(self, coroutine: Coroutine[Any, Any, None]) -> bool:
+        """Run a handler until it first waits. True if it finished without waiting;
+        otherwise it goes on in a task that calls ``_process`` when done."""
+        try:
+            waiting = coroutine.send(None)
+        except StopIteration:
+            return True
+        self._busy = True
+        self._task = self._loop.create_task(self._resume(coroutine, waiting))
+        return False
+
+    async def _resume(self, coroutine: Coroutine[Any, Any, None], waiting: object) -> None:
+        try:
+            await _Resumed(coroutine, waiting)
+        except (Exception, asyncio.CancelledError) as error:
+            self._task = None
+            self._fail(error)
+            return
+        self._task = None
+        self._busy = False
+        self._process()
+
+    def _fail(self, error: BaseException) -> None:
+        """End the session after ``error`` escaped a handler."""
+        if isinstance(error, _SessionOver):
             pass
-        except _SendTimeout:
+        elif isinstance(error, asyncio.CancelledError):
+            if self._end_reason == "closed by client":
+                self._end_reason = "server shutdown"
+        elif isinstance(error, TimeoutError):
+            self._end_reason = "timed out"
+        elif isinstance(error, ConnectionError):
+            self._end_reason = "connection lost"
+        else:
+            self.log.error("session failed", exc_info=error)
+            self._end_reason = "internal error"
+            self._send(err("internal server error", ResponseCode.SYS_TEMP))
+        self._finish()
+
+    # -- deadlines ---------------------------------------------------------------------
+
+    def _deadline(self) -> float | None:
+        limits = self.context.config.limits
+        if self._write_blocked_since is not None:
+            return self._write_blocked_since + limits.send_timeout
+        if self._busy:
+            return None  # the handler's own limits apply (handshake timeout, ...)
+        if self.connection.state is State.TRANSACTION:
+            return self._waiting_since + limits.idle_timeout
+        # One deadline for the whole login, so chatter cannot stretch it.
+        return self._started + limits.login_timeout
+
+    def _arm_timer(self) -> None:
+        deadline = self._deadline()
+        if deadline is None or self._finished:
+            return
+        if self._timer is not None:
+            if self._timer_when <= deadline:
+                return  # it fires first and re-arms itself for the later deadline
+            self._timer.cancel()
+        self._timer_when = deadline
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        deadline = self._deadline()
+        if deadline is None or self._finished:
+            return
+        if self._loop.time() < deadline:
+            self._arm_timer()
+            return
+        if self._write_blocked_since is not None:
             self._end_reason = "send timed out"
             # close() would wait for the unread replies forever; drop them and the socket.
             if self.transport is not None:
                 self.transport.abort()
-        except TimeoutError:
+        else:
             self._end_reason = "timed out"
-        except asyncio.CancelledError:
-            if not self._end_reason.startswith("evicted"):
-                self._end_reason = "server shutdown"
-        except ConnectionError:
-            self._end_reason = "connection lost"
-        except Exception:
-            self.log.exception("session failed")
-            self._end_reason = "internal error"
-            self._send(err("internal server error", ResponseCode.SYS_TEMP))
-        finally:
-            self._finish()
-
-    async def _serve(self) -> None:
-        connection = self.connection
-        while True:
-            event = connection.next_event()
-            if event is NEED_DATA:
-                self._send(connection.data_to_send())
-                if not self._can_write.is_set():
-                    await self._drain()
-                    continue  # more input may have arrived meanwhile
-                if self._eof:
-                    return
-                if self.stopping and connection.state is State.AUTHORIZATION:
-                    self._end_reason = "server shutdown"
-                    return
-                self._data_ready.clear()
-                self._resume_reading()
-                limits = self.context.config.limits
-                if connection.state is State.TRANSACTION:
-                    timeout = limits.idle_timeout
-                else:
-                    # One deadline for the whole login, so chatter cannot stretch it.
-                    timeout = limits.login_timeout - (time.monotonic() - self._started)
-                    if timeout <= 0:
-                        raise TimeoutError
-                async with asyncio.timeout(timeout):
-                    await self._data_ready.wait()
-            elif isinstance(event, CloseConnection):
-                self._end_reason = event.reason
-                self._send(connection.data_to_send())
-                return
-            elif isinstance(event, PasswordLogin):
-                await self._password_login(event)
-            elif isinstance(event, ApopLogin):
-                await self._apop_login(event)
-            elif isinstance(event, SaslStart | SaslResponse | SaslCancelled):
-                await self._sasl(event)
-            elif isinstance(event, StartTls):
-                await self._stls(event)
-            elif isinstance(event, MessageRequest):
-                await self._send_message(event)
-            elif isinstance(event, UpdateRequest):
-                await self._update(event)
+        self._finish()
 
     # -- TLS ---------------------------------------------------------------------------
+
+    async def _implicit_tls(self) -> None:
+        await self._handshake("pop3s")
+        self._feed_early_tls_data()
 
     async def _stls(self, event: StartTls) -> None:
         if event.discarded:
@@ -278,17 +452,17 @@ class Pop3Session(asyncio.Protocol):
         self._feed_early_tls_data()
 
     def _feed_early_tls_data(self) -> None:
+        # Fed to the machine only; _process answers them once the handler returns.
         for data in self._early_tls_data:
-            self.data_received(data)
+            self.connection.receive_data(data)
         self._early_tls_data.clear()
 
     async def _handshake(self, kind: str) -> None:
         tls = self.context.tls
         assert tls is not None and self.transport is not None
-        loop = asyncio.get_running_loop()
         self._inside_tls_handshake = True
         try:
-            transport = await loop.start_tls(
+            transport = await self._loop.start_tls(
                 self.transport,
                 self,
                 tls.current(kind),
@@ -318,14 +492,12 @@ class Pop3Session(asyncio.Protocol):
         return self.context.plaintext_allowed(self.peer_ip, tls_active=self.tls_active)
 
     async def _password_login(self, event: PasswordLogin) -> None:
-        assert self.authorizer is not None
         outcome = await self.authorizer.check_password(
             event.username, event.password, plaintext_allowed=self._plaintext_allowed()
         )
         await self._finish_login(outcome)
 
     async def _apop_login(self, event: ApopLogin) -> None:
-        assert self.authorizer is not None
         outcome = await self.authorizer.check_apop(event.username, event.timestamp, event.digest)
         await self._finish_login(outcome)
 
@@ -336,7 +508,6 @@ class Pop3Session(asyncio.Protocol):
                 self._sasl_exchange = None
             return
         if isinstance(event, SaslStart):
-            assert self.authorizer is not None
             self._sasl_exchange = SaslExchange(
                 self.authorizer,
                 event.mechanism,
@@ -375,8 +546,12 @@ class Pop3Session(asyncio.Protocol):
         if not limits.admit_user(outcome.name, self.peer_ip):
             connection.login_rejected(LoginFailure.IN_USE)
             return
-        assert self.authorizer is not None
         opened = await self.authorizer.open_maildrop(outcome)
+        if self._finished:  # the connection ended while the maildrop was being opened
+            limits.release_user(outcome.name, self.peer_ip)
+            if isinstance(opened, OpenedMaildrop):
+                opened.maildrop.unlock()
+            return
         if not isinstance(opened, OpenedMaildrop):
             limits.release_user(outcome.name, self.peer_ip)
             connection.login_rejected(opened)
@@ -384,6 +559,7 @@ class Pop3Session(asyncio.Protocol):
         self._user_admitted = True
         self.user = outcome.name
         self.maildrop = opened.maildrop
+        self._authorizer = None  # not needed after the login; an idle session stays small
         self.log.debug("login %r, %d messages", outcome.name, len(opened.messages))
         connection.login_accepted(opened.messages, username=outcome.name)
 
@@ -430,13 +606,12 @@ class Pop3Session(asyncio.Protocol):
                 break
             self._send(pending + encoder.encode(chunk))
             pending = b""
-            if not self._can_write.is_set():
-                await self._drain()
+            await self._drain()
             chunk = await asyncio.to_thread(file.read, READ_CHUNK)
         else:
             self._send(pending + encoder.finish())
-        if not self._can_write.is_set():
-            await self._drain()  # pipelined RETRs must not pile replies up unread
+        # Pipelined RETRs must not pile replies up unread: _process waits for the
+        # transport before it takes the next command.
         if top is None and encoder.octets != message.size:
             self.log.warning(
                 "size of %s was %d, sent %d octets; corrected",
@@ -474,13 +649,21 @@ class Pop3Session(asyncio.Protocol):
             self._octets_out += len(data)
 
     async def _drain(self) -> None:
+        """Wait until the transport takes output again (the send timeout ends the wait)."""
+        if self._write_blocked_since is None:
+            return
+        waiter = self._write_waiter = self._loop.create_future()
         try:
-            async with asyncio.timeout(self.context.config.limits.send_timeout):
-                await self._can_write.wait()
-        except TimeoutError:
-            raise _SendTimeout from None
+            await waiter
+        finally:
+            self._write_waiter = None
         if self._eof:
             raise ConnectionResetError("connection lost while sending")
+
+    def _wake_writer(self) -> None:
+        waiter = self._write_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:
@@ -497,18 +680,33 @@ class Pop3Session(asyncio.Protocol):
     def stop(self) -> None:
         """Server shutdown: end the session now if it is waiting for a login."""
         self.stopping = True
-        self._data_ready.set()
+        self._process()
 
     def abort(self) -> None:
         """Shutdown deadline passed: close without UPDATE."""
         if self._task is not None:
             self._task.cancel()
+        elif not self._finished:
+            self._end_reason = "server shutdown"
+            self._finish()
 
     async def wait_closed(self) -> None:
-        if self._task is not None:
-            await asyncio.wait({self._task})
+        if self._finished:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = self._loop.create_future()
+        await asyncio.shield(self._closed_waiter)
 
     def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()  # evicted, timed out or aborted while a handler waits
         if self.maildrop is not None:
             self.maildrop.unlock()
             self.maildrop = None
@@ -522,9 +720,11 @@ class Pop3Session(asyncio.Protocol):
             self.context.limits.release_connection(self.peer_ip)
             self._admitted = False
         counters = self.connection.counters
-        self.log.info(
-            "end user=%r reason=%s tls=%s commands=%d retrieved=%d top=%d deleted=%d "
-            "octets_out=%d seconds=%.3f",
+        log.info(
+            "session=%s peer=%s end user=%r reason=%s tls=%s commands=%d retrieved=%d top=%d "
+            "deleted=%d octets_out=%d seconds=%.3f",
+            self.session_id,
+            self._peer_text,
             self.user,
             self._end_reason,
             "yes" if self.tls_active else "no",
@@ -533,9 +733,11 @@ class Pop3Session(asyncio.Protocol):
             counters.top,
             counters.deleted if self.connection.state is State.CLOSED else 0,
             self._octets_out,
-            time.monotonic() - self._started,
+            self._loop.time() - self._started,
         )
         self.context.sessions.discard(self)  # last: watchers see the end line first
+        if self._closed_waiter is not None and not self._closed_waiter.done():
+            self._closed_waiter.set_result(None)
 
 
 def _open_and_read(maildrop: Maildrop, message: StoredMessage) -> tuple[BinaryIO, bytes]:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
 from postoffice.auth import authenticator as authenticator_module
 from postoffice.auth import schemes
 from postoffice.auth.authenticator import Authenticator, apop_digest
-from postoffice.auth.base import UserRecord
+from postoffice.auth.base import NOT_CURRENT, UserRecord
+from postoffice.auth.passwd_file import PasswdFile
 from postoffice.auth.schemes import DUMMY_HASH, hash_password
 from postoffice.errors import PasswdFileError
 from postoffice.secret import Secret
@@ -233,3 +236,91 @@ async def test_apop_right_digest(auth: Authenticator) -> None:
 async def test_apop_refused(auth: Authenticator, name: str, timestamp: str, digest: str) -> None:
     """Wrong digests, unknown users and users without a plaintext password cannot use APOP."""
     assert await auth.verify_apop(name, timestamp, digest) is None
+
+
+# -- verify_now: the cheap verdict on the event loop ---------------------------------------
+
+
+def _passwd_file(tmp_path: Path, lines: list[str]) -> PasswdFile:
+    path = tmp_path / "passwd"
+    path.write_text("".join(line + "\n" for line in lines))
+    old = time.time() - 10  # not "racily clean": a stat can tell it is unchanged
+    os.utime(path, (old, old))
+    return PasswdFile(path)
+
+
+def test_typical_hash_is_a_hash_in_the_most_common_scheme(tmp_path: Path) -> None:
+    database = _passwd_file(
+        tmp_path,
+        ["a:{PLAIN}one", f"b:{ALICE_HASH}", "c:{PLAIN}three", "d:{SSHA256}x"],
+    )
+    assert database.typical_hash is None  # nothing read yet
+    database.lookup("a")
+    assert database.typical_hash == "{PLAIN}one"
+
+
+def test_verify_now_gives_the_verdict_for_cheap_schemes(tmp_path: Path) -> None:
+    database = _passwd_file(tmp_path, ["a:{PLAIN}one", "b:{PLAIN}two", f"c:{ALICE_HASH}"])
+    authenticator = Authenticator(database)
+    try:
+        assert authenticator.verify_now("a", Secret("one")) is NOT_CURRENT  # never read
+        database.lookup("a")
+        record = authenticator.verify_now("a", Secret("one"))
+        assert isinstance(record, UserRecord) and record.name == "a"
+        assert authenticator.verify_now("a", Secret("two")) is None
+        assert authenticator.verify_now("nobody", Secret("one")) is None
+        assert authenticator.verify_now("bad name\r", Secret("one")) is None
+        # A user in an expensive scheme goes to the thread pool.
+        assert authenticator.verify_now("c", Secret("alice pässword")) is NOT_CURRENT
+    finally:
+        authenticator.close()
+
+
+def test_verify_now_defers_when_the_file_changed(tmp_path: Path) -> None:
+    database = _passwd_file(tmp_path, ["a:{PLAIN}one"])
+    authenticator = Authenticator(database)
+    try:
+        database.lookup("a")
+        assert isinstance(authenticator.verify_now("a", Secret("one")), UserRecord)
+        (tmp_path / "passwd").write_text("a:{PLAIN}new\n")
+        assert authenticator.verify_now("a", Secret("one")) is NOT_CURRENT
+        # The thread path reads the new file; afterwards it is current again.
+        assert asyncio.run(authenticator.verify("a", Secret("new"))) is not None
+        old = time.time() - 10
+        os.utime(tmp_path / "passwd", (old, old))
+        database.lookup("a")
+        assert isinstance(authenticator.verify_now("a", Secret("new")), UserRecord)
+    finally:
+        authenticator.close()
+
+
+def test_verify_now_defers_when_the_typical_scheme_is_expensive(tmp_path: Path) -> None:
+    """Unknown names cost what the file's usual scheme costs: no shortcut for them."""
+    database = _passwd_file(tmp_path, ["a:{PLAIN}one", f"b:{ALICE_HASH}", f"c:{ALICE_HASH}"])
+    authenticator = Authenticator(database)
+    try:
+        database.lookup("a")
+        assert authenticator.verify_now("nobody", Secret("x")) is NOT_CURRENT
+        assert authenticator.verify_now("a", Secret("one")) is NOT_CURRENT
+    finally:
+        authenticator.close()
+
+
+def test_unknown_names_are_checked_against_the_typical_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = _passwd_file(tmp_path, [f"b:{ALICE_HASH}", f"c:{ALICE_HASH}"])
+    checked: list[str] = []
+    real = schemes.verify_password
+
+    def spy(stored: str, candidate: Secret) -> bool:
+        checked.append(stored)
+        return real(stored, candidate)
+
+    monkeypatch.setattr(authenticator_module, "verify_password", spy)
+    authenticator = Authenticator(database)
+    try:
+        assert asyncio.run(authenticator.verify("nobody", Secret("x"))) is None
+    finally:
+        authenticator.close()
+    assert checked == [ALICE_HASH]

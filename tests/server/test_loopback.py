@@ -254,3 +254,25 @@ def test_commands_before_a_half_close_are_all_answered(pop3_server: ServerHarnes
         data = read_until(sock, lambda d: b"signing off" in d)
     assert data.endswith(b"+OK postoffice signing off (1 message left)\r\n")
     assert b"\r\n+OK 1 " in data
+
+
+def test_an_idle_session_is_callbacks_only(pop3_server: ServerHarness) -> None:
+    """A logged-in session waiting for its next command holds no task, only its deadline
+    timer: idle sessions stay small and a command is answered right in data_received."""
+    assert pop3_server.server is not None
+    pop = client(pop3_server)
+    try:
+        pop.stat()
+        sessions = list(pop3_server.server.context.sessions)
+        assert len(sessions) == 1
+        session = sessions[0]
+        assert session.user == "alice"
+        assert session._task is None
+        assert session._timer is not None
+        assert session._authorizer is None  # only needed to log in
+        for _ in range(20):
+            pop.noop()
+        assert session._task is None
+    finally:
+        pop.quit()
+    wait_until(lambda: pop3_server.server is None or not pop3_server.server.context.sessions)

@@ -4,8 +4,10 @@ Theory of operation
 -------------------
 Durability order for one message (the session drives it; this module does steps 1-4):
 
-1. stream the RETR body into ``tmp/NAME`` (CRLF becomes LF, the Maildir convention);
-2. after the terminating dot: ``fsync`` the file (``commit``);
+1. receive the RETR body (CRLF becomes LF, the Maildir convention): held in memory, or
+   streamed into ``tmp/NAME`` once it is larger than ``SPILL_OCTETS``;
+2. after the terminating dot: write ``tmp/NAME`` (if not yet there) and ``fsync`` it
+   (``commit``);
 3. ``rename`` it to ``new/NAME`` (``commit``);
 4. ``fsync`` the ``new/`` folder, so the rename itself survives a power cut (``sync``;
    one call may cover several messages committed before it);
@@ -27,7 +29,7 @@ import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from postoffice.durable import fsync_directory
 from postoffice.storage.maildir import ensure_maildir
@@ -36,6 +38,8 @@ from postoffice.storage.wire import WireSizeCounter
 __all__ = ["Destination", "MaildirDestination", "MessageSink", "message_key"]
 
 _SUFFIX = ".fetched"
+SPILL_OCTETS = 256 * 1024
+"""A message held in memory beyond this many octets is streamed into ``tmp/`` instead."""
 
 
 class MessageSink(Protocol):
@@ -46,7 +50,8 @@ class MessageSink(Protocol):
     def commit(self) -> str:
         """Make the message's content durable and visible; return its local name. Blocking.
 
-        The name becomes durable at the destination's next ``sync``."""
+        The name becomes durable at the destination's next ``sync``. The sinks of one
+        destination may commit concurrently, each from its own thread."""
         ...
 
     def abort(self) -> None:
@@ -118,7 +123,7 @@ class MaildirDestination:
                 found[uidl] = local
         return found
 
-    def begin(self, uidl: str) -> _MaildirMessage:
+    def begin(self, uidl: str) -> MessageSink:
         return _MaildirMessage(self.path, message_key(self.account, uidl))
 
     def sync(self) -> None:
@@ -126,16 +131,28 @@ class MaildirDestination:
 
 
 class _MaildirMessage:
+    """One message: held in memory up to ``SPILL_OCTETS``, streamed into ``tmp/`` beyond.
+
+    A small message touches the filesystem only in ``commit`` (create, write, fsync, close,
+    rename), which the session runs in worker threads: creating files on the event loop
+    would wait behind the journal commits other threads' fsyncs cause."""
+
+    __slots__ = ("_chunks", "_counter", "_done", "_file", "_held_cr", "_key", "_maildir", "_tmp")
+
     def __init__(self, maildir: Path, key: str) -> None:
         self._maildir = maildir
         self._key = key
         self._tmp = maildir / "tmp" / key
-        # O_TRUNC, not O_EXCL: a leftover of ours by this name is a dead partial copy.
-        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        self._file = os.fdopen(fd, "wb")
+        self._chunks: list[bytes] = []
+        self._file: BinaryIO | None = None
         self._counter = WireSizeCounter()
         self._held_cr = False
         self._done = False
+
+    def _open(self) -> BinaryIO:
+        # O_TRUNC, not O_EXCL: a leftover of ours by this name is a dead partial copy.
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        return os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> None:
         if self._held_cr:
@@ -146,18 +163,29 @@ class _MaildirMessage:
             self._held_cr = True
         data = data.replace(b"\r\n", b"\n")
         self._counter.update(data)
-        self._file.write(data)
+        if self._file is not None:
+            self._file.write(data)
+            return
+        self._chunks.append(data)
+        if self._counter.octets > SPILL_OCTETS:
+            self._file = self._open()
+            self._file.writelines(self._chunks)
+            self._chunks = []
 
     def commit(self) -> str:
         if self._held_cr:
             self._counter.update(b"\r")
-            self._file.write(b"\r")
+            self._chunks.append(b"\r")
             self._held_cr = False
+        file = self._file if self._file is not None else self._open()
+        self._file = file
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            file.writelines(self._chunks)
+            self._chunks = []
+            file.flush()
+            os.fsync(file.fileno())
         finally:
-            self._file.close()
+            file.close()
         name = f"{self._key},S={self._counter.octets},W={self._counter.size}"
         os.rename(self._tmp, self._maildir / "new" / name)
         self._done = True
@@ -167,6 +195,9 @@ class _MaildirMessage:
         if self._done:
             return
         self._done = True
+        self._chunks = []
+        if self._file is None:
+            return  # nothing reached the filesystem
         self._file.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)

@@ -14,10 +14,11 @@ every message, is:
 4. only then DELE it (delete mode, or keep mode past ``delete_after_days``);
 5. at the end QUIT, and only a ``+OK`` marks the DELEs as committed in the journal.
 
-Steps 2 and 3 are group commits: up to ``BATCH`` messages received whole are fsynced and
-renamed in one worker-thread call, then one fsync of ``new/``, then one journal
-transaction; the order within each message is unchanged. If the server goes away, the
-messages already received whole are still committed and journaled (without DELE).
+Steps 2 and 3 are group commits, run in worker threads while the next messages arrive
+(``transfer``): the messages received whole so far are fsynced (in parallel) and renamed,
+then one fsync of ``new/``, then one journal transaction; the order within each message
+is unchanged. If the server goes away, the messages already received whole are still
+committed and journaled (without DELE).
 
 A crash or a dropped connection anywhere leaves one of: a tmp file (removed at the next
 start), a file in ``new/`` not yet journaled (found by its name, derived from (account,
@@ -35,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -43,26 +43,19 @@ from typing import Protocol
 from postoffice.errors import RemoteProtocolError
 from postoffice.fetch.auth import login, read_password
 from postoffice.fetch.config import Account, Mode, Oversize
-from postoffice.fetch.delivery import Destination, MessageSink
+from postoffice.fetch.delivery import Destination
 from postoffice.fetch.errors import (
-    FetchConnectionError,
-    FetchError,
-    FetchTimeoutError,
     ServerRefusedError,
 )
 from postoffice.fetch.fingerprint import (
-    Fingerprint,
-    HeaderCollector,
     fingerprint_ids,
     recover_renumbered,
     renumbered,
 )
 from postoffice.fetch.journal import Entry, Journal
+from postoffice.fetch.transfer import WINDOW, Transfer
 from postoffice.fetch.transport import Pop3Client, connect
 from postoffice.proto.client_events import (
-    BodyData,
-    MultilineEnd,
-    MultilineStart,
     Reply,
     Request,
 )
@@ -86,8 +79,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 ADOPTED = "(adopted)"  # the local name journaled for an adopted message
-WINDOW = 16  # commands in flight when pipelining
-BATCH = 16  # messages made durable by one fsync of new/ and one journal transaction
 DAY = 86400.0
 
 
@@ -323,7 +314,16 @@ async def run_session(
                 log.warning("delete mode: the next run deletes them from the server unread")
         else:
             assert journal is not None
-            transfer = _Transfer(client, account, journal, destination, log, options, pipelining)
+            transfer = Transfer(
+                client,
+                account,
+                journal,
+                destination,
+                log,
+                clock=options.clock,
+                progress=options.progress,
+                pipelining=pipelining,
+            )
             await transfer.run(plan, result)
             deleted = transfer.deleted
         reply = await client.command(Request(keyword="QUIT"))
@@ -359,172 +359,3 @@ def _login_delay(capabilities: Capabilities) -> float:
 def _delivered(entries: Mapping[str, Entry], uidl: str) -> bool:
     entry = entries.get(uidl)
     return entry is not None and entry.delivered
-
-
-_Received = tuple[ServerMessage, MessageSink, int, Fingerprint | None]
-"""A message received whole: its sink (not yet committed), octets and fingerprint."""
-
-
-class _Transfer:
-    """RETR and DELE, pipelined in a window, in the durability order of the module doc."""
-
-    def __init__(
-        self,
-        client: Pop3Client,
-        account: Account,
-        journal: Journal,
-        destination: Destination,
-        log: _AccountLog,
-        options: Options,
-        pipelining: bool,
-    ) -> None:
-        self.client = client
-        self.account = account
-        self.journal = journal
-        self.destination = destination
-        self.log = log
-        self.clock = options.clock
-        self.progress = options.progress
-        self.window = WINDOW if pipelining else 1
-        # Only a destination that can find what a crash left unjournaled may group-commit.
-        self.batch = BATCH if destination.idempotent else 1
-        self.todo: deque[tuple[str, ServerMessage]] = deque()
-        self.in_flight: deque[tuple[str, ServerMessage]] = deque()
-        self.deleted: list[str] = []
-        self.sink: MessageSink | None = None
-        self.unjournaled: list[_Received] = []
-        self.header = HeaderCollector()
-        """Received whole, not yet committed and journaled (group commit)."""
-
-    async def _pump(self) -> None:
-        batch: list[Request] = []
-        while self.todo and len(self.in_flight) + len(batch) < self.window:
-            keyword, message = self.todo.popleft()
-            self.in_flight.append((keyword, message))
-            batch.append(Request(keyword=keyword, arguments=(str(message.number),)))
-        if batch:
-            await self.client.send(*batch)
-
-    async def run(self, plan: Plan, result: SessionResult) -> None:
-        entries = await asyncio.to_thread(self.journal.entries)
-        owed = [
-            m.uidl
-            for m in plan.delete
-            if m.uidl not in entries or not entries[m.uidl].delete_pending
-        ]
-        if owed:
-            # Journal the DELEs as owed before sending them: until QUIT +OK they may not
-            # commit, and the next session then sends them again.
-            await asyncio.to_thread(self.journal.mark_delete_pending, owed)
-        self.todo.extend(("DELE", message) for message in plan.delete)
-        self.todo.extend(("RETR", message) for message in plan.fetch)
-        total = len(plan.fetch)
-        if self.progress is not None:
-            self.progress.start(self.account.name, total, sum(m.size for m in plan.fetch))
-        try:
-            while self.todo or self.in_flight:
-                await self._pump()
-                await self._step(result, total)
-        except (FetchConnectionError, FetchTimeoutError, RemoteProtocolError):
-            # The server went away: what arrived whole is still good, keep it (no DELE).
-            if self.unjournaled:
-                await self._make_durable(result)
-            raise
-        finally:
-            for _, sink, _, _ in self.unjournaled:
-                sink.abort()
-            self.unjournaled = []
-            if self.sink is not None:
-                self.sink.abort()  # never journaled: the next session fetches it again
-                self.sink = None
-
-    async def _step(self, result: SessionResult, total: int) -> None:
-        event = await self.client.next_event()
-        keyword, message = self.in_flight[0]
-        if isinstance(event, Reply):
-            self.in_flight.popleft()
-            if keyword == "DELE":
-                if event.ok:
-                    self.deleted.append(message.uidl)
-                else:
-                    self.log.warning("DELE of %s refused: %s", message.uidl, event.text)
-            else:
-                self.log.warning("RETR of %s refused: %s", message.uidl, event.text)
-                result.failed += 1
-        elif isinstance(event, MultilineStart):
-            self.sink = self.destination.begin(message.uidl)
-            self.header = HeaderCollector()
-        elif isinstance(event, BodyData):
-            assert self.sink is not None
-            self.sink.write(event.data)
-            if self.progress is not None:
-                self.progress.advance(self.account.name, len(event.data))
-            self.header.feed(event.data)
-        elif isinstance(event, MultilineEnd):
-            self.in_flight.popleft()
-            await self._delivered(message, event.octets, result, total)
-        else:
-            raise RemoteProtocolError(f"unexpected {type(event).__name__} during RETR/DELE")
-
-    async def _delivered(
-        self, message: ServerMessage, octets: int, result: SessionResult, total: int
-    ) -> None:
-        sink, self.sink = self.sink, None
-        assert sink is not None
-        if octets != message.size:
-            self.log.warning(
-                "message %s: LIST said %d octets, RETR sent %d; kept (the end marker arrived)",
-                message.uidl,
-                message.size,
-                octets,
-            )
-        self.unjournaled.append((message, sink, octets, self.header.fingerprint()))
-        if self.progress is not None:
-            self.progress.message_done(self.account.name)
-        # With a progress bar, a line per message would only push it around.
-        self.log.log(
-            logging.DEBUG if self.progress is not None else logging.INFO,
-            "%d/%d: %s, %d octets",
-            result.fetched + len(self.unjournaled),
-            total,
-            message.uidl,
-            octets,
-        )
-        more = any(k == "RETR" for k, _ in self.in_flight) or any(k == "RETR" for k, _ in self.todo)
-        if len(self.unjournaled) >= self.batch or not more:
-            await self._make_durable(result)
-
-    def _commit_batch(self, batch: list[_Received]) -> list[str]:
-        """fsync and rename each message, then fsync the folder (in a worker thread)."""
-        names: list[str] = []
-        try:
-            for _, sink, _, _ in batch:
-                names.append(sink.commit())
-            self.destination.sync()
-        except (OSError, FetchError) as error:
-            for _, sink, _, _ in batch[len(names) :]:
-                sink.abort()
-            if isinstance(error, FetchError):
-                raise
-            raise FetchError(f"cannot deliver: {error}") from error
-        return names
-
-    async def _make_durable(self, result: SessionResult) -> None:
-        """Commit the batch and fsync the folder, then journal it in one transaction, then
-        owe and queue its DELEs."""
-        batch, self.unjournaled = self.unjournaled, []
-        names = await asyncio.to_thread(self._commit_batch, batch)
-        delete = self.account.mode is Mode.DELETE
-        await asyncio.to_thread(
-            self.journal.record_delivered_many,
-            [
-                (message.uidl, name, octets, print_)
-                for (message, _, octets, print_), name in zip(batch, names, strict=True)
-            ],
-            now=self.clock(),
-            delete=delete,
-        )
-        result.fetched += len(batch)
-        result.octets += sum(entry[2] for entry in batch)
-        if delete:
-            self.todo.extendleft(("DELE", entry[0]) for entry in reversed(batch))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from postoffice.errors import RemoteProtocolError
-from postoffice.fetch import session
+from postoffice.fetch import transfer
 from postoffice.fetch.config import Account
 from postoffice.fetch.delivery import MaildirDestination, message_key
 from postoffice.fetch.errors import FetchConnectionError, FetchError, FetchTimeoutError
@@ -156,7 +156,7 @@ async def test_crash_between_rename_and_journal_does_not_duplicate(
     batch: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(session, "BATCH", batch)
+    monkeypatch.setattr(transfer, "BATCH", batch)
     account = make_account(tmp_path, server, mode=mode)
     crash_at = 2 if batch < 5 else 1  # five messages: with 16 a batch there is only one
     journal = CrashingJournal(journal_path(account.state_dir, account.name), crash_at)

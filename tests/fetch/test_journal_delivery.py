@@ -6,7 +6,7 @@ import os
 import sqlite3
 from pathlib import Path
 
-from postoffice.fetch.delivery import MaildirDestination, message_key
+from postoffice.fetch.delivery import SPILL_OCTETS, MaildirDestination, message_key
 from postoffice.fetch.journal import FORGET_AFTER, Journal, journal_path
 
 
@@ -95,10 +95,53 @@ def test_aborted_message_leaves_nothing(tmp_path: Path) -> None:
         assert os.listdir(tmp_path / "Maildir" / sub) == []
 
 
+def test_a_small_message_reaches_the_disk_only_when_committed(tmp_path: Path) -> None:
+    destination = MaildirDestination(tmp_path / "Maildir", "office")
+    destination.prepare()
+    sink = destination.begin("uid-1")
+    sink.write(b"Subject: small\r\n\r\nbody\r\n")
+    assert os.listdir(tmp_path / "Maildir" / "tmp") == []
+    name = sink.commit()
+    assert (tmp_path / "Maildir" / "new" / name).read_bytes() == b"Subject: small\n\nbody\n"
+    assert os.listdir(tmp_path / "Maildir" / "tmp") == []
+
+
+def test_a_large_message_streams_into_tmp_and_commits_whole(tmp_path: Path) -> None:
+    destination = MaildirDestination(tmp_path / "Maildir", "office")
+    destination.prepare()
+    sink = destination.begin("uid-1")
+    line = b"x" * 1022 + b"\r\n"
+    chunks = [line * 64] * (2 * SPILL_OCTETS // (64 * 1024) + 1)
+    for chunk in chunks[:-1]:
+        sink.write(chunk)
+    (spilled,) = os.listdir(tmp_path / "Maildir" / "tmp")
+    assert os.path.getsize(tmp_path / "Maildir" / "tmp" / spilled) > SPILL_OCTETS
+    sink.write(chunks[-1])
+    name = sink.commit()
+    data = (tmp_path / "Maildir" / "new" / name).read_bytes()
+    assert data == b"".join(chunks).replace(b"\r\n", b"\n")
+    lines = data.count(b"\n")
+    assert name.endswith(f",S={len(data)},W={len(data) + lines}")
+    assert os.listdir(tmp_path / "Maildir" / "tmp") == []
+
+
+def test_an_aborted_large_message_leaves_nothing_in_tmp(tmp_path: Path) -> None:
+    destination = MaildirDestination(tmp_path / "Maildir", "office")
+    destination.prepare()
+    sink = destination.begin("uid-1")
+    sink.write(b"y" * (SPILL_OCTETS + 1))
+    assert os.listdir(tmp_path / "Maildir" / "tmp") != []
+    sink.abort()
+    for sub in ("tmp", "new", "cur"):
+        assert os.listdir(tmp_path / "Maildir" / sub) == []
+
+
 def test_prepare_removes_only_our_leftovers(tmp_path: Path) -> None:
     destination = MaildirDestination(tmp_path / "Maildir", "office")
     destination.prepare()
-    destination.begin("uid-1").write(b"crashed before rename")  # never committed
+    # A message larger than SPILL_OCTETS streams into tmp/; this one was never committed.
+    destination.begin("uid-1").write(b"crashed before rename\n" * (SPILL_OCTETS // 20))
+    assert len(os.listdir(tmp_path / "Maildir" / "tmp")) == 1
     (tmp_path / "Maildir" / "tmp" / "123.other.host").write_bytes(b"someone else's")
     destination.prepare()
     assert os.listdir(tmp_path / "Maildir" / "tmp") == ["123.other.host"]

@@ -1,0 +1,294 @@
+"""RETR and DELE for one session, with the disk work overlapped with the network.
+
+Theory of operation
+-------------------
+The session (``session``) plans; this module moves the messages, in the durability order of
+the session's docstring: a message is fsynced and renamed into ``new/``, ``new/`` is
+fsynced and the UIDL journaled, and only then is its DELE sent.
+
+Commands go out in a window (``WINDOW`` in flight with RFC 2449 PIPELINING, else one),
+refilled in bursts when half of it is answered, so one write carries many commands.
+
+A message received whole (its terminating dot read) joins the *pending* list. Its disk
+work is a *group commit*, run in a worker thread while the event loop keeps receiving:
+
+1. every message of the group is written, fsynced and renamed into ``new/``, in parallel
+   threads (``COMMIT_THREADS``): concurrent fsyncs share the filesystem's journal commits,
+   which one thread doing them in turn cannot;
+2. ``new/`` is fsynced once (``Destination.sync``);
+3. the group is journaled in one transaction (``synchronous = FULL``);
+4. back on the event loop, its DELEs are queued (delete mode).
+
+Only one group commits at a time, so the journal sees one caller at a time. A group starts
+as soon as the previous one is done and something is pending, so groups grow by
+themselves while the disk is slower than the network and shrink when it is faster (no
+timer, no fixed size). Pending messages are held in memory (``delivery.SPILL_OCTETS``
+bounds one message), so receiving stops, waiting for the disk, once ``BATCH`` messages or
+``BATCH_OCTETS`` octets are pending.
+
+A destination that cannot find afterwards what it already holds (``idempotent`` false:
+mbox, MDA, LMTP) commits one message at a time, each journaled before the next commits,
+so a crash can duplicate at most one message there.
+
+If the server goes away, the messages already received whole are still committed and
+journaled (without DELE); a message cut short is dropped. The group commit is an executor
+future, not a task, so whatever it raises (a full disk, a simulated crash in the tests)
+surfaces here, in the session's own coroutine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+from postoffice.errors import RemoteProtocolError
+from postoffice.fetch.config import Account, Mode
+from postoffice.fetch.errors import FetchConnectionError, FetchError, FetchTimeoutError
+from postoffice.fetch.fingerprint import Fingerprint, HeaderCollector
+from postoffice.proto.client_events import BodyData, MultilineEnd, MultilineStart, Reply, Request
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from postoffice.fetch.delivery import Destination, MessageSink
+    from postoffice.fetch.journal import Journal
+    from postoffice.fetch.session import Plan, Progress, ServerMessage, SessionResult
+    from postoffice.fetch.transport import Pop3Client
+
+__all__ = ["BATCH", "BATCH_OCTETS", "COMMIT_THREADS", "WINDOW", "Transfer"]
+
+WINDOW = 32
+"""Commands in flight when pipelining."""
+BATCH = 256
+"""At most this many messages pending (received whole, not yet durable) at once."""
+BATCH_OCTETS = 16 << 20
+"""At most about this many octets pending at once."""
+COMMIT_THREADS = 16
+"""Threads that write and fsync the messages of one group commit in parallel."""
+
+_Received = tuple["ServerMessage", "MessageSink", int, Fingerprint | None]
+"""A message received whole: its sink (not yet committed), octets and fingerprint."""
+
+
+class Transfer:
+    """RETR and DELE, pipelined in a window, in the durability order of the module doc."""
+
+    def __init__(
+        self,
+        client: Pop3Client,
+        account: Account,
+        journal: Journal,
+        destination: Destination,
+        log: logging.LoggerAdapter,  # type: ignore[type-arg]
+        *,
+        clock: Callable[[], float],
+        progress: Progress | None,
+        pipelining: bool,
+    ) -> None:
+        self.client = client
+        self.account = account
+        self.journal = journal
+        self.destination = destination
+        self.log = log
+        self.clock = clock
+        self.progress = progress
+        self.window = WINDOW if pipelining else 1
+        # Only a destination that can find what a crash left unjournaled may group-commit.
+        self.batch = BATCH if destination.idempotent else 1
+        self.todo: deque[tuple[str, ServerMessage]] = deque()
+        self.in_flight: deque[tuple[str, ServerMessage]] = deque()
+        self.deleted: list[str] = []
+        self.sink: MessageSink | None = None
+        self.header = HeaderCollector()
+        self.pending: list[_Received] = []
+        """Received whole, not yet committed and journaled."""
+        self.pending_octets = 0
+        self.committing: asyncio.Future[list[str]] | None = None
+        self.committing_batch: list[_Received] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self._received = 0
+
+    async def _pump(self) -> None:
+        """Refill the window once half of it is answered: one write, many commands."""
+        if self.in_flight and len(self.in_flight) > self.window // 2:
+            return
+        batch: list[Request] = []
+        while self.todo and len(self.in_flight) < self.window:
+            keyword, message = self.todo.popleft()
+            self.in_flight.append((keyword, message))
+            batch.append(Request(keyword=keyword, arguments=(str(message.number),)))
+        if batch:
+            await self.client.send(*batch)
+
+    async def run(self, plan: Plan, result: SessionResult) -> None:
+        entries = await asyncio.to_thread(self.journal.entries)
+        owed = [
+            m.uidl
+            for m in plan.delete
+            if m.uidl not in entries or not entries[m.uidl].delete_pending
+        ]
+        if owed:
+            # Journal the DELEs as owed before sending them: until QUIT +OK they may not
+            # commit, and the next session then sends them again.
+            await asyncio.to_thread(self.journal.mark_delete_pending, owed)
+        self.todo.extend(("DELE", message) for message in plan.delete)
+        self.todo.extend(("RETR", message) for message in plan.fetch)
+        total = len(plan.fetch)
+        if self.progress is not None:
+            self.progress.start(self.account.name, total, sum(m.size for m in plan.fetch))
+        try:
+            while self.todo or self.in_flight or self.pending or self.committing is not None:
+                self._settle(result)
+                await self._pump()
+                if self.in_flight:
+                    await self._step(result, total)
+                elif self.committing is not None:
+                    await asyncio.wait((self.committing,))  # nothing on the wire: the disk
+        except (FetchConnectionError, FetchTimeoutError, RemoteProtocolError):
+            # The server went away: what arrived whole is still good, keep it (no DELE).
+            while self.pending or self.committing is not None:
+                if self.committing is not None:
+                    await asyncio.wait((self.committing,))
+                self._settle(result)
+            raise
+        finally:
+            await self._wind_down()
+
+    async def _wind_down(self) -> None:
+        """After an error: let a running group commit finish, drop what is not durable."""
+        if self.committing is not None:
+            await asyncio.wait((self.committing,))
+            if not self.committing.cancelled():
+                self.committing.exception()  # already raised, or about to be: seen here
+            self.committing = None
+        for _, sink, _, _ in self.pending:
+            sink.abort()
+        self.pending = []
+        if self.sink is not None:
+            self.sink.abort()  # never journaled: the next session fetches it again
+            self.sink = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+
+    async def _step(self, result: SessionResult, total: int) -> None:
+        event = await self.client.next_event()
+        keyword, message = self.in_flight[0]
+        if isinstance(event, BodyData):
+            assert self.sink is not None
+            self.sink.write(event.data)
+            if self.progress is not None:
+                self.progress.advance(self.account.name, len(event.data))
+            self.header.feed(event.data)
+        elif isinstance(event, MultilineEnd):
+            self.in_flight.popleft()
+            await self._received_whole(message, event.octets, result, total)
+        elif isinstance(event, MultilineStart):
+            self.sink = self.destination.begin(message.uidl)
+            self.header = HeaderCollector()
+        elif isinstance(event, Reply):
+            self.in_flight.popleft()
+            if keyword == "DELE":
+                if event.ok:
+                    self.deleted.append(message.uidl)
+                else:
+                    self.log.warning("DELE of %s refused: %s", message.uidl, event.text)
+            else:
+                self.log.warning("RETR of %s refused: %s", message.uidl, event.text)
+                result.failed += 1
+        else:
+            raise RemoteProtocolError(f"unexpected {type(event).__name__} during RETR/DELE")
+
+    async def _received_whole(
+        self, message: ServerMessage, octets: int, result: SessionResult, total: int
+    ) -> None:
+        sink, self.sink = self.sink, None
+        assert sink is not None
+        if octets != message.size:
+            self.log.warning(
+                "message %s: LIST said %d octets, RETR sent %d; kept (the end marker arrived)",
+                message.uidl,
+                message.size,
+                octets,
+            )
+        self.pending.append((message, sink, octets, self.header.fingerprint()))
+        self.pending_octets += octets
+        self._received += 1
+        if self.progress is not None:
+            self.progress.message_done(self.account.name)
+        # With a progress bar, a line per message would only push it around.
+        self.log.log(
+            logging.DEBUG if self.progress is not None else logging.INFO,
+            "%d/%d: %s, %d octets",
+            self._received,
+            total,
+            message.uidl,
+            octets,
+        )
+        # Wait for the disk while too much is pending (or, for a destination that is not
+        # idempotent, while the one before is still being delivered).
+        while self.committing is not None and (
+            len(self.pending) >= self.batch or self.pending_octets >= BATCH_OCTETS
+        ):
+            await asyncio.wait((self.committing,))
+            self._settle(result)
+        self._settle(result)
+
+    def _settle(self, result: SessionResult) -> None:
+        """Account for a finished group commit (raising its error), start the next one."""
+        committing = self.committing
+        if committing is not None:
+            if not committing.done():
+                return
+            self.committing = None
+            committing.result()  # raises what the group commit raised
+            batch, self.committing_batch = self.committing_batch, []
+            result.fetched += len(batch)
+            result.octets += sum(entry[2] for entry in batch)
+            if self.account.mode is Mode.DELETE:
+                self.todo.extendleft(("DELE", entry[0]) for entry in reversed(batch))
+        if self.pending:
+            batch = self.pending[: self.batch]
+            del self.pending[: self.batch]
+            self.pending_octets -= sum(entry[2] for entry in batch)
+            self.committing_batch = batch
+            loop = asyncio.get_running_loop()
+            self.committing = loop.run_in_executor(None, self._make_durable, batch)
+
+    def _commit_one(self, sink: MessageSink) -> str | Exception:
+        try:
+            return sink.commit()
+        except (OSError, FetchError) as error:
+            sink.abort()
+            return error
+
+    def _make_durable(self, batch: list[_Received]) -> list[str]:
+        """In a worker thread: commit the group (in parallel), fsync the folder, journal it."""
+        sinks = [entry[1] for entry in batch]
+        if len(sinks) == 1:
+            outcomes = [self._commit_one(sinks[0])]
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(COMMIT_THREADS, "postoffice-commit")
+            outcomes = list(self._pool.map(self._commit_one, sinks))
+        for outcome in outcomes:
+            if isinstance(outcome, FetchError):
+                raise outcome
+            if isinstance(outcome, Exception):
+                raise FetchError(f"cannot deliver: {outcome}") from outcome
+        names = [outcome for outcome in outcomes if isinstance(outcome, str)]
+        try:
+            self.destination.sync()
+        except OSError as error:
+            raise FetchError(f"cannot deliver: {error}") from error
+        self.journal.record_delivered_many(
+            [
+                (message.uidl, name, octets, print_)
+                for (message, _, octets, print_), name in zip(batch, names, strict=True)
+            ],
+            now=self.clock(),
+            delete=self.account.mode is Mode.DELETE,
+        )
+        return names

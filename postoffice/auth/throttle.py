@@ -63,6 +63,7 @@ class FailureThrottle:
         self._memory = memory
         self._forget_after = forget_after
         self._records: OrderedDict[str, _Record] = OrderedDict()
+        self._keys: dict[str, str | None] = {}  # parsing an address costs more than a login
 
     def __len__(self) -> int:
         """How many client networks are tracked now."""
@@ -116,6 +117,16 @@ class FailureThrottle:
 
     def _key(self, ip: str) -> str | None:
         """The network ``ip`` is counted in, or None if it is trusted."""
+        try:
+            return self._keys[ip]
+        except KeyError:
+            pass
+        if len(self._keys) >= self._memory:
+            self._keys.clear()
+        key = self._keys[ip] = self._network_of(ip)
+        return key
+
+    def _network_of(self, ip: str) -> str | None:
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -108,7 +109,14 @@ class Authorizer:
         """Lock and list the user's maildrop, or the ``LoginFailure`` line to send."""
         config = self.context.config
         try:
-            path = maildir_for(config.mail.maildir, data_dir=config.data_dir, user=record)
+            key = (config.mail.maildir, config.data_dir, record)
+            path = _maildir_paths.get(key)
+            if path is None:
+                if len(_maildir_paths) >= _MAILDIR_PATHS_KEPT:
+                    _maildir_paths.clear()
+                path = _maildir_paths[key] = maildir_for(
+                    config.mail.maildir, data_dir=config.data_dir, user=record
+                )
         except PostofficeError as error:
             self.log.error("no maildrop for %r: %s", record.name, error)
             return LoginFailure.PERMANENT
@@ -118,7 +126,7 @@ class Authorizer:
             uidl_format=config.mail.uidl_format,
         )
         try:
-            if _open_costs.get(path, INLINE_OPEN_SECONDS) < INLINE_OPEN_SECONDS:
+            if _cheap_to_open(path):
                 messages = _lock_and_list(maildrop, config)
             else:
                 messages = await asyncio.to_thread(_lock_and_list, maildrop, config)
@@ -135,15 +143,36 @@ class Authorizer:
         return OpenedMaildrop(maildrop=maildrop, messages=messages)
 
 
+# A user's maildir path, by the template and the record it was made from.
+_maildir_paths: dict[tuple[str, Path, UserRecord], Path] = {}
+_MAILDIR_PATHS_KEPT = 100_000
+
+
 class _LoginTooSoon(Exception):
     """LOGIN-DELAY: the last login to this maildrop was too recent."""
 
 
 INLINE_OPEN_SECONDS = 0.002
 """A maildrop whose last lock and listing took less than this is opened on the event loop
-(a thread trip costs more); the first time, and after a slow one, in a thread."""
+(a thread trip costs more); after a slow one, in a thread (see ``_cheap_to_open``)."""
 _open_costs: dict[Path, float] = {}
+SMALL_DIRECTORIES_OCTETS = 16384
+"""new/ and cur/ together no larger than this (a few hundred names): cheap the first time."""
 _OPEN_COSTS_KEPT = 100_000
+
+
+def _cheap_to_open(path: Path) -> bool:
+    """Whether locking and listing ``path`` costs less than a trip to a thread: it did last
+    time, or (first time) its new/ and cur/ are small directories. A directory's size
+    grows with its entries on every common filesystem, and a stat is cheap."""
+    cost = _open_costs.get(path)
+    if cost is not None:
+        return cost < INLINE_OPEN_SECONDS
+    try:
+        size = os.stat(path / "cur").st_size + os.stat(path / "new").st_size
+    except OSError:
+        return False  # to be created, or unreadable: the thread finds out
+    return size <= SMALL_DIRECTORIES_OCTETS
 
 
 def _lock_and_list(maildrop: MaildirMaildrop, config: Config) -> list[StoredMessage]:

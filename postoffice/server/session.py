@@ -123,7 +123,6 @@ class Pop3Session(asyncio.Protocol):
         "_eof",
         "_finished",
         "_inside_tls_handshake",
-        "_log",
         "_loop",
         "_octets_out",
         "_peer_text",
@@ -160,7 +159,6 @@ class Pop3Session(asyncio.Protocol):
         self.peer_ip = "?"
         self._peer_text = "?"
         self.session_id = f"{random.getrandbits(32):08x}"  # for log lines, not a secret
-        self._log: SessionLog | None = None
         self._authorizer: Authorizer | None = None
         self.maildrop: Maildrop | None = None
         self.user: str | None = None
@@ -188,9 +186,8 @@ class Pop3Session(asyncio.Protocol):
 
     @property
     def log(self) -> SessionLog:
-        if self._log is None:
-            self._log = SessionLog(log, {"session": self.session_id, "peer": self._peer_text})
-        return self._log
+        """Made when something is logged (rarely), not kept: idle sessions stay small."""
+        return SessionLog(log, {"session": self.session_id, "peer": self._peer_text})
 
     @property
     def authorizer(self) -> Authorizer:

@@ -29,7 +29,9 @@ done, so nothing sent in the clear can be read as a command inside TLS.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import os
 import random
 import ssl
 from collections.abc import Coroutine, Generator
@@ -592,18 +594,20 @@ class Pop3Session(asyncio.Protocol):
         encoder = MessageEncoder()
         top = TopFilter(request.body_lines) if request.body_lines is not None else None
         pending = self.connection.data_to_send()  # the +OK line goes out with the first chunk
+        requested = _first_read_size(file)
         while chunk:
-            complete = len(chunk) < READ_CHUNK  # a short read: the end of the file
+            complete = len(chunk) < requested  # a short read: the end of the file
             if top is not None:
                 chunk = top.feed(chunk)
             if complete or (top is not None and top.done):
                 # The whole reply in one write: one system call per message.
-                self._send(pending + encoder.encode(chunk) + encoder.finish())
+                self._send(b"".join((pending, encoder.encode(chunk), encoder.finish())))
                 pending = b""
                 break
             self._send(pending + encoder.encode(chunk))
             pending = b""
             await self._drain()
+            requested = READ_CHUNK
             chunk = await asyncio.to_thread(file.read, READ_CHUNK)
         else:
             self._send(pending + encoder.finish())
@@ -738,9 +742,20 @@ class Pop3Session(asyncio.Protocol):
 
 
 def _open_and_read(maildrop: Maildrop, message: StoredMessage) -> tuple[BinaryIO, bytes]:
+    """The open file and its first chunk: all of it when it fits in one, read into a buffer
+    of its own size (a 256 KiB buffer per message would cost an mmap and page faults)."""
     file = maildrop.open(message)
     try:
-        return file, file.read(READ_CHUNK)
+        return file, file.read(_first_read_size(file))
     except BaseException:
         file.close()
         raise
+
+
+def _first_read_size(file: BinaryIO) -> int:
+    """One more than the file's size (the short read tells the end), at most a chunk."""
+    try:
+        size = os.fstat(file.fileno()).st_size
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return READ_CHUNK
+    return min(size + 1, READ_CHUNK)

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoredMessage:
-    """One message as the session's snapshot sees it."""
+class StoredMessage(NamedTuple):
+    """One message as the session's snapshot sees it.
+
+    A named tuple rather than a frozen dataclass: a snapshot of 100,000 messages is made
+    from the index columns by ``map(StoredMessage._make, zip(...))``, several times faster.
+    """
 
     key: str
     """The backend's handle for the message (for Maildir: ``new/NAME`` or ``cur/NAME``)."""

@@ -73,6 +73,9 @@ __all__ = ["INDEX_NAME", "LOCK_NAME", "MaildirMaildrop", "ensure_maildir"]
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = "postoffice.lock"
+# Migration schemes whose UIDLs come from another server's files, which may change or go
+# away: an index holding them is fsynced (maildir_index.py).
+_PINNING_SCHEMES = ("dovecot", "courier")
 
 
 def ensure_maildir(path: Path) -> None:
@@ -126,7 +129,6 @@ class MaildirMaildrop:
             uidl_format if isinstance(uidl_format, UidlScheme) else parse_uidl_format(uidl_format)
         )
         self._save_index = save_index
-        self._prepared = False
         self._lock_fd: int | None = None
         self._lock_finalizer: weakref.finalize[[int], MaildirMaildrop] | None = None
         self._snapshot: list[StoredMessage] = []
@@ -141,21 +143,18 @@ class MaildirMaildrop:
     def path(self) -> Path:
         return self._path
 
-    def _prepare(self) -> None:
-        if self._prepared:
-            return
+    def _create_missing(self, exc: FileNotFoundError) -> None:
+        """After ``exc`` (the maildir or a part of it is missing): create it, or refuse.
+
+        Called only when a stat or open found something missing, so a session on an
+        existing maildir makes no mkdir calls.
+        """
+        if not self._create:
+            raise StorageError(f"not a maildir: {self._path}") from exc
         try:
-            if self._create:
-                ensure_maildir(self._path)
-            else:
-                for sub in (NEW, CUR):
-                    if not (self._path / sub).is_dir():
-                        raise StorageError(f"not a maildir: {self._path}")
-        except StorageError:
-            raise
-        except OSError as exc:
-            raise StorageError(f"cannot create maildir {self._path}: {exc}") from exc
-        self._prepared = True
+            ensure_maildir(self._path)
+        except OSError as error:
+            raise StorageError(f"cannot create maildir {self._path}: {error}") from error
 
     # lock ------------------------------------------------------------------------------
 
@@ -163,9 +162,14 @@ class MaildirMaildrop:
         """Take the session lock; ``MaildropInUseError`` if any other session holds it."""
         if self._lock_fd is not None:
             return
-        self._prepare()
+        lock_path = self._path / LOCK_NAME
+        flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         try:
-            fd = os.open(self._path / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(lock_path, flags, 0o600)
+            except FileNotFoundError as exc:
+                self._create_missing(exc)
+                fd = os.open(lock_path, flags, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot open lock file in {self._path}: {exc}") from exc
         try:
@@ -190,10 +194,13 @@ class MaildirMaildrop:
 
     def snapshot(self) -> list[StoredMessage]:
         """The complete messages in ``new/`` and ``cur/``, oldest first, with UIDL and size."""
-        self._prepare()
         listed_ns = time.time_ns()  # before the stat: see the module docstring
         try:
-            dirs = self._dir_state()
+            try:
+                dirs = self._dir_state()
+            except FileNotFoundError as exc:
+                self._create_missing(exc)
+                dirs = self._dir_state()
             recalled = recall(self._path, self._scheme.id, dirs)
             if recalled is not None:
                 self._index, messages = recalled
@@ -216,14 +223,16 @@ class MaildirMaildrop:
             self._index, file_id = loaded
         else:
             known = index.columns() if index is not None else ([], [], [], [])
-            columns = list_maildir(self._path, known, self._scheme)
-            self._index = Index(dirs=dirs, listed_ns=listed_ns, columns=columns)
+            columns, alternates = list_maildir(self._path, known, self._scheme)
+            pinned = (
+                alternates
+                or self._scheme.kind in _PINNING_SCHEMES
+                or (index is not None and index.pinned)
+            )
+            self._index = Index(dirs=dirs, listed_ns=listed_ns, columns=columns, pinned=pinned)
             file_id = self._write_index()
         keys, _, wire, uids = self._index.columns()
-        messages = [
-            StoredMessage(key=key, uid=uid, size=size)
-            for key, uid, size in zip(keys, uids, wire, strict=True)
-        ]
+        messages = list(map(StoredMessage._make, zip(keys, uids, wire, strict=True)))
         if file_id is not None:
             remember(self._path, self._scheme.id, file_id, self._index, messages)
         return messages
@@ -297,10 +306,13 @@ class MaildirMaildrop:
     def commit(
         self, *, deleted: Sequence[StoredMessage], retrieved: Sequence[StoredMessage]
     ) -> CommitResult:
-        """Remove ``deleted``, mark ``retrieved`` seen (new/ -> cur/), fsync both directories.
+        """Remove ``deleted``, mark ``retrieved`` seen (new/ -> cur/), make removals durable.
 
         Only files of this session's snapshot are touched (found by base name if another
-        program renamed them); mail delivered since the snapshot is never removed.
+        program renamed them); mail delivered since the snapshot is never removed. Both
+        directories are fsynced when something was removed, before the caller answers
+        QUIT. A Seen rename alone is not fsynced: if a crash loses it, the message is back
+        in new/ without the flag, with the same UIDL.
         """
         self._check_member([*deleted, *retrieved])
         relocator = _Relocator(self._path)
@@ -332,11 +344,12 @@ class MaildirMaildrop:
             # Nothing changed on disk: the index and its trust in the directories stand,
             # so the next login is as fast as this one.
             return CommitResult(removed=0, not_removed=0, remaining=len(self._snapshot))
-        for sub in (NEW, CUR):
-            try:
-                fsync_directory(self._path / sub)
-            except OSError as exc:
-                logger.error("cannot fsync %s: %s", self._path / sub, exc)
+        if gone:
+            for sub in (NEW, CUR):
+                try:
+                    fsync_directory(self._path / sub)
+                except OSError as exc:
+                    logger.error("cannot fsync %s: %s", self._path / sub, exc)
         # Same order as before; our own changes moved the directory mtimes, so the next
         # snapshot lists again (dirs=None), finding nothing to measure.
         keys, disk, wire, uids = self._index.columns()
@@ -350,6 +363,7 @@ class MaildirMaildrop:
                 [wire[i] for i in kept],
                 [uids[i] for i in kept],
             ),
+            pinned=self._index.pinned,
         )
         self._write_index()
         return CommitResult(

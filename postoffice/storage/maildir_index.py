@@ -10,8 +10,13 @@ the inode and mtime of ``new/`` and ``cur/`` and the time the directories were l
   UIDLs is ignored (and rebuilt by the caller). Keys are checked when used
   (``maildir_names.valid_key``), so a forged index can never name a file outside
   ``new/`` and ``cur/``.
-- It is written atomically (temp file, fsync, ``os.replace``); a failure to write it is
-  logged, never fatal.
+- It is written atomically (temp file, ``os.replace``); a failure to write it is logged,
+  never fatal. It is a cache: a torn or lost file is rebuilt by listing, and under the
+  natural UIDL scheme the rebuild gives every message the UIDL it had, so it is not
+  fsynced. It is fsynced only while it is *pinned*: it holds a UIDL the names alone would
+  not give back (a digest handed out because a name's natural UIDL was taken: which of
+  the two got it depends on the order they were first seen), or a migration scheme's
+  UIDLs and order, read from another server's files that may change or go away.
 - ``remember``/``recall`` keep the last snapshots of this process in memory and hand one
   back while the index file (inode, mtime, size) is the one it came from and the
   directories pass the trust rule.
@@ -45,7 +50,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 INDEX_NAME = "postoffice-index"
-_MAGIC = b"postoffice-index 2"
+_MAGIC = b"postoffice-index 3"
 _MTIME_MARGIN_NS = 2_000_000_000
 DEFAULT_SCHEME = "postoffice"
 
@@ -69,7 +74,7 @@ def _magic(scheme: str) -> bytes:
 class Index:
     """The cache in memory: columns as loaded (cheap), or a dict once it is changed."""
 
-    __slots__ = ("_columns", "_entries", "dirs", "listed_ns")
+    __slots__ = ("_columns", "_entries", "dirs", "listed_ns", "pinned")
 
     def __init__(
         self,
@@ -78,10 +83,13 @@ class Index:
         listed_ns: int,
         entries: dict[str, Entry] | None = None,
         columns: Columns | None = None,
+        pinned: bool = False,
     ) -> None:
         self.dirs = dirs
         """The directories as they were when listed; None: the listing must not be trusted."""
         self.listed_ns = listed_ns
+        self.pinned = pinned
+        """Holds a UIDL a rebuild might not give back: written with fsync (module docstring)."""
         self._entries = entries
         self._columns = columns
 
@@ -119,6 +127,7 @@ class Index:
             listed_ns=self.listed_ns,
             entries=None if self._entries is None else dict(self._entries),
             columns=self._columns,
+            pinned=self.pinned,
         )
 
 
@@ -138,7 +147,8 @@ def _valid_uids(uids: list[str]) -> bool:
 
 
 # The file: the magic line, the SHA-256 of the body, then the body (UTF-8, surrogateescape):
-#   "NEW_INO NEW_MTIME CUR_INO CUR_MTIME LISTED_NS COUNT" (or "- - - - LISTED_NS COUNT")
+#   "NEW_INO NEW_MTIME CUR_INO CUR_MTIME LISTED_NS COUNT PINNED" (or "- - - - ...");
+#   PINNED is 1 or 0
 #   disk sizes, space-separated
 #   wire sizes, space-separated
 #   COUNT lines of UIDs
@@ -163,9 +173,9 @@ def load_index(path: Path, scheme: str = DEFAULT_SCHEME) -> tuple[Index, FileId]
     try:
         lines = body.decode("utf-8", "surrogateescape").split("\n")
         head = lines[0].split(" ")
-        if len(head) != 6:
+        if len(head) != 7 or head[6] not in ("0", "1"):
             return None
-        listed_ns, n = int(head[4]), int(head[5])
+        listed_ns, n, pinned = int(head[4]), int(head[5]), head[6] == "1"
         dirs: DirState | None = None
         if head[0] != "-":
             dirs = ((int(head[0]), int(head[1])), (int(head[2]), int(head[3])))
@@ -182,12 +192,15 @@ def load_index(path: Path, scheme: str = DEFAULT_SCHEME) -> tuple[Index, FileId]
     if not _valid_uids(uids) or len(set(keys)) != n:
         return None
     # Keys are checked when used (valid_key), not here: that keeps loading cheap.
-    index = Index(dirs=dirs, listed_ns=listed_ns, columns=(keys, disk, wire, uids))
+    index = Index(dirs=dirs, listed_ns=listed_ns, columns=(keys, disk, wire, uids), pinned=pinned)
     return index, file_id
 
 
 def write_index(maildir: Path, index: Index, scheme: str = DEFAULT_SCHEME) -> FileId | None:
-    """Replace the index atomically and return its identity; log (not raise) a failure."""
+    """Replace the index atomically and return its identity; log (not raise) a failure.
+
+    Only a pinned index is fsynced (see the module docstring).
+    """
     keys, disk, wire, uids = index.columns()
     dirs = index.dirs
     if "\n" in "".join(keys):
@@ -201,7 +214,7 @@ def write_index(maildir: Path, index: Index, scheme: str = DEFAULT_SCHEME) -> Fi
     head = "- - - -" if dirs is None else f"{dirs[0][0]} {dirs[0][1]} {dirs[1][0]} {dirs[1][1]}"
     text = "\n".join(
         [
-            f"{head} {index.listed_ns} {len(keys)}",
+            f"{head} {index.listed_ns} {len(keys)} {int(index.pinned)}",
             " ".join(map(str, disk)),
             " ".join(map(str, wire)),
             *uids,
@@ -217,7 +230,8 @@ def write_index(maildir: Path, index: Index, scheme: str = DEFAULT_SCHEME) -> Fi
         try:
             with open(fd, "wb", closefd=False) as f:
                 f.write(data)
-            os.fsync(fd)
+            if index.pinned:
+                os.fsync(fd)
             written = _file_id(os.fstat(fd))
         finally:
             os.close(fd)
@@ -244,7 +258,9 @@ _MEMO_MESSAGES = 300_000
 def remember(
     path: Path, scheme: str, file_id: FileId, index: Index, messages: list[StoredMessage]
 ) -> None:
-    frozen = Index(dirs=index.dirs, listed_ns=index.listed_ns, columns=index.columns())
+    frozen = Index(
+        dirs=index.dirs, listed_ns=index.listed_ns, columns=index.columns(), pinned=index.pinned
+    )
     key = (path, scheme)
     with _memo_lock:
         _memo.pop(key, None)

@@ -5,11 +5,18 @@ unknown names are measured and merged in, and a UIDL already handed out is never
 a newcomer: a newcomer whose UIDL is taken gets a digest of its base name.
 
 *Size.* The exact RETR size (``wire.py``). A name carrying ``,S=<s>,W=<w>`` (our own
-deliveries, Dovecot's) is believed only if ``s`` is the file's size and ``s <= w <= 2s``;
-otherwise the file is read and counted.
+deliveries, Dovecot's) is believed without opening or even stat-ing the file when
+``0 < s <= w <= 2s``, as Dovecot does; any other file is read and counted. A tag that lies
+is found out when RETR sends the file: the session compares the octets it sent with the
+listed size and ``MaildirMaildrop.correct_size`` records the truth in the index.
 
 *Order.* Oldest first (``maildir_names.parse_name``), or the old server's order under a
 migration UIDL scheme (``uidl.py``), which is read only when there are new names.
+
+*Speed.* A maildrop of 100,000 messages is listed cold in a few tenths of a second: the
+names of both directories are joined into one string and parsed by one regular expression
+(``findall``), numbers are converted with ``map(int, ...)``, the size tags are checked
+column-wise, and only the names that do not have the usual shape take a per-name path.
 
 A file that exists but cannot be read raises (the snapshot fails rather than hide mail);
 a file that vanishes while we list is skipped.
@@ -20,12 +27,22 @@ from __future__ import annotations
 import bisect
 import errno
 import itertools
+import operator
 import os
+import re
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 
 from postoffice.storage.maildir_index import Columns
-from postoffice.storage.maildir_names import CUR, NEW, alternate_uid, parse_name
+from postoffice.storage.maildir_names import (
+    CUR,
+    NEW,
+    alternate_uid,
+    digest_uid,
+    parse_name,
+    valid_uid,
+)
 from postoffice.storage.uidl import LegacyUidls, OrderKey, UidlScheme, served_uid
 from postoffice.storage.wire import WireSizeCounter
 
@@ -34,8 +51,22 @@ __all__ = ["READ_FLAGS", "count_file", "list_maildir"]
 _CHUNK = 1 << 16
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-# A new file while listing: (seconds, microseconds, base, key, disk, wire, uid).
-_Row = tuple[int, int, str, str, int, int, str]
+# Delivery time as one integer: seconds * _TICKS + (microseconds + 1), so that it orders
+# like (seconds, microseconds) with "no microseconds" (-1) first within its second.
+_TICKS = 1_000_001
+
+# One key per line, in the shape of maildir_names._FAST_NAME_RE; any other line matches
+# the last group whole and is parsed by parse_name. Groups: unique part (the natural UIDL
+# once checked by _fix_uids), seconds, microseconds, S, W, other.
+_KEY_LINE = re.compile(
+    r"^(?:(?:new|cur)/((\d{1,18})\.(?:M(\d{1,6})(?!\d))?[^,:\n]*)"
+    r"(?:,S=(\d{1,18}))?(?:,W=(\d{1,18}))?(?::[^\n]*)?"
+    r"|([^\n]*))$",
+    re.MULTILINE | re.ASCII,
+)
+
+# A new file, when it must be merged with known ones: (time, base, key, disk, wire, uid).
+_Row = tuple[int, str, str, int, int, str]
 
 
 def count_file(path: Path) -> tuple[int, int] | None:
@@ -57,31 +88,105 @@ def count_file(path: Path) -> tuple[int, int] | None:
         return counter.octets, counter.size
 
 
-def _measure(entry: os.DirEntry[str], tags: tuple[int, int] | None) -> tuple[int, int] | None:
-    """(disk size, wire size) from trustworthy tags or by reading; None if not servable."""
-    if tags is not None:
-        s, w = tags
-        if 0 < s <= w <= 2 * s:
-            try:
-                if entry.stat(follow_symlinks=False).st_size == s:
-                    return s, w
-            except FileNotFoundError:
-                return None
-    return count_file(Path(entry.path))
+def _names(directory: Path) -> list[str]:
+    """The regular files of ``directory`` whose names do not start with a dot."""
+    with os.scandir(directory) as it:
+        return [
+            entry.name
+            for entry in it
+            if entry.name[0] != "." and entry.is_file(follow_symlinks=False)
+        ]
 
 
-def _order(keys: list[str], item: int | _Row) -> tuple[int, int, str, str]:
-    """The sort key of a known key (by position) or of a new row."""
-    if isinstance(item, int):
-        key = keys[item]
-        seconds, micros, base, _, _ = parse_name(key[4:])
-        return (seconds, micros, base, key)
-    return item[:4]
+def _sane(s: int, w: int) -> bool:
+    return 0 < s <= w <= 2 * s
 
 
-def _legacy_order(legacy: LegacyUidls, keys: list[str], item: int | _Row) -> OrderKey:
-    seconds, micros, base, key = _order(keys, item)
-    return legacy.order(base, seconds, micros, key)
+def _fix_uids(uids: list[str]) -> list[str]:
+    """Unique parts that are no valid UIDL (RFC 1939 §7) replaced by their digest."""
+    joined = "".join(uids)
+    printable = joined.isascii() and joined.isprintable() and " " not in joined
+    if printable and (not uids or max(map(len, uids)) <= 70):
+        return uids
+    return [uid if valid_uid(uid) else digest_uid(uid) for uid in uids]
+
+
+class _Parsed:
+    """New keys of one listing, parsed column-wise (see the module docstring)."""
+
+    __slots__ = ("keys", "s", "times", "uids", "w")
+
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        n = len(keys)
+        lines = _KEY_LINE.findall("\n".join(keys)) if n else []
+        if len(lines) != n:  # a name with a line feed: parse every name alone
+            lines = [("", "", "", "", "", key) for key in keys]
+        columns = [list(column) for column in zip(*lines, strict=True)]
+        if not columns:
+            columns = [[] for _ in range(6)]
+        uids, seconds, micros, s_tags, w_tags, others = columns
+        odd = [i for i, other in enumerate(others) if other] if any(others) else []
+        for i in odd:
+            seconds[i] = "0"
+        times = map(_TICKS.__mul__, map(int, seconds))
+        if all(micros):
+            self.times = list(map(operator.add, times, map((1).__add__, map(int, micros))))
+        else:
+            self.times = [t + (int(m) + 1 if m else 0) for t, m in zip(times, micros, strict=True)]
+        self.s = list(map(int, s_tags)) if all(s_tags) else [int(x) if x else 0 for x in s_tags]
+        self.w = list(map(int, w_tags)) if all(w_tags) else [int(x) if x else 0 for x in w_tags]
+        self.uids = _fix_uids(uids)
+        # Names not of the usual shape: the same values, one name at a time.
+        for i in odd:
+            secs, mics, _, uid, tags = parse_name(keys[i][4:])
+            self.times[i] = secs * _TICKS + mics + 1
+            self.uids[i] = uid
+            self.s[i], self.w[i] = tags if tags is not None else (0, 0)
+
+    def bases(self) -> list[str]:
+        return [key[4:].partition(":")[0] for key in self.keys]
+
+    def measure(self, path: Path) -> None:
+        """Sizes from trusted tags, else by reading; a file gone meanwhile is dropped."""
+        s, w = self.s, self.w
+        if (
+            s
+            and min(s) > 0
+            and all(map(operator.le, s, w))
+            and all(map(operator.le, w, map((2).__mul__, s)))
+        ):
+            return  # every tag is trusted
+        gone: set[int] = set()
+        for i, trusted in enumerate(map(_sane, s, w)):
+            if not trusted:
+                measured = count_file(path / self.keys[i])
+                if measured is None:
+                    gone.add(i)
+                else:
+                    s[i], w[i] = measured
+        if gone:
+            self.take([i for i in range(len(s)) if i not in gone])
+
+    def take(self, positions: list[int]) -> None:
+        """Keep only ``positions``, in that order."""
+        for name in ("keys", "s", "times", "uids", "w"):
+            column = getattr(self, name)
+            setattr(self, name, list(map(column.__getitem__, positions)))
+
+    def rows(self) -> list[_Row]:
+        return list(
+            zip(self.times, self.bases(), self.keys, self.s, self.w, self.uids, strict=True)
+        )
+
+
+def _shares_base(keys: Iterable[str], bases: list[str]) -> bool:
+    """Whether a key (``new/NAME`` or ``cur/NAME``) has one of ``bases``, at C speed."""
+    prefixed = set(map(operator.itemgetter(0), map(str.partition, keys, itertools.repeat(":"))))
+    return not (
+        prefixed.isdisjoint(map(f"{NEW}/".__add__, bases))
+        and prefixed.isdisjoint(map(f"{CUR}/".__add__, bases))
+    )
 
 
 def _wins(key: str, other: str) -> bool:
@@ -95,15 +200,15 @@ def _dedupe(keys: list[str], kept: list[int], rows: list[_Row]) -> tuple[list[in
     """One entry per base name (a message moved while we listed is seen twice)."""
     best: dict[str, _Row] = {}
     for row in rows:
-        previous = best.get(row[2])
-        if previous is None or _wins(row[3], previous[3]):
-            best[row[2]] = row
+        previous = best.get(row[1])
+        if previous is None or _wins(row[2], previous[2]):
+            best[row[1]] = row
     known_base = {keys[i][4:].partition(":")[0]: i for i in kept}
     dropped: set[int] = set()
     result = []
     for base, row in best.items():
         i = known_base.get(base)
-        if i is None or _wins(row[3], keys[i]):
+        if i is None or _wins(row[2], keys[i]):
             result.append(row)
             if i is not None:
                 dropped.add(i)
@@ -112,71 +217,86 @@ def _dedupe(keys: list[str], kept: list[int], rows: list[_Row]) -> tuple[list[in
     return kept, result
 
 
-def list_maildir(path: Path, known: Columns, scheme: UidlScheme) -> Columns:
-    """List new/ and cur/; known keys keep their cached sizes, UIDs and order."""
+def _known_order(keys: list[str], i: int) -> tuple[int, str, str]:
+    seconds, micros, base, _, _ = parse_name(keys[i][4:])
+    return (seconds * _TICKS + micros + 1, base, keys[i])
+
+
+def _order(keys: list[str], item: int | _Row) -> tuple[int, str, str]:
+    """The sort key of a known key (by position) or of a new row."""
+    return _known_order(keys, item) if isinstance(item, int) else item[:3]
+
+
+def _legacy_order(legacy: LegacyUidls, keys: list[str], item: int | _Row) -> OrderKey:
+    time, base, key = _order(keys, item)
+    seconds, micros = divmod(time, _TICKS)
+    return legacy.order(base, seconds, micros - 1, key)
+
+
+def list_maildir(path: Path, known: Columns, scheme: UidlScheme) -> tuple[Columns, bool]:
+    """List new/ and cur/; known keys keep their cached sizes, UIDs and order.
+
+    Also says whether a newcomer got a digest UIDL because its natural one was taken: such
+    a UIDL depends on the order names were first seen, not on the name alone.
+    """
     keys, disk, wire, uids = known
-    position = dict(zip(keys, range(len(keys)), strict=True))
-    present = bytearray(len(keys))
-    added: list[tuple[str, os.DirEntry[str]]] = []
     # new/ first, then cur/: a message moved between the two listings is then seen
     # twice rather than not at all; _dedupe keeps the cur/ name.
-    for sub in (NEW, CUR):
-        prefix = sub + "/"
-        with os.scandir(path / sub) as it:
-            for entry in it:
-                name = entry.name
-                if name.startswith("."):
-                    continue
-                key = prefix + name
-                i = position.get(key)
-                if i is not None:
-                    present[i] = 1
-                    continue
-                try:
-                    if entry.is_file(follow_symlinks=False):
-                        added.append((key, entry))
-                except OSError:
-                    continue
-    kept = list(itertools.compress(range(len(keys)), present))
+    listed = [
+        *map(f"{NEW}/".__add__, _names(path / NEW)),
+        *map(f"{CUR}/".__add__, _names(path / CUR)),
+    ]
+    if keys:
+        here = set(listed)
+        kept = list(itertools.compress(range(len(keys)), map(here.__contains__, keys)))
+        added = list(itertools.filterfalse(set(keys).__contains__, listed))
+    else:
+        kept, added = [], listed
     if not added:
         if len(kept) == len(keys):
-            return known
-        return (
+            return known, False
+        columns = (
             [keys[i] for i in kept],
             [disk[i] for i in kept],
             [wire[i] for i in kept],
             [uids[i] for i in kept],
         )
+        return columns, False
 
     legacy = scheme.load(path)
-    rows: list[_Row] = []
-    for key, entry in added:
-        seconds, micros, base, uid, tags = parse_name(key[4:])
-        measured = _measure(entry, tags)
-        if measured is None:
-            continue
-        if legacy is not None:
-            old = legacy.uid(base, Path(entry.path))
-            if old is not None:
-                uid = served_uid(old)
-        rows.append((seconds, micros, base, key, *measured, uid))
-    kept, rows = _dedupe(keys, kept, rows)
-
-    items: list[int | _Row] = list(kept)
+    # In name order the work below runs through memory in order, and the names are then
+    # nearly in delivery-time order already (one run of each directory).
+    added.sort()
+    parsed = _Parsed(added)
+    parsed.measure(path)
+    # Equal base names have equal natural UIDLs, so distinct UIDLs need no base names.
+    maybe_twice = len(set(parsed.uids)) != len(parsed.uids)
+    if not kept and legacy is None and not maybe_twice:
+        return _new_maildrop(parsed)
     if legacy is not None:
-        items.extend(rows)
+        bases = parsed.bases()
+        for i, key in enumerate(parsed.keys):
+            old = legacy.uid(bases[i], path / key)
+            if old is not None:
+                parsed.uids[i] = served_uid(old)
+    rows = parsed.rows()
+    if maybe_twice or (kept and _shares_base([keys[i] for i in kept], [r[1] for r in rows])):
+        kept, rows = _dedupe(keys, kept, rows)
+
+    items: list[int | _Row] = [*kept, *rows]
+    if legacy is not None:
         items.sort(key=lambda item: _legacy_order(legacy, keys, item))
     elif scheme.kind != "postoffice":
         # The old server's records are gone: keep its order, newcomers after it.
-        items.extend(sorted(rows))
+        items[len(kept) :] = sorted(rows)
     elif len(rows) * 20 < len(kept):
         # Known rows are in order already; insert a few new ones.
+        del items[len(kept) :]
         rows.sort()
         for row in rows:
-            at = bisect.bisect_right(items, row[:4], key=lambda item: _order(keys, item))
+            at = bisect.bisect_right(items, row[:3], key=lambda item: _order(keys, item))
             items.insert(at, row)
     else:
-        items.extend(rows)
         items.sort(key=lambda item: _order(keys, item))
 
     # A UID handed out before stays; a new file whose UID is taken gets a digest.
@@ -185,6 +305,7 @@ def list_maildir(path: Path, known: Columns, scheme: UidlScheme) -> Columns:
     out_disk: list[int] = []
     out_wire: list[int] = []
     out_uids: list[str] = []
+    alternates = False
     for item in items:
         if isinstance(item, int):
             out_keys.append(keys[item])
@@ -192,12 +313,31 @@ def list_maildir(path: Path, known: Columns, scheme: UidlScheme) -> Columns:
             out_wire.append(wire[item])
             out_uids.append(uids[item])
             continue
-        uid = item[6]
+        uid = item[5]
         if uid in taken:
-            uid = alternate_uid(item[2], taken)
+            uid = alternate_uid(item[1], taken)
+            alternates = True
         taken.add(uid)
-        out_keys.append(item[3])
-        out_disk.append(item[4])
-        out_wire.append(item[5])
+        out_keys.append(item[2])
+        out_disk.append(item[3])
+        out_wire.append(item[4])
         out_uids.append(uid)
-    return out_keys, out_disk, out_wire, out_uids
+    return (out_keys, out_disk, out_wire, out_uids), alternates
+
+
+def _new_maildrop(parsed: _Parsed) -> tuple[Columns, bool]:
+    """Nothing known, natural scheme, distinct UIDLs: sorted by delivery time, column-wise."""
+    times = parsed.times
+    if all(map(operator.lt, times, itertools.islice(times, 1, None))):
+        pass  # already in order: names of one directory with equally long time prefixes
+    elif len(set(times)) == len(times):
+        # Distinct times decide the order alone; as floats (exact below 2**53) they
+        # sort with the fastest comparison Python has.
+        exact = max(times) < 1 << 53
+        sort_keys: list[int] | list[float] = list(map(float, times)) if exact else times
+        parsed.take(sorted(range(len(times)), key=sort_keys.__getitem__))
+    else:
+        bases = parsed.bases()
+        keys = parsed.keys
+        parsed.take(sorted(range(len(times)), key=lambda i: (times[i], bases[i], keys[i])))
+    return (parsed.keys, parsed.s, parsed.w, parsed.uids), False

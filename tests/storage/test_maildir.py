@@ -149,7 +149,7 @@ def test_known_uid_is_not_taken_by_a_newcomer(md: Path) -> None:
     ("name", "data", "size"),
     [
         ("1.t,S=5,W=9", b"abcd\n", 9),  # agrees with the file: believed without reading
-        ("2.t,S=6,W=9", b"abcd\n", 6),  # S is not the file size: counted
+        ("2.t,S=6,W=9", b"abcd\n", 9),  # believed without a stat; RETR corrects it
         ("3.t,S=5,W=11", b"abcd\n", 6),  # W above 2*S: counted
         ("4.t,S=5,W=4", b"abcd\n", 6),  # W below S: counted
         ("5.t,S=0,W=0", b"", 2),  # an empty file is counted (its wire size is 2)
@@ -160,7 +160,7 @@ def test_known_uid_is_not_taken_by_a_newcomer(md: Path) -> None:
 def test_size_tags_are_trusted_only_when_they_agree(
     md: Path, name: str, data: bytes, size: int
 ) -> None:
-    """,S=,W= tags give the size only when S is the file size and S <= W <= 2S."""
+    """,S=,W= tags give the size only when 0 < S <= W <= 2S; otherwise the file is counted."""
     put(md, f"new/{name}", data)
     assert snap(md)[0].size == size
 
@@ -295,10 +295,10 @@ def test_unwritable_cache_is_not_fatal(md: Path, monkeypatch: pytest.MonkeyPatch
     """If the cache cannot be written the snapshot still succeeds and leaves no temp file."""
     put(md, "new/1.a", b"one\n")
 
-    def full(fd: int) -> None:
+    def full(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "fsync", full)
+    monkeypatch.setattr(os, "replace", full)
     assert [m.size for m in snap(md)] == [5]
     assert sorted(os.listdir(md)) == ["cur", "new", "tmp"]
 

@@ -8,7 +8,7 @@ separated by a single space. ``PASS`` takes the rest of the line, spaces include
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from postoffice.errors import RemoteProtocolError
 
@@ -23,19 +23,32 @@ class CommandSyntaxError(RemoteProtocolError):
     """The line is not a well-formed command."""
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Command:
+class Command(NamedTuple):
     keyword: str
     """Upper case, as the RFCs spell it."""
     arguments: tuple[bytes, ...]
 
 
+# The keywords clients send, as they send them (upper or lower case): found without the
+# regular expression and the decoding.
+_KNOWN_KEYWORDS = {
+    spelling: name
+    for name in (
+        "USER", "PASS", "APOP", "AUTH", "STLS", "STAT", "LIST", "RETR",
+        "DELE", "NOOP", "RSET", "TOP", "UIDL", "QUIT", "CAPA",
+    )
+    for spelling in (name.encode("ascii"), name.lower().encode("ascii"))
+}  # fmt: skip
+
+
 def parse_command(line: bytes) -> Command:
     """Split a line (without its line end) into keyword and arguments."""
     keyword, separator, rest = line.partition(b" ")
-    if not _KEYWORD.fullmatch(keyword):
-        raise CommandSyntaxError("unknown command")
-    name = keyword.decode("ascii").upper()
+    name = _KNOWN_KEYWORDS.get(keyword)
+    if name is None:
+        if not _KEYWORD.fullmatch(keyword):
+            raise CommandSyntaxError("unknown command")
+        name = keyword.decode("ascii").upper()
     if not separator:
         return Command(keyword=name, arguments=())
     if name in _REST_OF_LINE:

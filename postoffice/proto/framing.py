@@ -72,7 +72,8 @@ class LineBuffer:
         assert buffer is not None
         end = buffer.find(b"\n", self._scanned)
         if end < 0:
-            if self._discarding or len(buffer) > self._limit(buffer):
+            size = len(buffer)
+            if self._discarding or (size > self.max_line_octets and size > self._limit(buffer)):
                 self._discarding += len(buffer)
                 buffer.clear()
                 self._scanned = 0
@@ -88,7 +89,8 @@ class LineBuffer:
         if self._discarding:
             self._discarding = 0
             return LineProblem.TOO_LONG
-        if len(line) + 1 > self._limit(line):  # +1: the LF; a CR is part of ``line``
+        # +1: the LF; a CR is part of ``line``. Only a long line needs its own limit.
+        if len(line) >= self.max_line_octets and len(line) + 1 > self._limit(line):
             return LineProblem.TOO_LONG
         if line.endswith(b"\r"):
             line = line[:-1]

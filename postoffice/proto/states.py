@@ -27,11 +27,13 @@ class Pending(enum.Enum):
     UPDATE = "UPDATE"  # QUIT in TRANSACTION: the driver commits the deletions
 
 
-_AUTHORIZATION = frozenset({State.AUTHORIZATION})
-_TRANSACTION = frozenset({State.TRANSACTION})
-_BOTH = _AUTHORIZATION | _TRANSACTION
+# Tuples, not sets: ``state in states`` is then an identity check, where a set would call
+# Enum's hash (Python code) on every command.
+_AUTHORIZATION = (State.AUTHORIZATION,)
+_TRANSACTION = (State.TRANSACTION,)
+_BOTH = (State.AUTHORIZATION, State.TRANSACTION)
 
-COMMAND_STATES: Mapping[str, frozenset[State]] = {
+COMMAND_STATES: Mapping[str, tuple[State, ...]] = {
     # RFC 1939 §7 (optional) and §4
     "USER": _AUTHORIZATION,
     "PASS": _AUTHORIZATION,

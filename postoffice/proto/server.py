@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Generic
 
 from postoffice.errors import LocalProtocolError
@@ -40,6 +41,7 @@ from postoffice.proto.events import (
     UpdateRequest,
 )
 from postoffice.proto.framing import LineBuffer, LineProblem
+from postoffice.proto.listings import scan_listing_body, uid_listing_body
 from postoffice.proto.replies import ResponseCode, err, multiline, ok
 from postoffice.proto.states import COMMAND_STATES, Pending, State
 from postoffice.sasl.errors import MalformedSaslError
@@ -52,6 +54,9 @@ from postoffice.sasl.framing import (
 from postoffice.secret import Secret
 
 _APOP_DIGEST_OCTETS = 32
+# C-speed column reads over the snapshot (100,000 messages: milliseconds).
+_SIZE = attrgetter("size")
+_UID = attrgetter("uid")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -201,7 +206,7 @@ class ServerConnection(Generic[MessageT]):
             self.username = username
         self._messages = messages
         self._count = len(messages)
-        self._octets = sum(message.size for message in messages)
+        self._octets = sum(map(_SIZE, messages))
         self.state = State.TRANSACTION
         self._user_given = None
         count, octets = self._totals()
@@ -378,7 +383,7 @@ class ServerConnection(Generic[MessageT]):
             _no_arguments(arguments)
             self._deleted.clear()
             self._count = len(self._messages)
-            self._octets = sum(message.size for message in self._messages)
+            self._octets = sum(map(_SIZE, self._messages))
             count, octets = self._totals()
             self._out.append(ok(f"maildrop has {count} messages ({octets} octets)"))
         elif keyword == "NOOP":
@@ -541,23 +546,15 @@ class ServerConnection(Generic[MessageT]):
                 value = message.uid if uid else str(message.size)
                 self._out.append(ok(f"{index + 1} {value}"))
             return
-        deleted = self._deleted
+        # Numbers never start with ".": the body needs no dot-stuffing.
         if uid:
-            lines = [
-                f"{index + 1} {message.uid}".encode("ascii")
-                for index, message in enumerate(self._messages)
-                if index not in deleted
-            ]
+            body = uid_listing_body(list(map(_UID, self._messages)), self._deleted)
             first = ok("unique-id listing follows")
         else:
-            lines = [
-                b"%d %d" % (index + 1, message.size)
-                for index, message in enumerate(self._messages)
-                if index not in deleted
-            ]
+            body = scan_listing_body(list(map(_SIZE, self._messages)), self._deleted)
             count, octets = self._totals()
             first = ok(f"{count} messages ({octets} octets)")
-        self._out.append(multiline(first, lines))
+        self._out.append(first + body + b".\r\n")
 
     def _request(self, argument: bytes, body_lines: int | None) -> Event[MessageT] | None:
         index = self._message_index(argument)

@@ -253,6 +253,7 @@ def _file_id(st: os.stat_result) -> FileId:
 _memo: dict[tuple[Path, str], tuple[FileId, Index, list[StoredMessage]]] = {}
 _memo_lock = threading.Lock()
 _MEMO_MESSAGES = 300_000
+_memo_total = 0  # messages in _memo, kept as it changes (summing costs O(maildrops))
 
 
 def remember(
@@ -261,14 +262,17 @@ def remember(
     frozen = Index(
         dirs=index.dirs, listed_ns=index.listed_ns, columns=index.columns(), pinned=index.pinned
     )
+    global _memo_total
     key = (path, scheme)
     with _memo_lock:
-        _memo.pop(key, None)
+        previous = _memo.pop(key, None)
+        if previous is not None:
+            _memo_total -= len(previous[2])
         _memo[key] = (file_id, frozen, messages)
-        total = sum(len(entry[2]) for entry in _memo.values())
-        while total > _MEMO_MESSAGES and len(_memo) > 1:
+        _memo_total += len(messages)
+        while _memo_total > _MEMO_MESSAGES and len(_memo) > 1:
             oldest = next(iter(_memo))
-            total -= len(_memo.pop(oldest)[2])
+            _memo_total -= len(_memo.pop(oldest)[2])
 
 
 def recall(path: Path, scheme: str, dirs: DirState) -> tuple[Index, list[StoredMessage]] | None:
@@ -278,7 +282,7 @@ def recall(path: Path, scheme: str, dirs: DirState) -> tuple[Index, list[StoredM
         return None
     file_id, index, messages = hit
     try:
-        current = _file_id(os.stat(path / INDEX_NAME))
+        current = _file_id(os.stat(os.path.join(path, INDEX_NAME)))  # no Path: a hot path
     except OSError:
         return None
     if current != file_id or not index.trusted(dirs):
@@ -288,5 +292,7 @@ def recall(path: Path, scheme: str, dirs: DirState) -> tuple[Index, list[StoredM
 
 def forget_all() -> None:
     """Drop every remembered snapshot (for tests and tools)."""
+    global _memo_total
     with _memo_lock:
         _memo.clear()
+        _memo_total = 0

@@ -76,6 +76,7 @@ class _Parsed:
     data: str
 
 
+@functools.lru_cache(maxsize=8192)  # a login parses its user's hash several times
 def _parse(stored: str) -> _Parsed:
     if stored.startswith("{"):
         end = stored.find("}")

@@ -43,13 +43,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
+import gc
 import logging
 import os
 import time
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from postoffice.durable import fsync_directory
 from postoffice.errors import MaildropInUseError, MessageVanishedError, StorageError
@@ -76,6 +78,32 @@ LOCK_NAME = "postoffice.lock"
 # Migration schemes whose UIDLs come from another server's files, which may change or go
 # away: an index holding them is fsynced (maildir_index.py).
 _PINNING_SCHEMES = ("dovecot", "courier")
+
+
+# StoredMessage._make without its Python frame: a snapshot makes 100,000 of them at once.
+_new_message = cast(
+    Callable[[tuple[str, str, int]], StoredMessage], functools.partial(tuple.__new__, StoredMessage)
+)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a snapshot is built.
+
+    Loading or listing 100,000 messages allocates several hundred thousand tuples; each
+    700 allocations would start a collection, some of them over every object in the
+    process, for no garbage (the tuples hold only strings and integers). This takes
+    about a third off a cold listing. Another thread pausing at the same time may turn
+    the collector back on early; that only costs time.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def ensure_maildir(path: Path) -> None:
@@ -205,7 +233,8 @@ class MaildirMaildrop:
             if recalled is not None:
                 self._index, messages = recalled
             else:
-                messages = self._from_index_or_listing(dirs, listed_ns)
+                with _collector_paused():
+                    messages = self._from_index_or_listing(dirs, listed_ns)
         except OSError as exc:
             if isinstance(exc, StorageError):
                 raise
@@ -232,7 +261,7 @@ class MaildirMaildrop:
             self._index = Index(dirs=dirs, listed_ns=listed_ns, columns=columns, pinned=pinned)
             file_id = self._write_index()
         keys, _, wire, uids = self._index.columns()
-        messages = list(map(StoredMessage._make, zip(keys, uids, wire, strict=True)))
+        messages = list(map(_new_message, zip(keys, uids, wire, strict=True)))
         if file_id is not None:
             remember(self._path, self._scheme.id, file_id, self._index, messages)
         return messages

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.parser import BytesHeaderParser
@@ -54,13 +55,67 @@ class Fingerprint:
 def fingerprint_of(header: bytes) -> Fingerprint:
     """The fingerprint of a header as POP3 sends it (CRLF lines, blank line optional)."""
     header = header.rstrip(b"\r\n")
+    fields = _plain_fields(header)
+    message_id, date = fields if fields is not None else _parsed_fields(header)
+    return Fingerprint(
+        header_hash=hashlib.sha256(header).hexdigest(), message_id=message_id, date=date
+    )
+
+
+def _parsed_fields(header: bytes) -> tuple[str | None, str | None]:
+    """Message-ID and Date as ``email`` reads them (compat32), whitespace runs made one
+    space; None for a field that is missing or empty. The reference for ``_plain_fields``."""
     fields = BytesHeaderParser(policy=compat32).parsebytes(header + b"\r\n\r\n")
     message_id, date = fields.get("Message-ID"), fields.get("Date")
-    return Fingerprint(
-        header_hash=hashlib.sha256(header).hexdigest(),
-        message_id=" ".join(str(message_id).split()) if message_id else None,
-        date=" ".join(str(date).split()) if date else None,
+    return (
+        " ".join(str(message_id).split()) if message_id else None,
+        " ".join(str(date).split()) if date else None,
     )
+
+
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # RFC 5322 §2.2 field name, then ":"
+_WANTED = (b"message-id", b"date")
+
+
+def _plain_fields(header: bytes) -> tuple[str | None, str | None] | None:
+    """``_parsed_fields`` for the usual header, about thirty times faster; None for one
+    that is not plain (not ASCII, a bare CR, a line neither a field nor a continuation, a
+    leading continuation, a blank line), which ``email`` must then read."""
+    if not header.isascii() or header.count(b"\r") != header.count(b"\r\n"):
+        return None
+    found: dict[bytes, list[bytes]] = {}
+    current: list[bytes] | None = None
+    first = True
+    for line in header.split(b"\n"):
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        if not line:
+            return None
+        if line[0] in b" \t":
+            if first:
+                return None
+            if current is not None:
+                current.append(line)
+            continue
+        first = False
+        match = _FIELD_NAME.match(line)
+        if match is None:
+            return None
+        name = line[: match.end() - 1].lower()
+        if name in _WANTED and name not in found:
+            current = found[name] = [line[match.end() :]]
+        else:
+            current = None
+    message_id, date = (_unfolded(found.get(name)) for name in _WANTED)
+    return message_id, date
+
+
+def _unfolded(parts: list[bytes] | None) -> str | None:
+    # email's test is on the raw value: a field of only spaces and a continuation line
+    # is present (and becomes ""), one with nothing after the colon is not.
+    if parts is None or (len(parts) == 1 and not parts[0].lstrip(b" \t")):
+        return None
+    return " ".join(b" ".join(parts).decode("ascii").split())
 
 
 class HeaderCollector:

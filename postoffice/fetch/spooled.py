@@ -36,11 +36,12 @@ import smtplib
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from postoffice.fetch.config import MtaAddress
+from postoffice.fetch.delivery import MessageSink, commit_each
 from postoffice.fetch.errors import DeliveryFailedError
 
 __all__ = ["ForwardDestination", "MboxDestination", "MdaDestination"]
@@ -104,6 +105,9 @@ class MdaDestination:
     def sync(self) -> None:
         return None  # the MDA's exit status 0 is its durability point
 
+    def commit_group(self, sinks: Sequence[MessageSink]) -> list[str | Exception]:
+        return commit_each(sinks)
+
     def begin(self, uidl: str) -> _MdaMessage:
         return _MdaMessage(self, uidl)
 
@@ -160,6 +164,9 @@ class ForwardDestination:
 
     def sync(self) -> None:
         return None  # the server's 250 after the data is its durability point
+
+    def commit_group(self, sinks: Sequence[MessageSink]) -> list[str | Exception]:
+        return commit_each(sinks)
 
     def begin(self, uidl: str) -> _ForwardMessage:
         return _ForwardMessage(self)
@@ -273,6 +280,9 @@ class MboxDestination:
 
     def sync(self) -> None:
         return None  # each append is fsynced under the lock
+
+    def commit_group(self, sinks: Sequence[MessageSink]) -> list[str | Exception]:
+        return commit_each(sinks)
 
     def begin(self, uidl: str) -> _MboxMessage:
         return _MboxMessage(self.path)

@@ -12,9 +12,9 @@ refilled in bursts when half of it is answered, so one write carries many comman
 A message received whole (its terminating dot read) joins the *pending* list. Its disk
 work is a *group commit*, run in a worker thread while the event loop keeps receiving:
 
-1. every message of the group is written, fsynced and renamed into ``new/``, in parallel
-   threads (``COMMIT_THREADS``): concurrent fsyncs share the filesystem's journal commits,
-   which one thread doing them in turn cannot;
+1. every message of the group is written, fsynced and renamed into ``new/``
+   (``Destination.commit_group``: a Maildir fsyncs the whole group at once from parallel
+   threads, so the fsyncs share the filesystem's journal commits);
 2. ``new/`` is fsynced once (``Destination.sync``);
 3. the group is journaled in one transaction (``synchronous = FULL``);
 4. back on the event loop, its DELEs are queued (delete mode).
@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from postoffice.errors import RemoteProtocolError
@@ -58,7 +57,7 @@ if TYPE_CHECKING:
     from postoffice.fetch.session import Plan, Progress, ServerMessage, SessionResult
     from postoffice.fetch.transport import Pop3Client
 
-__all__ = ["BATCH", "BATCH_OCTETS", "COMMIT_THREADS", "WINDOW", "Transfer"]
+__all__ = ["BATCH", "BATCH_OCTETS", "WINDOW", "Transfer"]
 
 WINDOW = 32
 """Commands in flight when pipelining."""
@@ -66,8 +65,6 @@ BATCH = 256
 """At most this many messages pending (received whole, not yet durable) at once."""
 BATCH_OCTETS = 16 << 20
 """At most about this many octets pending at once."""
-COMMIT_THREADS = 16
-"""Threads that write and fsync the messages of one group commit in parallel."""
 
 _Received = tuple["ServerMessage", "MessageSink", int, Fingerprint | None]
 """A message received whole: its sink (not yet committed), octets and fingerprint."""
@@ -108,7 +105,6 @@ class Transfer:
         self.pending_octets = 0
         self.committing: asyncio.Future[list[str]] | None = None
         self.committing_batch: list[_Received] = []
-        self._pool: ThreadPoolExecutor | None = None
         self._received = 0
 
     async def _pump(self) -> None:
@@ -170,8 +166,6 @@ class Transfer:
         if self.sink is not None:
             self.sink.abort()  # never journaled: the next session fetches it again
             self.sink = None
-        if self._pool is not None:
-            self._pool.shutdown(wait=False)
 
     async def _step(self, result: SessionResult, total: int) -> None:
         event = await self.client.next_event()
@@ -257,22 +251,9 @@ class Transfer:
             loop = asyncio.get_running_loop()
             self.committing = loop.run_in_executor(None, self._make_durable, batch)
 
-    def _commit_one(self, sink: MessageSink) -> str | Exception:
-        try:
-            return sink.commit()
-        except (OSError, FetchError) as error:
-            sink.abort()
-            return error
-
     def _make_durable(self, batch: list[_Received]) -> list[str]:
-        """In a worker thread: commit the group (in parallel), fsync the folder, journal it."""
-        sinks = [entry[1] for entry in batch]
-        if len(sinks) == 1:
-            outcomes = [self._commit_one(sinks[0])]
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(COMMIT_THREADS, "postoffice-commit")
-            outcomes = list(self._pool.map(self._commit_one, sinks))
+        """In a worker thread: commit the group, fsync the folder, journal the group."""
+        outcomes = self.destination.commit_group([entry[1] for entry in batch])
         for outcome in outcomes:
             if isinstance(outcome, FetchError):
                 raise outcome

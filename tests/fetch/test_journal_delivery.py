@@ -6,6 +6,9 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
+from postoffice.fetch import delivery
 from postoffice.fetch.delivery import SPILL_OCTETS, MaildirDestination, message_key
 from postoffice.fetch.journal import FORGET_AFTER, Journal, journal_path
 
@@ -161,3 +164,44 @@ def test_find_delivered_sees_new_and_cur_with_flags(tmp_path: Path) -> None:
     assert set(found) == {"u1", "u2"}
     assert found["u2"].startswith("cur/")
     assert MaildirDestination(maildir, "home").find_delivered(["u1"]) == {}
+
+
+@pytest.mark.parametrize("syncfs", [True, False])
+def test_a_group_commit_delivers_every_message_durably_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool
+) -> None:
+    if not syncfs:  # the way without syncfs(2): fsyncs from parallel threads
+        monkeypatch.setattr(delivery, "_syncfs", lambda: None)
+    destination = MaildirDestination(tmp_path / "Maildir", "office")
+    destination.prepare()
+    sinks = []
+    for number in range(40):
+        sink = destination.begin(f"uid-{number}")
+        sink.write(b"Subject: %d\r\n\r\nbody\r\n" % number)
+        sinks.append(sink)
+    names = destination.commit_group(sinks)
+    assert all(isinstance(name, str) for name in names)
+    assert sorted(os.listdir(tmp_path / "Maildir" / "new")) == sorted(str(n) for n in names)
+    assert os.listdir(tmp_path / "Maildir" / "tmp") == []
+    found = destination.find_delivered(f"uid-{number}" for number in range(40))
+    assert len(found) == 40
+
+
+def test_a_failed_syncfs_fails_the_whole_group_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_syncfs(fd: int) -> None:
+        raise OSError(5, "syncfs: Input/output error")
+
+    monkeypatch.setattr(delivery, "_syncfs", lambda: failing_syncfs)
+    destination = MaildirDestination(tmp_path / "Maildir", "office")
+    destination.prepare()
+    sinks = []
+    for number in range(3):
+        sink = destination.begin(f"uid-{number}")
+        sink.write(b"m\r\n")
+        sinks.append(sink)
+    outcomes = destination.commit_group(sinks)
+    assert all(isinstance(outcome, OSError) for outcome in outcomes)
+    for sub in ("tmp", "new", "cur"):
+        assert os.listdir(tmp_path / "Maildir" / sub) == []

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
 
 import pytest
 
 from postoffice.fetch import transfer
-from postoffice.fetch.delivery import MaildirDestination, MessageSink
+from postoffice.fetch.delivery import MaildirDestination, MessageSink, commit_each
 from postoffice.fetch.errors import FetchError
 from postoffice.fetch.journal import Delivery, Journal, journal_path
 from postoffice.fetch.runner import fetch_account
@@ -158,6 +158,10 @@ class OrderedDestination:
     def begin(self, uidl: str) -> MessageSink:
         return _OrderedSink(self, uidl)
 
+    def commit_group(self, sinks: Sequence[MessageSink]) -> list[str | Exception]:
+        self.events.append(f"group of {len(sinks)}")
+        return commit_each(sinks)
+
 
 class _OrderedSink:
     def __init__(self, destination: OrderedDestination, uidl: str) -> None:
@@ -190,7 +194,7 @@ async def test_a_destination_that_is_not_idempotent_commits_one_message_at_a_tim
         journal.close()
     expected: list[str] = []
     for message in five_messages():
-        expected += [f"commit {message.uid}", f"journal {message.uid}"]
+        expected += ["group of 1", f"commit {message.uid}", f"journal {message.uid}"]
     assert events == expected
     assert server.messages == []
 

@@ -190,7 +190,7 @@ def test_changing_the_scheme_does_not_reuse_the_index(md: Path) -> None:
     assert natural[0][1] == "170000004.M1P1.test"
     assert listing(md, "dovecot")[0][1] == "1795772344.1"
     assert listing(md, "postoffice") == natural
-    assert (md / INDEX_NAME).read_bytes().startswith(b"postoffice-index 3\n")
+    assert (md / INDEX_NAME).read_bytes().startswith(b"postoffice-index 4\n")
 
 
 def test_duplicate_and_invalid_saved_uidls(md: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -43,6 +44,22 @@ def _load(config_path: Path | None) -> Config:
         raise click.ClickException(f"configuration error: {error}") from error
 
 
+class _LogFormatter(logging.Formatter):
+    """The standard format; the date and time are formatted once a second, not per line."""
+
+    _second = -1
+    _text = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._text = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        return f"{self._text},{int(record.msecs):03d}"
+
+
 def _setup_logging(config: Config, *, verbose: bool = False) -> None:
     level = logging.DEBUG if verbose else getattr(logging, config.log_level.upper())
     handler: logging.Handler
@@ -51,7 +68,7 @@ def _setup_logging(config: Config, *, verbose: bool = False) -> None:
         handler = logging.FileHandler(config.log_file)
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     # The format uses none of these; collecting them costs a stack walk and several calls
     # for every line (the logging module's documented optimisations).
     logging._srcfile = None

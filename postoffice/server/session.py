@@ -316,7 +316,8 @@ class Pop3Session(asyncio.Protocol):
                     else:
                         self._waiting_since = self._loop.time()
                         self._resume_reading()
-                        self._arm_timer()
+                        if self._timer is None:  # else it re-arms itself when it fires
+                            self._arm_timer()
                     return
                 if isinstance(event, CloseConnection):
                     self._end_reason = event.reason

@@ -21,8 +21,6 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from typing import TYPE_CHECKING, Protocol
 
 from postoffice.fetch.errors import ServerRefusedError
@@ -65,6 +63,9 @@ def fingerprint_of(header: bytes) -> Fingerprint:
 def _parsed_fields(header: bytes) -> tuple[str | None, str | None]:
     """Message-ID and Date as ``email`` reads them (compat32), whitespace runs made one
     space; None for a field that is missing or empty. The reference for ``_plain_fields``."""
+    from email.parser import BytesHeaderParser  # rarely needed: it costs start-up time
+    from email.policy import compat32
+
     fields = BytesHeaderParser(policy=compat32).parsebytes(header + b"\r\n\r\n")
     message_id, date = fields.get("Message-ID"), fields.get("Date")
     return (

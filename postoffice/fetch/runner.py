@@ -25,15 +25,17 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from postoffice.errors import PostofficeError
 from postoffice.fetch.config import Account
 from postoffice.fetch.delivery import Destination, MaildirDestination
 from postoffice.fetch.errors import AccountLockedError
-from postoffice.fetch.importers import ImportedState, read_state
 from postoffice.fetch.journal import Journal, journal_path
 from postoffice.fetch.session import Options, SessionResult, run_session
-from postoffice.fetch.spooled import ForwardDestination, MboxDestination, MdaDestination
+
+if TYPE_CHECKING:
+    from postoffice.fetch.importers import ImportedState
 
 __all__ = [
     "EXIT_CONFIG",
@@ -84,6 +86,11 @@ def account_lock(state_dir: Path, account: str) -> Iterator[None]:
 
 
 def make_destination(account: Account) -> Destination:
+    if account.mbox is None and account.forward is None and account.mda is None:
+        return MaildirDestination(account.maildir, account.name)
+    # Imported here: smtplib, subprocess and tempfile cost start-up time a Maildir never needs.
+    from postoffice.fetch.spooled import ForwardDestination, MboxDestination, MdaDestination
+
     if account.mbox is not None:
         return MboxDestination(account.mbox)
     if account.forward is not None:
@@ -114,6 +121,8 @@ async def fetch_account(account: Account, options: Options | None = None) -> Ses
 
 def import_state(account: Account, path: Path, now: float) -> ImportedState:
     """Mark the ids another fetcher's state file lists as fetched, under the account lock."""
+    from postoffice.fetch.importers import read_state  # only for this rare command
+
     state = read_state(path, user=account.user, host=account.host)
     with (
         account_lock(account.state_dir, account.name),

@@ -30,9 +30,12 @@ their full base name. After that the index cache keeps it.
 mtime AND the listing started more than 2 seconds after those mtimes, so a change within
 the same timestamp tick (2 s on the coarsest filesystems) cannot hide behind an unchanged
 mtime. Otherwise the directories are listed against the cache (``maildir_listing.py``).
-The index is rewritten after a listing, by ``commit`` and by ``correct_size``; this
-process also reuses its last snapshot while neither the index file nor the directories
-changed.
+The index is rewritten after a listing and by ``correct_size``; ``commit`` rewrites it only
+when the next listing could not re-derive what it holds from the names alone (a pinned
+index, a corrected size) or would have many names to measure (more than ``_FEW`` removed or
+renamed). This process also reuses its last snapshot while neither the index file nor the
+directories changed, and lists against its copy of the index rather than reading the file
+again while the file is the one it came from.
 
 A file that exists but cannot be read makes ``snapshot`` fail with ``StorageError`` rather
 than silently hide mail; a file that vanishes while we list is skipped.
@@ -78,6 +81,8 @@ LOCK_NAME = "postoffice.lock"
 # Migration schemes whose UIDLs come from another server's files, which may change or go
 # away: an index holding them is fsynced (maildir_index.py).
 _PINNING_SCHEMES = ("dovecot", "courier")
+# An UPDATE that removed or renamed at most this many files leaves the index as it was.
+_FEW = 1000
 
 
 # StoredMessage._make without its Python frame: a snapshot makes 100,000 of them at once.
@@ -163,6 +168,7 @@ class MaildirMaildrop:
         self._by_key: dict[str, StoredMessage] | None = None  # built when first needed
         self._index = Index(dirs=None, listed_ns=0, entries={})
         self._moved: dict[str, str] = {}  # snapshot key -> where open() found it since
+        self._corrected = False  # correct_size was called: commit must keep that in the index
 
     def __repr__(self) -> str:
         return f"MaildirMaildrop({str(self._path)!r})"
@@ -230,11 +236,12 @@ class MaildirMaildrop:
                 self._create_missing(exc)
                 dirs = self._dir_state()
             recalled = recall(self._path, self._scheme.id, dirs)
-            if recalled is not None:
-                self._index, messages = recalled
+            if recalled is not None and recalled[1] is not None:
+                self._index, messages = recalled[0], recalled[1]
             else:
+                known = None if recalled is None else recalled[0]
                 with _collector_paused():
-                    messages = self._from_index_or_listing(dirs, listed_ns)
+                    messages = self._from_index_or_listing(dirs, listed_ns, known)
         except OSError as exc:
             if isinstance(exc, StorageError):
                 raise
@@ -244,9 +251,17 @@ class MaildirMaildrop:
         self._moved = {}
         return list(messages)
 
-    def _from_index_or_listing(self, dirs: DirState, listed_ns: int) -> list[StoredMessage]:
-        loaded = load_index(self._path / INDEX_NAME, self._scheme.id)
-        index = None if loaded is None else loaded[0]
+    def _from_index_or_listing(
+        self, dirs: DirState, listed_ns: int, remembered: Index | None
+    ) -> list[StoredMessage]:
+        """From the index file if trusted, else by listing against what is known.
+
+        ``remembered``: this process's copy of the index file, untrusted: not read again.
+        """
+        loaded = (
+            None if remembered is not None else load_index(self._path / INDEX_NAME, self._scheme.id)
+        )
+        index = remembered if loaded is None else loaded[0]
         file_id: FileId | None
         if loaded is not None and loaded[0].trusted(dirs):
             self._index, file_id = loaded
@@ -326,6 +341,7 @@ class MaildirMaildrop:
             "size of %s was %d, RETR sent %d; index corrected", message.key, message.size, size
         )
         entry = self._index.entries.get(message.key)
+        self._corrected = True
         if entry is not None:
             self._index.entries[message.key] = (entry[0], size, entry[2])
             self._write_index()
@@ -379,6 +395,14 @@ class MaildirMaildrop:
                     fsync_directory(self._path / sub)
                 except OSError as exc:
                     logger.error("cannot fsync %s: %s", self._path / sub, exc)
+        if not (self._index.pinned or self._corrected or len(gone) + len(renamed) > _FEW):
+            # The next snapshot lists again anyway (our changes moved the directory
+            # mtimes), and from the index it has it re-derives the few new names exactly
+            # as we would record them: natural UIDLs, sizes from tags. Not writing it
+            # keeps the UPDATE (and the QUIT reply) short.
+            return CommitResult(
+                removed=removed, not_removed=not_removed, remaining=len(self._snapshot) - removed
+            )
         # Same order as before; our own changes moved the directory mtimes, so the next
         # snapshot lists again (dirs=None), finding nothing to measure.
         keys, disk, wire, uids = self._index.columns()

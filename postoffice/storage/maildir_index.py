@@ -306,7 +306,14 @@ def remember(
             _memo_total -= len(_memo.pop(oldest)[2])
 
 
-def recall(path: Path, scheme: str, dirs: DirState) -> tuple[Index, list[StoredMessage]] | None:
+def recall(
+    path: Path, scheme: str, dirs: DirState
+) -> tuple[Index, list[StoredMessage] | None] | None:
+    """The remembered snapshot while the index file is still the one it came from.
+
+    With its messages when the directories pass the trust rule; else the index alone, which
+    is then what a listing starts from (the same as loading the file, without the cost).
+    """
     with _memo_lock:
         hit = _memo.get((path, scheme))
     if hit is None:
@@ -316,8 +323,10 @@ def recall(path: Path, scheme: str, dirs: DirState) -> tuple[Index, list[StoredM
         current = _file_id(os.stat(os.path.join(path, INDEX_NAME)))  # no Path: a hot path
     except OSError:
         return None
-    if current != file_id or not index.trusted(dirs):
+    if current != file_id:
         return None
+    if not index.trusted(dirs):
+        return index.copy(), None
     return index.copy(), list(messages)
 
 

@@ -217,9 +217,13 @@ def _dedupe(keys: list[str], kept: list[int], rows: list[_Row]) -> tuple[list[in
     return kept, result
 
 
+def _key_order(key: str) -> tuple[int, str, str]:
+    seconds, micros, base, _, _ = parse_name(key[4:])
+    return (seconds * _TICKS + micros + 1, base, key)
+
+
 def _known_order(keys: list[str], i: int) -> tuple[int, str, str]:
-    seconds, micros, base, _, _ = parse_name(keys[i][4:])
-    return (seconds * _TICKS + micros + 1, base, keys[i])
+    return _key_order(keys[i])
 
 
 def _order(keys: list[str], item: int | _Row) -> tuple[int, str, str]:
@@ -290,12 +294,7 @@ def list_maildir(path: Path, known: Columns, scheme: UidlScheme) -> tuple[Column
         # The old server's records are gone: keep its order, newcomers after it.
         items[len(kept) :] = sorted(rows)
     elif len(rows) * 20 < len(kept):
-        # Known rows are in order already; insert a few new ones.
-        del items[len(kept) :]
-        rows.sort()
-        for row in rows:
-            at = bisect.bisect_right(items, row[:3], key=lambda item: _order(keys, item))
-            items.insert(at, row)
+        return _insert_few(known, kept, rows)
     else:
         items.sort(key=lambda item: _order(keys, item))
 
@@ -322,6 +321,33 @@ def list_maildir(path: Path, known: Columns, scheme: UidlScheme) -> tuple[Column
         out_disk.append(item[3])
         out_wire.append(item[4])
         out_uids.append(uid)
+    return (out_keys, out_disk, out_wire, out_uids), alternates
+
+
+def _insert_few(known: Columns, kept: list[int], rows: list[_Row]) -> tuple[Columns, bool]:
+    """Known rows are in order already: copy them at C speed, insert a few new ones."""
+    keys, disk_sizes, wire_sizes, uids = known
+    if len(kept) == len(keys):
+        out_keys, out_disk, out_wire, out_uids = [*keys], [*disk_sizes], [*wire_sizes], [*uids]
+    else:
+        out_keys = list(map(keys.__getitem__, kept))
+        out_disk = list(map(disk_sizes.__getitem__, kept))
+        out_wire = list(map(wire_sizes.__getitem__, kept))
+        out_uids = list(map(uids.__getitem__, kept))
+    # A UID handed out before stays; a new file whose UID is taken gets a digest.
+    taken = set(out_uids)
+    alternates = False
+    rows.sort()
+    for time, base, key, disk, wire, uid in rows:
+        if uid in taken:
+            uid = alternate_uid(base, taken)
+            alternates = True
+        taken.add(uid)
+        at = bisect.bisect_right(out_keys, (time, base, key), key=_key_order)
+        out_keys.insert(at, key)
+        out_disk.insert(at, disk)
+        out_wire.insert(at, wire)
+        out_uids.insert(at, uid)
     return (out_keys, out_disk, out_wire, out_uids), alternates
 
 

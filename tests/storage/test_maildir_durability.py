@@ -136,3 +136,31 @@ def test_missing_part_without_create_is_refused(md: Path) -> None:
         MaildirMaildrop(md.parent / "nothing", create=False).lock()
     assert not (md / "cur").exists()
     assert not (md.parent / "nothing").exists()
+
+
+def test_update_of_a_few_names_leaves_the_index_and_loses_nothing(md: Path) -> None:
+    """A few Seen renames and removals are re-derived by the next listing, identically."""
+    for n in range(1, 6):
+        put(md, f"new/{n}.m{n},S=17,W=20")
+    maildrop = MaildirMaildrop(md)
+    messages = maildrop.snapshot()
+    before = (md / INDEX_NAME).read_bytes()
+    maildrop.commit(deleted=[messages[0]], retrieved=messages[1:3])
+    assert (md / INDEX_NAME).read_bytes() == before
+    maildir_index.forget_all()
+    after = MaildirMaildrop(md).snapshot()
+    assert [(m.uid, m.size) for m in after] == [(m.uid, m.size) for m in messages[1:]]
+    assert [m.key for m in after[:2]] == ["cur/2.m2,S=17,W=20:2,S", "cur/3.m3,S=17,W=20:2,S"]
+
+
+def test_update_after_a_size_correction_keeps_it(md: Path) -> None:
+    """A size RETR corrected survives the Seen rename of that message."""
+    put(md, "new/1.a,S=17,W=20")
+    maildrop = MaildirMaildrop(md)
+    message = maildrop.snapshot()[0]
+    maildrop.correct_size(message, 18)
+    maildrop.commit(deleted=[], retrieved=[message])
+    maildir_index.forget_all()
+    assert [(m.key, m.size) for m in MaildirMaildrop(md).snapshot()] == [
+        ("cur/1.a,S=17,W=20:2,S", 18)
+    ]

@@ -112,9 +112,9 @@ def _fix_uids(uids: list[str]) -> list[str]:
 
 
 class _Parsed:
-    """New keys of one listing, parsed column-wise (see the module docstring)."""
+    """New keys of one listing, sorted by name, parsed column-wise (module docstring)."""
 
-    __slots__ = ("keys", "s", "times", "uids", "w")
+    __slots__ = ("_micros", "_odd", "_seconds", "_times", "keys", "s", "uids", "w")
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
@@ -123,26 +123,59 @@ class _Parsed:
         if len(lines) != n:  # a name with a line feed: parse every name alone
             lines = [("", "", "", "", "", key) for key in keys]
         columns = [list(column) for column in zip(*lines, strict=True)]
+        del lines  # early: its memory is reused below
         if not columns:
             columns = [[] for _ in range(6)]
-        uids, seconds, micros, s_tags, w_tags, others = columns
-        odd = [i for i, other in enumerate(others) if other] if any(others) else []
-        for i in odd:
-            seconds[i] = "0"
-        times = map(_TICKS.__mul__, map(int, seconds))
-        if all(micros):
-            self.times = list(map(operator.add, times, map((1).__add__, map(int, micros))))
-        else:
-            self.times = [t + (int(m) + 1 if m else 0) for t, m in zip(times, micros, strict=True)]
+        uids, self._seconds, self._micros, s_tags, w_tags, others = columns
+        self._times: list[int] | None = None
         self.s = list(map(int, s_tags)) if all(s_tags) else [int(x) if x else 0 for x in s_tags]
         self.w = list(map(int, w_tags)) if all(w_tags) else [int(x) if x else 0 for x in w_tags]
         self.uids = _fix_uids(uids)
         # Names not of the usual shape: the same values, one name at a time.
-        for i in odd:
+        self._odd: dict[int, int] = {}  # position -> time
+        for i in [i for i, other in enumerate(others) if other] if any(others) else []:
             secs, mics, _, uid, tags = parse_name(keys[i][4:])
-            self.times[i] = secs * _TICKS + mics + 1
+            self._odd[i] = secs * _TICKS + mics + 1
+            self._seconds[i] = "0"
             self.uids[i] = uid
             self.s[i], self.w[i] = tags if tags is not None else (0, 0)
+
+    @property
+    def times(self) -> list[int]:
+        """Delivery times (see ``_TICKS``), computed when first needed."""
+        if self._times is None:
+            seconds, micros = self._seconds, self._micros
+            times = map(_TICKS.__mul__, map(int, seconds))
+            if all(micros):
+                self._times = list(map(operator.add, times, map((1).__add__, map(int, micros))))
+            else:
+                self._times = [
+                    t + (int(m) + 1 if m else 0) for t, m in zip(times, micros, strict=True)
+                ]
+            for i, time in self._odd.items():
+                self._times[i] = time
+        return self._times
+
+    def in_time_order(self) -> bool:
+        """Whether the keys, sorted by name, are in strictly increasing delivery-time order.
+
+        Decided on the digit strings, without converting them: within one directory, names
+        whose time prefixes have one length sort by name as by seconds; only neighbours in
+        the same second compare microseconds, and the last cur/ name the first new/ one.
+        """
+        seconds, micros, keys = self._seconds, self._micros, self.keys
+        if self._odd or len(set(map(len, seconds))) > 1:
+            return False
+        boundary = bisect.bisect_left(keys, f"{NEW}/") - 1  # the last cur/ key
+        same = map(operator.eq, seconds, itertools.islice(seconds, 1, None))
+        for i in [i for i, equal in enumerate(same) if equal]:
+            if not (micros[i] and micros[i + 1] and int(micros[i]) < int(micros[i + 1])):
+                return False
+        if 0 <= boundary < len(keys) - 1:
+            at = (int(seconds[boundary]), int(micros[boundary] or -1))
+            after = (int(seconds[boundary + 1]), int(micros[boundary + 1] or -1))
+            return at < after
+        return True
 
     def bases(self) -> list[str]:
         return [key[4:].partition(":")[0] for key in self.keys]
@@ -170,7 +203,10 @@ class _Parsed:
 
     def take(self, positions: list[int]) -> None:
         """Keep only ``positions``, in that order."""
-        for name in ("keys", "s", "times", "uids", "w"):
+        times = self.times
+        self._times = list(map(times.__getitem__, positions))
+        self._odd = {}
+        for name in ("keys", "s", "uids", "w", "_seconds", "_micros"):
             column = getattr(self, name)
             setattr(self, name, list(map(column.__getitem__, positions)))
 
@@ -353,9 +389,11 @@ def _insert_few(known: Columns, kept: list[int], rows: list[_Row]) -> tuple[Colu
 
 def _new_maildrop(parsed: _Parsed) -> tuple[Columns, bool]:
     """Nothing known, natural scheme, distinct UIDLs: sorted by delivery time, column-wise."""
+    if parsed.in_time_order():
+        return (parsed.keys, parsed.s, parsed.w, parsed.uids), False
     times = parsed.times
     if all(map(operator.lt, times, itertools.islice(times, 1, None))):
-        pass  # already in order: names of one directory with equally long time prefixes
+        pass
     elif len(set(times)) == len(times):
         # Distinct times decide the order alone; as floats (exact below 2**53) they
         # sort with the fastest comparison Python has.

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postoffice.storage import maildir_index
+from postoffice.storage import maildir_index, maildir_listing
 from postoffice.storage.maildir import INDEX_NAME, MaildirMaildrop, ensure_maildir
 from postoffice.storage.maildir_names import alternate_uid, parse_name
 from postoffice.storage.wire import wire_size
@@ -99,3 +99,55 @@ def test_many_names_in_random_directory_order(tmp_path: Path, count: int) -> Non
             (md / "new" / name).write_bytes(b"abcd\n")
     messages = MaildirMaildrop(md).snapshot()
     assert [(m.key, m.uid, m.size) for m in messages] == reference(md)
+
+
+def test_file_gone_while_measured_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A name without size tags whose file vanishes before it is read is not listed."""
+    md = tmp_path / "Maildir"
+    ensure_maildir(md)
+    for name in ["1700000002.M5P1.h", "1700000001.M5P1.h", "1700000003.M5P1.h,S=5,W=6"]:
+        (md / "cur" / name).write_bytes(b"abcd\n")
+    (md / "new" / "1700000000.M9P1.h,S=5,W=6").write_bytes(b"abcd\n")
+    real_count = maildir_listing.count_file
+
+    def count_file(path: Path) -> tuple[int, int] | None:
+        return None if path.name == "1700000001.M5P1.h" else real_count(path)
+
+    monkeypatch.setattr(maildir_listing, "count_file", count_file)
+    keys = [m.key for m in MaildirMaildrop(md).snapshot()]
+    assert keys == [
+        "new/1700000000.M9P1.h,S=5,W=6",
+        "cur/1700000002.M5P1.h",
+        "cur/1700000003.M5P1.h,S=5,W=6",
+    ]
+
+
+_usual = st.builds(
+    lambda seconds, micros, n, info: f"{seconds}.{micros}P{n}.host,S=5,W=6{info}",
+    st.sampled_from(["1700000000", "1700000001", "1700000002"]),
+    st.sampled_from(["", "M0", "M7", "M10", "M99", "M100"]),
+    st.integers(0, 3),
+    st.sampled_from(["", ":2,S"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    new=st.lists(_usual, max_size=10, unique=True),
+    cur=st.lists(_usual, max_size=10, unique=True),
+)
+def test_usual_names_in_both_directories_list_like_the_reference(
+    new: list[str], cur: list[str]
+) -> None:
+    """Dovecot-shaped names, many within one second, in new/ and cur/: oldest first."""
+    with tempfile.TemporaryDirectory() as top:
+        md = Path(top)
+        ensure_maildir(md)
+        for sub, listed in (("new", new), ("cur", cur)):
+            for name in listed:
+                (md / sub / name).write_bytes(b"abcd\n")
+        maildir_index.forget_all()
+        messages = MaildirMaildrop(md).snapshot()
+        assert [(m.key, m.uid, m.size) for m in messages] == reference(md)

@@ -40,7 +40,6 @@ from typing import Protocol
 from postoffice.durable import fsync_directory
 from postoffice.errors import PostofficeError
 from postoffice.storage.maildir import ensure_maildir
-from postoffice.storage.wire import WireSizeCounter
 
 __all__ = ["Destination", "MaildirDestination", "MessageSink", "commit_each", "message_key"]
 
@@ -264,7 +263,18 @@ class _MaildirMessage:
     A small message touches the filesystem only when committed: creating files on the
     event loop would wait behind the journal commits that other threads' fsyncs cause."""
 
-    __slots__ = ("_chunks", "_counter", "_done", "_fd", "_held_cr", "_key", "_maildir", "_tmp")
+    __slots__ = (
+        "_bare_lf",
+        "_chunks",
+        "_done",
+        "_fd",
+        "_held_cr",
+        "_key",
+        "_last",
+        "_maildir",
+        "_octets",
+        "_tmp",
+    )
 
     def __init__(self, maildir: Path, key: str) -> None:
         self._maildir = maildir
@@ -272,7 +282,12 @@ class _MaildirMessage:
         self._tmp = maildir / "tmp" / key
         self._chunks: list[bytes] = []
         self._fd: int | None = None
-        self._counter = WireSizeCounter()
+        # For the ,S= and ,W= tags: the stored size, and the size RETR sends (RFC 1939 §11,
+        # as storage.wire counts it): every bare LF goes out as CRLF, a CRLF is added at the end
+        # unless the message ends with LF.
+        self._octets = 0
+        self._bare_lf = 0
+        self._last = -1  # the last octet stored
         self._held_cr = False
         self._done = False
 
@@ -288,20 +303,31 @@ class _MaildirMessage:
             data = data[:-1]  # the LF that may follow is in the next chunk
             self._held_cr = True
         data = data.replace(b"\r\n", b"\n")
-        self._counter.update(data)
+        self._count(data)
         if self._fd is not None:
             _write_all(self._fd, data)
             return
         self._chunks.append(data)
-        if self._counter.octets > SPILL_OCTETS:
+        if self._octets > SPILL_OCTETS:
             self._fd = self._open()
             _write_all(self._fd, b"".join(self._chunks))
             self._chunks = []
 
+    def _count(self, data: bytes) -> None:
+        """Count one converted chunk (a CR ending the chunk before may pair with its LF)."""
+        if not data:
+            return
+        lf = data.count(b"\n")
+        if lf and (self._last == 0x0D or b"\r" in data):
+            lf -= data.count(b"\r\n") + (self._last == 0x0D and data[0] == 0x0A)
+        self._octets += len(data)
+        self._bare_lf += lf
+        self._last = data[-1]
+
     def write_out(self) -> int:
         """Step 1 of ``commit``: everything into ``tmp/``, not yet fsynced; the descriptor."""
         if self._held_cr:
-            self._counter.update(b"\r")
+            self._count(b"\r")
             self._chunks.append(b"\r")
             self._held_cr = False
         if self._fd is None:
@@ -315,7 +341,8 @@ class _MaildirMessage:
         assert self._fd is not None
         fd, self._fd = self._fd, None
         os.close(fd)
-        name = f"{self._key},S={self._counter.octets},W={self._counter.size}"
+        wire = self._octets + self._bare_lf + (0 if self._last == 0x0A else 2)
+        name = f"{self._key},S={self._octets},W={wire}"
         os.rename(self._tmp, self._maildir / "new" / name)
         self._done = True
         return name

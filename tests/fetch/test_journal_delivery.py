@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from postoffice.fetch import delivery
 from postoffice.fetch.delivery import SPILL_OCTETS, MaildirDestination, message_key
 from postoffice.fetch.journal import FORGET_AFTER, Journal, journal_path
+from postoffice.storage.wire import wire_size
 
 
 def test_journal_is_wal_with_full_sync(tmp_path: Path) -> None:
@@ -205,3 +209,18 @@ def test_a_failed_syncfs_fails_the_whole_group_and_leaves_nothing(
     assert all(isinstance(outcome, OSError) for outcome in outcomes)
     for sub in ("tmp", "new", "cur"):
         assert os.listdir(tmp_path / "Maildir" / sub) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=12).map(lambda raw: bytes(b"a\r\n."[b % 4] for b in raw))))
+def test_size_tags_match_the_wire_size_of_what_is_stored(chunks: list[bytes]) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        destination = MaildirDestination(Path(folder) / "Maildir", "office")
+        destination.prepare()
+        sink = destination.begin("uid-1")
+        for chunk in chunks:
+            sink.write(chunk)
+        name = sink.commit()
+        stored = (Path(folder) / "Maildir" / "new" / name).read_bytes()
+    assert stored == b"".join(chunks).replace(b"\r\n", b"\n")
+    assert name.endswith(f",S={len(stored)},W={wire_size(stored)}")

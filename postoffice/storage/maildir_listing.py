@@ -65,6 +65,8 @@ _KEY_LINE = re.compile(
     re.MULTILINE | re.ASCII,
 )
 
+_UIDL_OCTETS = bytes(range(0x21, 0x7F))  # RFC 1939 §7
+
 # A new file, when it must be merged with known ones: (time, base, key, disk, wire, uid).
 _Row = tuple[int, str, str, int, int, str]
 
@@ -98,15 +100,27 @@ def _names(directory: Path) -> list[str]:
         ]
 
 
+def _keys(path: Path, sub: str) -> list[str]:
+    """``sub/NAME`` for each file ``_names`` lists (one join and one split)."""
+    names = _names(path / sub)
+    prefix = sub + "/"
+    keys = (prefix + ("\n" + prefix).join(names)).split("\n") if names else []
+    if len(keys) != len(names):  # a name with a line feed
+        keys = list(map(prefix.__add__, names))
+    return keys
+
+
 def _sane(s: int, w: int) -> bool:
     return 0 < s <= w <= 2 * s
 
 
 def _fix_uids(uids: list[str]) -> list[str]:
     """Unique parts that are no valid UIDL (RFC 1939 §7) replaced by their digest."""
-    joined = "".join(uids)
-    printable = joined.isascii() and joined.isprintable() and " " not in joined
-    if printable and (not uids or max(map(len, uids)) <= 70):
+    try:
+        outside = "".join(uids).encode("ascii").translate(None, _UIDL_OCTETS)
+    except UnicodeEncodeError:
+        outside = b"\x80"
+    if not outside and (not uids or max(map(len, uids)) <= 70):
         return uids
     return [uid if valid_uid(uid) else digest_uid(uid) for uid in uids]
 
@@ -282,10 +296,7 @@ def list_maildir(path: Path, known: Columns, scheme: UidlScheme) -> tuple[Column
     keys, disk, wire, uids = known
     # new/ first, then cur/: a message moved between the two listings is then seen
     # twice rather than not at all; _dedupe keeps the cur/ name.
-    listed = [
-        *map(f"{NEW}/".__add__, _names(path / NEW)),
-        *map(f"{CUR}/".__add__, _names(path / CUR)),
-    ]
+    listed = [*_keys(path, NEW), *_keys(path, CUR)]
     if keys:
         here = set(listed)
         kept = list(itertools.compress(range(len(keys)), map(here.__contains__, keys)))

@@ -58,10 +58,12 @@ _TICKS = 1_000_001
 # One key per line, in the shape of maildir_names._FAST_NAME_RE; any other line matches
 # the last group whole and is parsed by parse_name. Groups: unique part (the natural UIDL
 # once checked by _fix_uids), seconds, microseconds, S, W, other.
+# Possessive quantifiers (*+, {m,n}+): giving characters back could never lead to a match,
+# so the engine is told not to try.
 _KEY_LINE = re.compile(
-    r"^(?:(?:new|cur)/((\d{1,18})\.(?:M(\d{1,6})(?!\d))?[^,:\n]*)"
-    r"(?:,S=(\d{1,18}))?(?:,W=(\d{1,18}))?(?::[^\n]*)?"
-    r"|([^\n]*))$",
+    r"^(?:(?:new|cur)/((\d{1,18}+)\.(?:M(\d{1,6}+)(?!\d))?[^,:\n]*+)"
+    r"(?:,S=(\d{1,18}+))?(?:,W=(\d{1,18}+))?(?::[^\n]*+)?"
+    r"|([^\n]*+))$",
     re.MULTILINE | re.ASCII,
 )
 

@@ -196,7 +196,7 @@ class MaildirMaildrop:
         """Take the session lock; ``MaildropInUseError`` if any other session holds it."""
         if self._lock_fd is not None:
             return
-        lock_path = self._path / LOCK_NAME
+        lock_path = os.path.join(self._path, LOCK_NAME)  # str joins: a login's hot path
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC
         try:
             try:
@@ -282,8 +282,8 @@ class MaildirMaildrop:
         return messages
 
     def _dir_state(self) -> DirState:
-        new = os.stat(self._path / NEW)
-        cur = os.stat(self._path / CUR)
+        new = os.stat(os.path.join(self._path, NEW))
+        cur = os.stat(os.path.join(self._path, CUR))
         return ((new.st_ino, new.st_mtime_ns), (cur.st_ino, cur.st_mtime_ns))
 
     def _write_index(self) -> FileId | None:
@@ -325,10 +325,10 @@ class MaildirMaildrop:
             raise StorageError(f"cannot open {message.key}: {exc}") from exc
         raise MessageVanishedError(f"message {message.key} is gone")
 
-    def _file(self, key: str) -> Path:
+    def _file(self, key: str) -> str:
         if not valid_key(key):  # only a forged index could bring such a key
             raise StorageError(f"invalid message key {key!r}")
-        return self._path / key
+        return os.path.join(self._path, key)
 
     def _open_key(self, key: str) -> BinaryIO:
         fd = os.open(self._file(key), READ_FLAGS)
@@ -441,7 +441,7 @@ class MaildirMaildrop:
     def _mark_seen(self, key: str, relocator: _Relocator) -> str | None:
         """Move to cur/ with the S flag; return the new key if we renamed the file."""
         current = self._moved.get(key, key)
-        if not self._file(current).exists():
+        if not os.path.exists(self._file(current)):
             found = relocator.find(base_name(key[4:]))
             if found is None:
                 return None

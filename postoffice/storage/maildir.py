@@ -29,7 +29,8 @@ their full base name. After that the index cache keeps it.
 (no directory is read) only if ``new/`` and ``cur/`` still have the recorded inode and
 mtime AND the listing started more than 2 seconds after those mtimes, so a change within
 the same timestamp tick (2 s on the coarsest filesystems) cannot hide behind an unchanged
-mtime. Otherwise the directories are listed against the cache (``maildir_listing.py``).
+mtime. Otherwise the directories are listed against the cache (``maildir_listing.py``),
+except one that passes that rule on its own (a delivery changes only ``new/``).
 The index is rewritten after a listing and by ``correct_size``; ``commit`` rewrites it only
 when the next listing could not re-derive what it holds from the names alone (a pinned
 index, a corrected size) or would have many names to measure (more than ``_FEW`` removed or
@@ -267,7 +268,8 @@ class MaildirMaildrop:
             self._index, file_id = loaded
         else:
             known = index.columns() if index is not None else ([], [], [], [])
-            columns, alternates = list_maildir(self._path, known, self._scheme)
+            unchanged = index.trusted_dirs(dirs) if index is not None else (False, False)
+            columns, alternates = list_maildir(self._path, known, self._scheme, unchanged)
             pinned = (
                 alternates
                 or self._scheme.kind in _PINNING_SCHEMES

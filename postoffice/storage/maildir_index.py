@@ -98,10 +98,21 @@ class Index:
 
     def trusted(self, dirs: DirState) -> bool:
         """Both directories unchanged, and listed more than 2 s after their last change."""
-        if self.dirs is None or self.dirs != dirs:
-            return False
-        newest = max(dirs[0][1], dirs[1][1])
-        return self.listed_ns - newest > _MTIME_MARGIN_NS
+        return self.trusted_dirs(dirs) == (True, True)
+
+    def trusted_dirs(self, dirs: DirState) -> tuple[bool, bool]:
+        """For new/ and cur/ alone: unchanged, and listed more than 2 s after its last change.
+
+        What the index holds for such a directory is still what it contains: any change
+        since that listing would have moved its mtime to a later tick.
+        """
+        if self.dirs is None:
+            return (False, False)
+        new, cur = (
+            self.dirs[i] == dirs[i] and self.listed_ns - dirs[i][1] > _MTIME_MARGIN_NS
+            for i in (0, 1)
+        )
+        return (new, cur)
 
     @property
     def entries(self) -> dict[str, Entry]:

@@ -289,18 +289,28 @@ def _legacy_order(legacy: LegacyUidls, keys: list[str], item: int | _Row) -> Ord
     return legacy.order(base, seconds, micros - 1, key)
 
 
-def list_maildir(path: Path, known: Columns, scheme: UidlScheme) -> tuple[Columns, bool]:
+def list_maildir(
+    path: Path, known: Columns, scheme: UidlScheme, unchanged: tuple[bool, bool] = (False, False)
+) -> tuple[Columns, bool]:
     """List new/ and cur/; known keys keep their cached sizes, UIDs and order.
 
-    Also says whether a newcomer got a digest UIDL because its natural one was taken: such
-    a UIDL depends on the order names were first seen, not on the name alone.
+    ``unchanged``: for new/ and cur/, whether the known keys of that directory are still
+    exactly what it holds (``Index.trusted_dirs``); such a directory is not read. Also says
+    whether a newcomer got a digest UIDL because its natural one was taken: such a UIDL
+    depends on the order names were first seen, not on the name alone.
     """
     keys, disk, wire, uids = known
     # new/ first, then cur/: a message moved between the two listings is then seen
     # twice rather than not at all; _dedupe keeps the cur/ name.
-    listed = [*_keys(path, NEW), *_keys(path, CUR)]
+    listed = [
+        *(() if unchanged[0] else _keys(path, NEW)),
+        *(() if unchanged[1] else _keys(path, CUR)),
+    ]
     if keys:
         here = set(listed)
+        for sub, same in zip((NEW, CUR), unchanged, strict=True):
+            if same:
+                here.update(filter(operator.methodcaller("startswith", f"{sub}/"), keys))
         kept = list(itertools.compress(range(len(keys)), map(here.__contains__, keys)))
         added = list(itertools.filterfalse(set(keys).__contains__, listed))
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,40 @@ def test_update_after_a_size_correction_keeps_it(md: Path) -> None:
     assert [(m.key, m.size) for m in MaildirMaildrop(md).snapshot()] == [
         ("cur/1.a,S=17,W=20:2,S", 18)
     ]
+
+
+def test_delivery_into_new_does_not_read_an_unchanged_cur(
+    md: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the directory that changed is listed; mail in both is still all there."""
+    put(md, "cur/1.a:2,S")
+    put(md, "new/2.b")
+    past = time.time_ns() - 100 * 1_000_000_000
+    for sub in ("new", "cur"):
+        os.utime(md / sub, ns=(past, past))
+    MaildirMaildrop(md).snapshot()
+    put(md, "new/3.c")
+    listed: list[str] = []
+    real_scandir = os.scandir
+
+    def scandir(path: Path) -> object:
+        listed.append(Path(path).name)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    maildir_index.forget_all()
+    keys = [m.key for m in MaildirMaildrop(md).snapshot()]
+    assert keys == ["cur/1.a:2,S", "new/2.b", "new/3.c"]
+    assert listed == ["new"]
+
+
+def test_change_in_cur_within_the_same_tick_is_not_hidden(md: Path) -> None:
+    """cur/ listed less than 2 s after its last change is listed again, even if its
+    mtime did not move."""
+    put(md, "cur/1.a:2,S")
+    MaildirMaildrop(md).snapshot()
+    mtime = os.stat(md / "cur").st_mtime_ns
+    put(md, "cur/2.b:2,S")
+    os.utime(md / "cur", ns=(mtime, mtime))
+    maildir_index.forget_all()
+    assert [m.key for m in MaildirMaildrop(md).snapshot()] == ["cur/1.a:2,S", "cur/2.b:2,S"]

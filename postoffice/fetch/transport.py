@@ -49,7 +49,7 @@ from postoffice.proto.client_events import (
 
 __all__ = ["Pop3Client", "client_context", "connect"]
 
-_READ = 1 << 16
+_READ = 1 << 18  # a read, and the largest BodyData: fewer, larger steps for large messages
 MAX_LISTING_OCTETS = 64 << 20  # a UIDL listing of a million messages fits easily
 
 
@@ -80,7 +80,7 @@ class Pop3Client:
     def __init__(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, timeout: float
     ) -> None:
-        self.connection = ClientConnection()
+        self.connection = ClientConnection(max_chunk=_READ)
         self._reader = reader
         self._writer = writer
         self.timeout = timeout

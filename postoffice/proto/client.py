@@ -59,6 +59,7 @@ _LOGINS = frozenset({"PASS", "APOP", "AUTH"})
 _FORBIDDEN_IN_ARGUMENT = re.compile(r"[\x00\r\n]")
 _TIMESTAMP = re.compile(r"<[^<>\s]*@[^<>\s]*>")  # RFC 1939 §7 APOP: a msg-id
 _CODE = re.compile(r"\[([^\]\s]{1,64})\]\s?")
+_LINE_END_AND_TERMINATOR = b"\r\n.\r\n"  # how a multi-line reply usually ends
 
 
 @dataclass(slots=True)
@@ -264,7 +265,12 @@ class ClientConnection:
     def _body_event(self, decoder: MultilineDecoder) -> ClientEvent:
         buffer = self._buffer
         while buffer:
-            chunk = bytes(buffer[: self.max_chunk])
+            # Hand the decoder no more than this reply when its end is in sight: whatever
+            # it is given past the end comes back as leftover, to be put back in front of
+            # the buffer, and with many small pipelined replies that copying adds up.
+            found = buffer.find(_LINE_END_AND_TERMINATOR, 0, self.max_chunk)
+            take = found + len(_LINE_END_AND_TERMINATOR) if found >= 0 else self.max_chunk
+            chunk = bytes(buffer[:take])
             del buffer[: len(chunk)]
             data = decoder.feed(chunk)
             if decoder.done:

@@ -50,6 +50,7 @@ import fcntl
 import functools
 import gc
 import logging
+import operator
 import os
 import time
 import weakref
@@ -86,6 +87,7 @@ _PINNING_SCHEMES = ("dovecot", "courier")
 _FEW = 1000
 
 
+_KEY = operator.attrgetter("key")
 # StoredMessage._make without its Python frame: a snapshot makes 100,000 of them at once.
 _new_message = cast(
     Callable[[tuple[str, str, int]], StoredMessage], functools.partial(tuple.__new__, StoredMessage)
@@ -300,7 +302,7 @@ class MaildirMaildrop:
         if not messages:
             return
         if self._by_key is None:
-            self._by_key = {m.key: m for m in self._snapshot}
+            self._by_key = dict(zip(map(_KEY, self._snapshot), self._snapshot, strict=True))
         for message in messages:
             if self._by_key.get(message.key) != message:
                 raise ValueError(f"{message.key!r} is not in this session's snapshot")

@@ -13,10 +13,14 @@ listed size and ``MaildirMaildrop.correct_size`` records the truth in the index.
 *Order.* Oldest first (``maildir_names.parse_name``), or the old server's order under a
 migration UIDL scheme (``uidl.py``), which is read only when there are new names.
 
-*Speed.* A maildrop of 100,000 messages is listed cold in a few tenths of a second: the
-names of both directories are joined into one string and parsed by one regular expression
-(``findall``), numbers are converted with ``map(int, ...)``, the size tags are checked
-column-wise, and only the names that do not have the usual shape take a per-name path.
+*Speed.* A maildrop of 100,000 messages is listed cold in about half a second on a slow
+machine, with no Python-level loop over the names: they are sorted by name (later passes
+then run through memory in order, and names with equally long time prefixes are then
+already oldest first, which ``_Parsed.in_time_order`` checks on the digit strings),
+joined into one string and parsed by one regular expression (``findall``); sizes are
+converted with ``map(int, ...)`` and the tags checked column-wise. Only names that do not
+have the usual shape take a per-name path. A few new names among many known ones are
+inserted by bisection into copies of the known columns.
 
 A file that exists but cannot be read raises (the snapshot fails rather than hide mail);
 a file that vanishes while we list is skipped.
@@ -232,8 +236,12 @@ class _Parsed:
         )
 
 
-def _shares_base(keys: Iterable[str], bases: list[str]) -> bool:
+def _shares_base(keys: list[str], bases: list[str]) -> bool:
     """Whether a key (``new/NAME`` or ``cur/NAME``) has one of ``bases``, at C speed."""
+    if len(bases) <= 20:
+        # A few bases: search one string; "/" occurs in a key only after new or cur.
+        joined = "\n".join(keys) + "\n"
+        return any(f"/{base}:" in joined or f"/{base}\n" in joined for base in bases)
     prefixed = set(map(operator.itemgetter(0), map(str.partition, keys, itertools.repeat(":"))))
     return not (
         prefixed.isdisjoint(map(f"{NEW}/".__add__, bases))
@@ -308,11 +316,15 @@ def list_maildir(
     ]
     if keys:
         here = set(listed)
-        for sub, same in zip((NEW, CUR), unchanged, strict=True):
-            if same:
-                here.update(filter(operator.methodcaller("startswith", f"{sub}/"), keys))
-        kept = list(itertools.compress(range(len(keys)), map(here.__contains__, keys)))
-        added = list(itertools.filterfalse(set(keys).__contains__, listed))
+        present: Iterable[bool] = map(here.__contains__, keys)
+        trusted = tuple(f"{sub}/" for sub, same in zip((NEW, CUR), unchanged, strict=True) if same)
+        if trusted:  # the known keys of an unread directory are there
+            present = map(
+                operator.or_, present, map(operator.methodcaller("startswith", trusted), keys)
+            )
+        kept = list(itertools.compress(range(len(keys)), present))
+        known_here = here.intersection(keys)
+        added = [key for key in listed if key not in known_here]
     else:
         kept, added = [], listed
     if not added:

@@ -137,7 +137,8 @@ class MaildirDestination:
         return found
 
     def begin(self, uidl: str) -> MessageSink:
-        return _MaildirMessage(self.path, message_key(self.account, uidl))
+        # Plain strings, not Path: this runs for every message, on the event loop.
+        return _MaildirMessage(str(self.path), message_key(self.account, uidl))
 
     def commit_group(self, sinks: Sequence[MessageSink]) -> list[str | Exception]:
         """Write every message into ``tmp/``, make them all durable at once (``_sync_all``),
@@ -276,10 +277,10 @@ class _MaildirMessage:
         "_tmp",
     )
 
-    def __init__(self, maildir: Path, key: str) -> None:
+    def __init__(self, maildir: str, key: str) -> None:
         self._maildir = maildir
         self._key = key
-        self._tmp = maildir / "tmp" / key
+        self._tmp = os.path.join(maildir, "tmp", key)
         self._chunks: list[bytes] = []
         self._fd: int | None = None
         # For the ,S= and ,W= tags: the stored size, and the size RETR sends (RFC 1939 §11,
@@ -343,7 +344,7 @@ class _MaildirMessage:
         os.close(fd)
         wire = self._octets + self._bare_lf + (0 if self._last == 0x0A else 2)
         name = f"{self._key},S={self._octets},W={wire}"
-        os.rename(self._tmp, self._maildir / "new" / name)
+        os.rename(self._tmp, os.path.join(self._maildir, "new", name))
         self._done = True
         return name
 

@@ -74,49 +74,33 @@ def _parsed_fields(header: bytes) -> tuple[str | None, str | None]:
     )
 
 
-_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # RFC 5322 §2.2 field name, then ":"
-_WANTED = (b"message-id", b"date")
+# A plain header (without its last line end): lines that are each a field (an RFC 5322 §2.2
+# name, then ":") or, after the first, a continuation; CR only in CRLF; no blank line.
+_LINE = rb"(?:[\x21-\x39\x3b-\x7e]+:|[ \t])[^\r\n]*"
+_PLAIN = re.compile(rb"(?![ \t])(?:" + _LINE + rb"\r?\n)*" + _LINE)
+# The first such field, with its continuation lines.
+_MESSAGE_ID = re.compile(rb"^message-id:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.I | re.M)
+_DATE = re.compile(rb"^date:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.I | re.M)
 
 
 def _plain_fields(header: bytes) -> tuple[str | None, str | None] | None:
-    """``_parsed_fields`` for the usual header, about thirty times faster; None for one
-    that is not plain (not ASCII, a bare CR, a line neither a field nor a continuation, a
-    leading continuation, a blank line), which ``email`` must then read."""
-    if not header.isascii() or header.count(b"\r") != header.count(b"\r\n"):
+    """``_parsed_fields`` for the usual header, many times faster; None for one that is
+    not plain (not ASCII, a bare CR, a line neither a field nor a continuation, a leading
+    continuation, a blank line), which ``email`` must then read."""
+    if not header.isascii() or _PLAIN.fullmatch(header) is None:
         return None
-    found: dict[bytes, list[bytes]] = {}
-    current: list[bytes] | None = None
-    first = True
-    for line in header.split(b"\n"):
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not line:
-            return None
-        if line[0] in b" \t":
-            if first:
-                return None
-            if current is not None:
-                current.append(line)
-            continue
-        first = False
-        match = _FIELD_NAME.match(line)
-        if match is None:
-            return None
-        name = line[: match.end() - 1].lower()
-        if name in _WANTED and name not in found:
-            current = found[name] = [line[match.end() :]]
-        else:
-            current = None
-    message_id, date = (_unfolded(found.get(name)) for name in _WANTED)
-    return message_id, date
+    return _unfolded(_MESSAGE_ID.search(header)), _unfolded(_DATE.search(header))
 
 
-def _unfolded(parts: list[bytes] | None) -> str | None:
+def _unfolded(found: re.Match[bytes] | None) -> str | None:
     # email's test is on the raw value: a field of only spaces and a continuation line
     # is present (and becomes ""), one with nothing after the colon is not.
-    if parts is None or (len(parts) == 1 and not parts[0].lstrip(b" \t")):
+    if found is None:
         return None
-    return " ".join(b" ".join(parts).decode("ascii").split())
+    value = found.group(1)
+    if b"\n" not in value and not value.lstrip(b" \t"):
+        return None
+    return " ".join(value.decode("ascii").split())
 
 
 class HeaderCollector:

@@ -324,7 +324,7 @@ async def run_session(
                 progress=options.progress,
                 pipelining=pipelining,
             )
-            await transfer.run(plan, result)
+            await transfer.run(plan, result, entries)
             deleted = transfer.deleted
         reply = await client.command(Request(keyword="QUIT"))
         if not readonly:

@@ -50,10 +50,10 @@ from postoffice.fetch.fingerprint import Fingerprint, HeaderCollector
 from postoffice.proto.client_events import BodyData, MultilineEnd, MultilineStart, Reply, Request
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from postoffice.fetch.delivery import Destination, MessageSink
-    from postoffice.fetch.journal import Journal
+    from postoffice.fetch.journal import Entry, Journal
     from postoffice.fetch.session import Plan, Progress, ServerMessage, SessionResult
     from postoffice.fetch.transport import Pop3Client
 
@@ -109,7 +109,7 @@ class Transfer:
 
     async def _pump(self) -> None:
         """Refill the window once half of it is answered: one write, many commands."""
-        if self.in_flight and len(self.in_flight) > self.window // 2:
+        if not self.todo or len(self.in_flight) > self.window // 2:
             return
         batch: list[Request] = []
         while self.todo and len(self.in_flight) < self.window:
@@ -119,8 +119,8 @@ class Transfer:
         if batch:
             await self.client.send(*batch)
 
-    async def run(self, plan: Plan, result: SessionResult) -> None:
-        entries = await asyncio.to_thread(self.journal.entries)
+    async def run(self, plan: Plan, result: SessionResult, entries: Mapping[str, Entry]) -> None:
+        """Carry out ``plan``; ``entries`` is the journal as the plan was made from it."""
         owed = [
             m.uidl
             for m in plan.delete

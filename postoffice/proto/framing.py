@@ -48,7 +48,7 @@ class LineBuffer:
     def __post_init__(self) -> None:
         self._buffer = bytearray()
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         assert self._buffer is not None
         self._buffer += data
 

@@ -148,8 +148,9 @@ class ServerConnection(Generic[MessageT]):
 
     # -- input and output ------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
-        """Octets from the peer. After the session closed they are ignored."""
+    def receive_data(self, data: bytes | memoryview) -> None:
+        """Octets from the peer (copied; a view may be reused once this returns). After the
+        session closed they are ignored."""
         if self.pending is Pending.TLS:
             # Between STLS and the handshake nothing may be read as a command (RFC 2595 §4).
             self.discarded_octets += len(data)

@@ -95,7 +95,7 @@ class Pop3Server:
             server = await loop.create_server(
                 functools.partial(Pop3Session, self.context, implicit_tls=implicit_tls),
                 sock=sock,
-                backlog=1024,
+                backlog=ACCEPT_BATCH,
                 start_serving=False,
             )
             self.servers.append(server)
@@ -105,6 +105,11 @@ class Pop3Server:
         await self._serve_lmtp()
         for server in self.servers:
             await server.start_serving()
+        # asyncio uses its backlog both for listen() and as the number of connections taken
+        # per wake-up. Taking a few at a time lets several worker processes on one socket
+        # share a burst (the idle one takes the next ones); the kernel queue stays long.
+        for sock, _implicit_tls in self.bound:
+            sock.listen(LISTEN_BACKLOG)
 
     async def _serve_lmtp(self) -> None:
         """LMTP (``delivery/lmtp.py``) on its sockets; it serves and stops with the rest."""
@@ -144,6 +149,10 @@ class Pop3Server:
         log.info("stopped")
 
 
+LISTEN_BACKLOG = 1024
+ACCEPT_BATCH = 16
+
+
 def bind(address: ListenAddress) -> list[socket.socket]:
     """Listening sockets for ``address`` (every address a name resolves to)."""
     sockets = []
@@ -156,7 +165,7 @@ def bind(address: ListenAddress) -> list[socket.socket]:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
-        sock.listen(1024)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         sockets.append(sock)
     return sockets

@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from postoffice.server.session import Pop3Session
 
 
+READ_OCTETS = 65536
+
+
 @dataclass(slots=True)
 class ServerContext:
     config: Config
@@ -33,6 +36,8 @@ class ServerContext:
     hostname: str = field(default_factory=socket.gethostname)
     _trusted: dict[str, bool] = field(default_factory=dict)
     _settings: dict[tuple[bool, bool, bool], ServerSettings] = field(default_factory=dict)
+    read_buffer: memoryview = field(default_factory=lambda: memoryview(bytearray(READ_OCTETS)))
+    """Where sessions receive into (``Pop3Session.get_buffer``): one for the whole server."""
 
     def __post_init__(self) -> None:
         oauth = self.config.oauth

@@ -112,7 +112,7 @@ class _Resumed:
                     return
 
 
-class Pop3Session(asyncio.Protocol):
+class Pop3Session(asyncio.BufferedProtocol):
     """Serves one client connection."""
 
     __slots__ = (
@@ -255,11 +255,19 @@ class Pop3Session(asyncio.Protocol):
             self.transport.abort()
         self._finish()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # One buffer for every session of this server: each read is consumed before the
+        # next one starts, so no session holds (or makes) a read buffer of its own.
+        return self.context.read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self.context.read_buffer[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         if self._inside_tls_handshake:
             # Decrypted octets can arrive before start_tls returns to us; they are the
             # first commands inside TLS, for after ``tls_started``.
-            self._early_tls_data.append(data)
+            self._early_tls_data.append(bytes(data))
             return
         if self._finished:
             return

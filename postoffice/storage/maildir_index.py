@@ -158,7 +158,7 @@ def _valid_uids(uids: list[str]) -> bool:
         return False
     return (
         not blob.translate(None, _UIDL_OCTETS)  # nothing outside 0x21-0x7E
-        and min(map(len, uids)) >= 1
+        and all(uids)  # none empty
         and max(map(len, uids)) <= 70
         and len(set(uids)) == len(uids)
     )

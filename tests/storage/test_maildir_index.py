@@ -71,3 +71,14 @@ def test_forged_counts_and_sizes_are_refused(tmp_path: Path) -> None:
     forge(path, body.replace(b" 2 0\n", b" -1 0\n", 1))
     assert load_index(path) is None
     maildir_index.forget_all()
+
+
+def test_index_with_uidls_no_client_may_see_is_not_used(tmp_path: Path) -> None:
+    """An empty, too long, repeated or non-printable UIDL makes the whole file unused."""
+    keys, disk, wire, uids = columns(3)
+    for bad in ("", "x" * 71, uids[0], "a b", "caf\u00e9", "tab\there"):
+        index = Index(dirs=None, listed_ns=1, columns=(keys, disk, wire, [*uids[:2], bad]))
+        write_index(tmp_path, index)
+        assert load_index(tmp_path / INDEX_NAME) is None, bad
+    write_index(tmp_path, Index(dirs=None, listed_ns=1, columns=(keys, disk, wire, uids)))
+    assert load_index(tmp_path / INDEX_NAME) is not None

@@ -13,6 +13,9 @@ Backends must keep these promises, checked by the shared contract tests:
   and lists every message at most once; UIDs are 1-70 characters in 0x21-0x7E, unique, and
   stable across sessions and flag changes made by other programs.
 - ``size`` is the exact number of octets RETR sends before dot-stuffing (RFC 1939 §11).
+  A backend may take it from metadata it believes without reading the message (Maildir's
+  ``,S=,W=`` name tags, as Dovecot does); if RETR then sends another number of octets, the
+  session reports it through ``correct_size`` and the next snapshot lists the truth.
 - ``commit`` removes exactly the messages given in ``deleted``; one already gone counts as
   removed. Messages delivered after the snapshot are never touched.
 - Nothing is removed unless ``commit`` is called.

@@ -40,9 +40,10 @@ _PR_SET_PDEATHSIG = 1
 def new_event_loop() -> asyncio.AbstractEventLoop:
     """The event loop for a server process.
 
-    asyncio's own loop: uvloop (tried) can hand the ClientHello of a connection that was
-    waiting in the accept queue to the protocol as cleartext before ``start_tls`` takes
-    over, which stalls that POP3S handshake.
+    asyncio's own loop. uvloop was measured: about 8% less CPU per login-storm session
+    (the time goes to Python code, not the loop), while it can hand the ClientHello of a
+    connection that waited in the accept queue to the protocol as cleartext; not worth a
+    second loop to support.
     """
     return asyncio.new_event_loop()
 

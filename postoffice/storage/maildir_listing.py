@@ -236,6 +236,12 @@ class _Parsed:
         )
 
 
+def _count_prefixed(keys: list[str], prefixes: tuple[str, ...]) -> int:
+    """How many of ``keys`` start with one of ``prefixes``, by counting in one string."""
+    joined = "\n" + "\n".join(keys)
+    return sum(joined.count("\n" + prefix) for prefix in prefixes)
+
+
 def _shares_base(keys: list[str], bases: list[str]) -> bool:
     """Whether a key (``new/NAME`` or ``cur/NAME``) has one of ``bases``, at C speed."""
     if len(bases) <= 20:
@@ -314,7 +320,12 @@ def list_maildir(
         *(() if unchanged[0] else _keys(path, NEW)),
         *(() if unchanged[1] else _keys(path, CUR)),
     ]
-    if keys:
+    read = tuple(f"{sub}/" for sub, same in zip((NEW, CUR), unchanged, strict=True) if not same)
+    if keys and not _count_prefixed(keys, read):
+        # No known key is in a directory we read (a delivery into an empty new/): every
+        # known key stays and every listed one is new.
+        kept, added = list(range(len(keys))), listed
+    elif keys:
         here = set(listed)
         present: Iterable[bool] = map(here.__contains__, keys)
         trusted = tuple(f"{sub}/" for sub, same in zip((NEW, CUR), unchanged, strict=True) if same)

@@ -167,12 +167,14 @@ def test_update_after_a_size_correction_keeps_it(md: Path) -> None:
     ]
 
 
+@pytest.mark.parametrize("in_new", [[], ["new/2.b"]])
 def test_delivery_into_new_does_not_read_an_unchanged_cur(
-    md: Path, monkeypatch: pytest.MonkeyPatch
+    md: Path, monkeypatch: pytest.MonkeyPatch, in_new: list[str]
 ) -> None:
     """Only the directory that changed is listed; mail in both is still all there."""
     put(md, "cur/1.a:2,S")
-    put(md, "new/2.b")
+    for key in in_new:
+        put(md, key)
     past = time.time_ns() - 100 * 1_000_000_000
     for sub in ("new", "cur"):
         os.utime(md / sub, ns=(past, past))
@@ -188,7 +190,7 @@ def test_delivery_into_new_does_not_read_an_unchanged_cur(
     monkeypatch.setattr(os, "scandir", scandir)
     maildir_index.forget_all()
     keys = [m.key for m in MaildirMaildrop(md).snapshot()]
-    assert keys == ["cur/1.a:2,S", "new/2.b", "new/3.c"]
+    assert keys == ["cur/1.a:2,S", *in_new, "new/3.c"]
     assert listed == ["new"]
 
 

@@ -1,26 +1,32 @@
-"""The ``postoffice`` command: serve, user, deliver, check-config."""
+"""The ``postoffice`` command: serve, user, deliver, check-config, fetch, migrate.
+
+Each command imports what it needs when it runs, and ``fetch`` and ``migrate`` are
+imported only when named (``_Commands``): ``postoffice fetch`` starts without loading the
+server, the password schemes or the migration tools (about 0.1 s of a fetch's start-up).
+"""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
 
 import click
 
 from postoffice import __version__
-from postoffice.auth import passwd_file
-from postoffice.auth.schemes import hash_password
-from postoffice.auth.usernames import validate_username
-from postoffice.config import Config, load_config
 from postoffice.errors import (
     ConfigError,
     InvalidUsernameError,
     PasswdFileError,
 )
-from postoffice.secret import Secret
+
+if TYPE_CHECKING:
+    from postoffice.config import Config
+    from postoffice.secret import Secret
 
 EX_USAGE = 64
 EX_NOUSER = 67
@@ -38,6 +44,8 @@ config_option = click.option(
 
 
 def _load(config_path: Path | None) -> Config:
+    from postoffice.config import load_config
+
     try:
         return load_config(config_path)
     except ConfigError as error:
@@ -80,7 +88,27 @@ def _setup_logging(config: Config, *, verbose: bool = False) -> None:
     root.setLevel(level)
 
 
-@click.group()
+class _Commands(click.Group):
+    """A group whose ``fetch`` and ``migrate`` commands are imported when named."""
+
+    _lazy: ClassVar[dict[str, str]] = {
+        "fetch": "postoffice.fetch.cli",
+        "migrate": "postoffice.migrate.cli",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = self._lazy.get(cmd_name)
+        if module is None:
+            return super().get_command(ctx, cmd_name)
+        command = getattr(importlib.import_module(module), cmd_name)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_Commands)
 @click.version_option(__version__, prog_name="postoffice")
 def main() -> None:
     """postoffice: a POP3 server (serve) and its tools."""
@@ -91,6 +119,7 @@ def main() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Log debugging detail.")
 def serve(config_path: Path | None, verbose: bool) -> None:
     """Run the POP3 server in the foreground until SIGTERM or Ctrl-C."""
+    from postoffice.auth import passwd_file
     from postoffice.server.app import serve as serve_forever
 
     config = _load(config_path)
@@ -130,6 +159,8 @@ def serve(config_path: Path | None, verbose: bool) -> None:
 @config_option
 def check_config(config_path: Path | None) -> None:
     """Validate the configuration and print what it would serve."""
+    from postoffice.auth import passwd_file
+
     config = _load(config_path)
     click.echo(f"configuration: {config.source or 'embedded default'}")
     click.echo(f"data_dir: {config.data_dir}")
@@ -174,6 +205,8 @@ def user() -> None:
 
 
 def _read_password(password_stdin: bool) -> Secret:
+    from postoffice.secret import Secret
+
     if password_stdin or not sys.stdin.isatty():
         line = sys.stdin.readline()
         password = line.rstrip("\r\n")
@@ -213,6 +246,9 @@ stdin_option = click.option(
 @click.argument("name")
 def user_add(config_path: Path | None, scheme: str | None, password_stdin: bool, name: str) -> None:
     """Add a user; the password is asked for (or read from stdin), never taken from argv."""
+    from postoffice.auth import passwd_file
+    from postoffice.auth.schemes import hash_password
+
     config = _load(config_path)
     name = _checked_name(name)
     password = _read_password(password_stdin)
@@ -234,6 +270,9 @@ def user_passwd(
     config_path: Path | None, scheme: str | None, password_stdin: bool, name: str
 ) -> None:
     """Set a user's password."""
+    from postoffice.auth import passwd_file
+    from postoffice.auth.schemes import hash_password
+
     config = _load(config_path)
     name = _checked_name(name)
     password = _read_password(password_stdin)
@@ -251,6 +290,8 @@ def user_passwd(
 @click.argument("name")
 def user_del(config_path: Path | None, name: str) -> None:
     """Remove a user from the passwd-file (their mail stays on disk)."""
+    from postoffice.auth import passwd_file
+
     config = _load(config_path)
     try:
         passwd_file.delete_user(config.auth.passwd_file, _checked_name(name))
@@ -263,6 +304,8 @@ def user_del(config_path: Path | None, name: str) -> None:
 @config_option
 def user_list(config_path: Path | None) -> None:
     """List the users."""
+    from postoffice.auth import passwd_file
+
     config = _load(config_path)
     if not config.auth.passwd_file.exists():
         return
@@ -274,6 +317,8 @@ def user_list(config_path: Path | None) -> None:
 
 
 def _checked_name(name: str) -> str:
+    from postoffice.auth.usernames import validate_username
+
     try:
         return validate_username(name)
     except InvalidUsernameError as error:
@@ -289,6 +334,7 @@ def deliver(config_path: Path | None, users: tuple[str, ...]) -> None:
     Exit codes follow sysexits: 0 delivered, 67 unknown user, 73 over quota, 75 temporary
     failure (disk full, I/O error: the MTA should retry), 78 configuration error.
     """
+    from postoffice.config import load_config
     from postoffice.delivery.agent import deliver_from_stream
 
     try:
@@ -301,10 +347,3 @@ def deliver(config_path: Path | None, users: tuple[str, ...]) -> None:
     else:  # stderr goes to the MTA's log or a bounce: only what went wrong
         logging.basicConfig(level=logging.WARNING, format="postoffice deliver: %(message)s")
     sys.exit(deliver_from_stream(config, list(users), sys.stdin.buffer, sys.stderr))
-
-
-from postoffice.fetch.cli import fetch  # noqa: E402
-from postoffice.migrate.cli import migrate  # noqa: E402
-
-main.add_command(fetch)
-main.add_command(migrate)

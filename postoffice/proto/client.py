@@ -59,7 +59,6 @@ _LOGINS = frozenset({"PASS", "APOP", "AUTH"})
 _FORBIDDEN_IN_ARGUMENT = re.compile(r"[\x00\r\n]")
 _TIMESTAMP = re.compile(r"<[^<>\s]*@[^<>\s]*>")  # RFC 1939 §7 APOP: a msg-id
 _CODE = re.compile(r"\[([^\]\s]{1,64})\]\s?")
-_LINE_END_AND_TERMINATOR = b"\r\n.\r\n"  # how a multi-line reply usually ends
 
 
 @dataclass(slots=True)
@@ -265,16 +264,11 @@ class ClientConnection:
     def _body_event(self, decoder: MultilineDecoder) -> ClientEvent:
         buffer = self._buffer
         while buffer:
-            # Hand the decoder no more than this reply when its end is in sight: whatever
-            # it is given past the end comes back as leftover, to be put back in front of
-            # the buffer, and with many small pipelined replies that copying adds up.
-            found = buffer.find(_LINE_END_AND_TERMINATOR, 0, self.max_chunk)
-            take = found + len(_LINE_END_AND_TERMINATOR) if found >= 0 else self.max_chunk
-            chunk = bytes(buffer[:take])
-            del buffer[: len(chunk)]
-            data = decoder.feed(chunk)
+            # The decoder consumes from the front of the buffer itself: what follows the
+            # reply stays where it is, and the body is copied once.
+            unread = len(buffer)
+            data = decoder.take(buffer, self.max_chunk)
             if decoder.done:
-                buffer[:0] = decoder.leftover
                 self._decoder = None
                 end = MultilineEnd(request=self._queue.popleft().request, octets=decoder.octets)
                 if data:
@@ -283,6 +277,8 @@ class ClientConnection:
                 return end
             if data:
                 return BodyData(data=data)
+            if len(buffer) == unread:
+                break  # a possible terminator cut short: wait for the rest
         if self._eof:
             keyword = self._queue[0].request.keyword
             raise RemoteProtocolError(f"connection closed inside the reply to {keyword}")

@@ -205,15 +205,22 @@ class TopFilter:
 class MultilineDecoder:
     """Undoes dot-stuffing of a multi-line reply body and finds its end (client side).
 
-    Feed the octets after the status line; ``feed`` returns body octets (CRLF line ends as
-    sent, stuffing removed). ``done`` becomes true at the terminating ``.CRLF`` line, and
-    ``leftover`` then holds the octets received after it (pipelined replies).
+    ``take`` decodes from the front of the caller's receive buffer and deletes what it used;
+    ``feed`` does the same for octets handed over one piece at a time. Either returns body
+    octets (CRLF line ends as sent, stuffing removed). ``done`` becomes true at the
+    terminating ``.CRLF`` line; after ``feed``, ``leftover`` then holds the octets received
+    after it (pipelined replies), after ``take`` they are still in the buffer.
+
+    Only a line end followed by a dot needs attention (RFC 1939 §3: a dot starting a line
+    is stuffing, or the terminator when ``CRLF`` follows it), so one ``find`` of ``LF .``
+    per chunk does the work: a body without such a line is copied once, as it is. A dot
+    that may begin the terminator but arrived without the rest stays unconsumed.
     """
 
-    __slots__ = ("_at_line_start", "_buffer", "done", "leftover", "octets")
+    __slots__ = ("_at_line_start", "_pending", "done", "leftover", "octets")
 
     def __init__(self) -> None:
-        self._buffer = b""
+        self._pending = bytearray()  # for ``feed``: octets not consumed yet
         self._at_line_start = True
         self.done = False
         self.leftover = b""
@@ -223,34 +230,49 @@ class MultilineDecoder:
         if self.done:
             self.leftover += data
             return b""
-        if self._buffer:
-            data = self._buffer + data
-            self._buffer = b""
-        out: list[bytes] = []
+        pending = self._pending
+        pending += data
+        body = self.take(pending, len(pending))
+        if self.done:
+            self.leftover = bytes(pending)
+            pending.clear()
+        return body
+
+    def take(self, buffer: bytearray, limit: int) -> bytes:
+        """Body octets decoded from the front of ``buffer``, looking at most ``limit``
+        octets into it (a little more to tell the terminator); the octets used are
+        deleted from ``buffer``."""
+        if self.done:
+            return b""
+        end = min(len(buffer), limit)
+        spans: list[tuple[int, int]] = []
         position = 0
-        length = len(data)
-        while position < length:
-            if self._at_line_start:
-                if data[position] == 0x2E:  # "."
-                    head = data[position : position + 3]
+        at_line_start = self._at_line_start
+        while position < end:
+            if at_line_start:
+                if buffer[position] == 0x2E:  # "."
+                    head = buffer[position : position + 3]
                     if head == TERMINATOR:
                         self.done = True
-                        self.leftover = data[position + 3 :]
                         break
                     if len(head) < 3 and TERMINATOR.startswith(head):
-                        self._buffer = data[position:]  # cannot tell yet
-                        break
+                        break  # cannot tell yet: left in the buffer
                     position += 1  # a stuffed dot
-                self._at_line_start = False
-            # Only a line end followed by a dot needs attention; skip to the next one.
-            found = data.find(b"\n.", position)
+                at_line_start = False
+                if position == end:
+                    break
+            found = buffer.find(b"\n.", position, end)
             if found < 0:
-                out.append(data[position:])
-                self._at_line_start = data.endswith(b"\n")
+                spans.append((position, end))
+                at_line_start = buffer[end - 1] == 0x0A
+                position = end
                 break
-            out.append(data[position : found + 1])
+            spans.append((position, found + 1))
             position = found + 1
-            self._at_line_start = True
-        body = b"".join(out)
+            at_line_start = True
+        self._at_line_start = at_line_start
+        with memoryview(buffer) as view:
+            body = b"".join([view[start:stop] for start, stop in spans])
+        del buffer[: position + 3 if self.done else position]
         self.octets += len(body)
         return body

@@ -86,6 +86,100 @@ def test_decoder_waits_for_a_lone_dot() -> None:
     assert decoder.done
 
 
+def reference_decode(stream: bytes) -> tuple[bytes, bool, bytes]:
+    """Line by line: (body, whether the terminator was read, what followed it).
+
+    A line is what ends with LF; one starting with a dot loses that dot, except the
+    terminator ``.CRLF``. An unfinished last line that may still become the terminator is
+    not part of the body yet."""
+    body = bytearray()
+    position = 0
+    while position < len(stream):
+        end = stream.find(b"\n", position)
+        line = stream[position:] if end < 0 else stream[position : end + 1]
+        if line == b".\r\n":
+            return bytes(body), True, stream[position + 3 :]
+        if end < 0 and b".\r\n".startswith(line):
+            break
+        body += line[1:] if line.startswith(b".") else line
+        position += len(line)
+    return bytes(body), False, b""
+
+
+streams = st.lists(
+    st.sampled_from([b".", b"\r", b"\n", b"\r\n", b"a", b"..", b".\r\n", b"\r\n.\r\n", b"x y"]),
+    max_size=40,
+).map(b"".join) | st.binary(max_size=200)
+
+
+def decode_fed(pieces: list[bytes]) -> tuple[bytes, bool, bytes, int]:
+    decoder = MultilineDecoder()
+    body = b"".join(decoder.feed(piece) for piece in pieces)
+    return body, decoder.done, decoder.leftover, decoder.octets
+
+
+def decode_taken(pieces: list[bytes], limits: list[int]) -> tuple[bytes, bool, bytes, int]:
+    """As a client uses ``take``: pieces arrive in one buffer, taken ``limits[i]`` at a time."""
+    decoder = MultilineDecoder()
+    buffer = bytearray()
+    body = b""
+    turn = 0
+    for piece in pieces:
+        buffer += piece
+        while not decoder.done and buffer:
+            unread = len(buffer)
+            limit = limits[turn % len(limits)] if limits else 1 << 16
+            turn += 1
+            data = decoder.take(buffer, limit)
+            assert len(buffer) <= unread
+            body += data
+            if not data and len(buffer) == unread:
+                break
+    return body, decoder.done, bytes(buffer) if decoder.done else b"", decoder.octets
+
+
+@given(streams, st.lists(st.integers(min_value=0), max_size=8))
+def test_decoder_matches_the_line_by_line_reference(stream: bytes, cuts: list[int]) -> None:
+    body, done, leftover, octets = decode_fed(split(stream, cuts))
+    assert (body, done, leftover) == reference_decode(stream)
+    assert octets == len(body)
+
+
+@given(streams, st.lists(st.integers(min_value=0), max_size=8))
+def test_decoder_fed_in_pieces_equals_fed_whole(stream: bytes, cuts: list[int]) -> None:
+    assert decode_fed(split(stream, cuts)) == decode_fed([stream])
+
+
+@given(
+    streams,
+    st.lists(st.integers(min_value=0), max_size=8),
+    st.lists(st.integers(min_value=1, max_value=12), max_size=6),
+)
+def test_decoder_taking_from_a_buffer_equals_feeding(
+    stream: bytes, cuts: list[int], limits: list[int]
+) -> None:
+    """Any arrival pieces and any take limits give the body, end and rest of feeding whole."""
+    assert decode_taken(split(stream, cuts), limits) == decode_fed([stream])
+
+
+def test_decoder_takes_no_further_than_the_terminator() -> None:
+    decoder = MultilineDecoder()
+    buffer = bytearray(b"..a\r\n.\r\n+OK next\r\n")
+    assert decoder.take(buffer, 100) == b".a\r\n"
+    assert decoder.done
+    assert buffer == b"+OK next\r\n"
+
+
+def test_decoder_leaves_a_dot_it_cannot_judge_yet() -> None:
+    decoder = MultilineDecoder()
+    buffer = bytearray(b"a\r\n.\r")
+    assert decoder.take(buffer, 100) == b"a\r\n"
+    assert buffer == b".\r"
+    buffer += b"\n"
+    assert decoder.take(buffer, 100) == b""
+    assert decoder.done and not buffer
+
+
 @given(st.binary(max_size=2000), st.lists(st.integers(min_value=0), max_size=10))
 def test_line_buffer_feeding_in_pieces_equals_feeding_whole(data: bytes, cuts: list[int]) -> None:
     def lines_of(pieces: list[bytes]) -> list[bytes | LineProblem]:

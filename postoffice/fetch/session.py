@@ -326,7 +326,9 @@ async def run_session(
             )
             await transfer.run(plan, result, entries)
             deleted = transfer.deleted
+        log.debug("sending QUIT")
         reply = await client.command(Request(keyword="QUIT"))
+        log.debug("QUIT answered %s", "+OK" if reply.ok else "-ERR")
         if not readonly:
             assert journal is not None
             if reply.ok:

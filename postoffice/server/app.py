@@ -13,6 +13,7 @@ certificates; sessions keep running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -21,12 +22,13 @@ import socket
 from dataclasses import dataclass, field
 
 from postoffice.auth.authenticator import Authenticator
+from postoffice.auth.base import UserDatabase
 from postoffice.auth.passwd_file import PasswdFile
 from postoffice.auth.schemes import dummy_hash
 from postoffice.auth.throttle import FailureThrottle
 from postoffice.config import Config, ListenAddress
 from postoffice.delivery import lmtp
-from postoffice.errors import ConfigError
+from postoffice.errors import AuthError, ConfigError
 from postoffice.server.context import ServerContext
 from postoffice.server.limits import ConnectionLimits
 from postoffice.server.session import Pop3Session
@@ -43,6 +45,9 @@ class Pop3Server:
     bound: list[tuple[socket.socket, bool]] | None = None
     """Listening sockets bound by a parent process (with "implicit TLS" flags), or None."""
     tls_loaded: ListenerContexts | None = None
+    users: PasswdFile | None = None
+    """The user database, already read by a parent process (shared with its workers), or
+    None: made here."""
     context: ServerContext = field(init=False)
     servers: list[asyncio.Server] = field(default_factory=list)
     addresses: list[tuple[str, int]] = field(default_factory=list)
@@ -55,7 +60,9 @@ class Pop3Server:
 
     def __post_init__(self) -> None:
         config = self.config
-        database = PasswdFile(config.auth.passwd_file, lowercase_names=config.auth.lowercase_names)
+        if self.users is None:
+            self.users = open_user_database(config)
+        database = self.users
         tls = self.tls_loaded
         if tls is None and (config.pop3s.listen or config.pop3.stls):
             settings = {"pop3": config.pop3.tls, "pop3s": config.pop3s.tls}
@@ -79,8 +86,11 @@ class Pop3Server:
 
     async def start(self) -> None:
         """Bind and start every listener; ``addresses`` then holds the bound pairs."""
-        # Made before the first login, so the first unknown user costs what later ones do.
+        # Made before the first login, so the first unknown user costs what later ones do;
+        # the passwd-file is read now too, not by the first login.
         await asyncio.to_thread(dummy_hash)
+        if self.users is not None:
+            await asyncio.to_thread(read_user_database, self.users)
         if self.bound is None:  # one process: bind here (several: the parent did)
             self.bound = bind_pop3_listeners(self.config)
             if self.context.tls is not None:
@@ -147,6 +157,16 @@ class Pop3Server:
             await server.wait_closed()
         self.context.authenticator.close()
         log.info("stopped")
+
+
+def open_user_database(config: Config) -> PasswdFile:
+    return PasswdFile(config.auth.passwd_file, lowercase_names=config.auth.lowercase_names)
+
+
+def read_user_database(database: UserDatabase) -> None:
+    """Read the database now (an unreadable file is reported by the logins, as before)."""
+    with contextlib.suppress(AuthError):
+        database.lookup("postoffice-startup")
 
 
 LISTEN_BACKLOG = 1024

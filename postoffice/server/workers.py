@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -27,9 +28,17 @@ import socket
 import sys
 import time
 
+from postoffice.auth.passwd_file import PasswdFile
+from postoffice.auth.schemes import dummy_hash
 from postoffice.config import Config
 from postoffice.delivery import lmtp
-from postoffice.server.app import Pop3Server, bind_pop3_listeners, drop_privileges
+from postoffice.server.app import (
+    Pop3Server,
+    bind_pop3_listeners,
+    drop_privileges,
+    open_user_database,
+    read_user_database,
+)
 from postoffice.tls import ListenerContexts
 
 log = logging.getLogger(__name__)
@@ -61,15 +70,23 @@ def run(config: Config, workers: int) -> int:
         )
         tls.load()
     drop_privileges(config)
+    # Read once here and shared with every worker (copy-on-write), as the code is.
+    users = open_user_database(config)
+    read_user_database(users)
+    dummy_hash()  # made once for all workers (it costs a quarter of a second)
     children: dict[int, int] = {}  # pid -> worker number
     stopping = False
 
     def start(number: int) -> None:
+        # What the workers inherit is never collected (it lives as long as they do), so the
+        # collector must not touch it: touching a page copies it into every worker.
+        gc.collect()
+        gc.freeze()
         pid = os.fork()
         if pid == 0:
             status = 1
             try:
-                status = _child(config, bound, lmtp_sockets, tls, number)
+                status = _child(config, bound, lmtp_sockets, tls, users, number)
             finally:
                 logging.shutdown()
                 os._exit(status)
@@ -117,6 +134,7 @@ def _child(
     bound: list[tuple[socket.socket, bool]],
     lmtp_sockets: list[socket.socket],
     tls: ListenerContexts | None,
+    users: PasswdFile,
     number: int,
 ) -> int:
     if sys.platform.startswith("linux"):
@@ -124,16 +142,22 @@ def _child(
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the loop handles it: never fatal
+    # A SIGHUP before the loop handles it (while the worker starts) is kept for then.
+    hangups: list[int] = []
+    signal.signal(signal.SIGHUP, lambda signum, _frame: hangups.append(signum))
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
 
     async def main() -> None:
-        server = Pop3Server(config, bound=bound, lmtp_sockets=lmtp_sockets, tls_loaded=tls)
+        server = Pop3Server(
+            config, bound=bound, lmtp_sockets=lmtp_sockets, tls_loaded=tls, users=users
+        )
         await server.start()
         loop.add_signal_handler(signal.SIGTERM, server.request_stop)
         loop.add_signal_handler(signal.SIGINT, server.request_stop)
         loop.add_signal_handler(signal.SIGHUP, server.reload_certificates)
+        if hangups:
+            server.reload_certificates()
         await server.serve_until_stopped()
 
     try:

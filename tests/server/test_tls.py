@@ -6,6 +6,7 @@ import contextlib
 import logging
 import os
 import poplib
+import re
 import signal
 import socket
 import ssl
@@ -215,7 +216,10 @@ def test_sighup_reloads_the_certificate_without_dropping_sessions(
         second.cert_chain_pems[0].write_to_path(str(tmp_path / "tls" / "fullchain.pem"))
         assert server.process is not None
         os.kill(server.process.pid, signal.SIGHUP)
-        wait_until(lambda: "certificates reloaded" in server.log.read_text())
+        # Every worker process reloads for itself; the next connection may reach any of them.
+        started = re.search(r"started (\d+) worker processes", server.log.read_text())
+        workers = int(started[1]) if started else 1
+        wait_until(lambda: server.log.read_text().count("certificates reloaded") >= workers)
         after = poplib.POP3_SSL("127.0.0.1", port, context=context, timeout=10)
         new_der = after.sock.getpeercert(binary_form=True)  # type: ignore[attr-defined]
         assert new_der != old_der

@@ -163,6 +163,11 @@ def _child(
     try:
         loop.run_until_complete(main())
     finally:
+        # Stopping already: a late SIGTERM or SIGINT (the process group signalled as well
+        # as the parent forwarding it) must not reach the loop's closed wake-up pipe.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
         loop.close()
     log.debug("worker %d stopped", number)
     return 0

@@ -271,7 +271,10 @@ class MaildirMaildrop:
         else:
             known = index.columns() if index is not None else ([], [], [], [])
             unchanged = index.trusted_dirs(dirs) if index is not None else (False, False)
-            columns, alternates = list_maildir(self._path, known, self._scheme, unchanged)
+            natural = self._scheme.kind == "postoffice" and not (index is None or index.pinned)
+            columns, alternates = list_maildir(
+                self._path, known, self._scheme, unchanged, natural=natural
+            )
             pinned = (
                 alternates
                 or self._scheme.kind in _PINNING_SCHEMES

@@ -304,12 +304,20 @@ def _legacy_order(legacy: LegacyUidls, keys: list[str], item: int | _Row) -> Ord
 
 
 def list_maildir(
-    path: Path, known: Columns, scheme: UidlScheme, unchanged: tuple[bool, bool] = (False, False)
+    path: Path,
+    known: Columns,
+    scheme: UidlScheme,
+    unchanged: tuple[bool, bool] = (False, False),
+    *,
+    natural: bool = False,
 ) -> tuple[Columns, bool]:
     """List new/ and cur/; known keys keep their cached sizes, UIDs and order.
 
     ``unchanged``: for new/ and cur/, whether the known keys of that directory are still
-    exactly what it holds (``Index.trusted_dirs``); such a directory is not read. Also says
+    exactly what it holds (``Index.trusted_dirs``); such a directory is not read.
+    ``natural``: every known UID is the natural UIDL of its name (the postoffice scheme, an
+    index that is not pinned), so a newcomer whose UIDL no known key has shares no base
+    name with a known key, and only newcomers whose UIDL is taken need that check. Also says
     whether a newcomer got a digest UIDL because its natural one was taken: such a UIDL
     depends on the order names were first seen, not on the name alone.
     """
@@ -366,7 +374,16 @@ def list_maildir(
             if old is not None:
                 parsed.uids[i] = served_uid(old)
     rows = parsed.rows()
-    if maybe_twice or (kept and _shares_base([keys[i] for i in kept], [r[1] for r in rows])):
+    taken: set[str] | None = None
+    if natural and kept and not maybe_twice:
+        # Equal base names have equal natural UIDLs: only a newcomer whose UIDL a known
+        # key has can share its base name (one set, not a search through every key).
+        taken = set(uids) if len(kept) == len(keys) else set(map(uids.__getitem__, kept))
+        clashing = [row for row in rows if row[5] in taken]
+        if clashing and _shares_base([keys[i] for i in kept], [r[1] for r in clashing]):
+            kept, rows = _dedupe(keys, kept, rows)
+            taken = None  # kept changed
+    elif maybe_twice or (kept and _shares_base([keys[i] for i in kept], [r[1] for r in rows])):
         kept, rows = _dedupe(keys, kept, rows)
 
     items: list[int | _Row] = [*kept, *rows]
@@ -376,7 +393,7 @@ def list_maildir(
         # The old server's records are gone: keep its order, newcomers after it.
         items[len(kept) :] = sorted(rows)
     elif len(rows) * 20 < len(kept):
-        return _insert_few(known, kept, rows)
+        return _insert_few(known, kept, rows, taken)
     else:
         items.sort(key=lambda item: _order(keys, item))
 
@@ -406,8 +423,15 @@ def list_maildir(
     return (out_keys, out_disk, out_wire, out_uids), alternates
 
 
-def _insert_few(known: Columns, kept: list[int], rows: list[_Row]) -> tuple[Columns, bool]:
-    """Known rows are in order already: copy them at C speed, insert a few new ones."""
+def _insert_few(
+    known: Columns, kept: list[int], rows: list[_Row], taken: set[str] | None = None
+) -> tuple[Columns, bool]:
+    """Known rows are in order already: copy them at C speed, insert a few new ones.
+
+    ``taken``: the UIDs of the kept rows, if already made (this function adds to it).
+    Newcomers are mostly newer than every known message: they are appended after one
+    comparison with the last key, without a bisection that parses a name at each step.
+    """
     keys, disk_sizes, wire_sizes, uids = known
     if len(kept) == len(keys):
         out_keys, out_disk, out_wire, out_uids = [*keys], [*disk_sizes], [*wire_sizes], [*uids]
@@ -417,15 +441,22 @@ def _insert_few(known: Columns, kept: list[int], rows: list[_Row]) -> tuple[Colu
         out_wire = list(map(wire_sizes.__getitem__, kept))
         out_uids = list(map(uids.__getitem__, kept))
     # A UID handed out before stays; a new file whose UID is taken gets a digest.
-    taken = set(out_uids)
+    if taken is None:
+        taken = set(out_uids)
     alternates = False
     rows.sort()
+    last = _key_order(out_keys[-1]) if out_keys else None
     for time, base, key, disk, wire, uid in rows:
         if uid in taken:
             uid = alternate_uid(base, taken)
             alternates = True
         taken.add(uid)
-        at = bisect.bisect_right(out_keys, (time, base, key), key=_key_order)
+        order = (time, base, key)
+        if last is None or last < order:
+            at = len(out_keys)
+            last = order
+        else:
+            at = bisect.bisect_right(out_keys, order, key=_key_order)
         out_keys.insert(at, key)
         out_disk.insert(at, disk)
         out_wire.insert(at, wire)

@@ -315,6 +315,27 @@ def test_message_seen_twice_while_listing_is_listed_once(md: Path) -> None:
     assert listed[0].uid == first[0].uid
 
 
+def test_few_newcomers_among_many_known_list_like_a_cold_listing(md: Path) -> None:
+    """A few new names merged into many known ones: each in its place, a name of a known
+    message (the same base name) not listed twice, UIDLs unchanged."""
+    for i in range(80):
+        put(md, f"cur/{1000 + i}.M{i}P1.host,S=5,W=6:2,S", b"body\n")
+    age_directories(md)
+    first = snap(md)
+    put(md, f"new/{2000}.M1P1.host,S=5,W=6", b"body\n")  # newer than all
+    put(md, f"new/{500}.M1P1.host,S=5,W=6", b"body\n")  # older than all
+    put(md, f"new/{1010}.M99P1.host,S=5,W=6", b"body\n")  # in the middle
+    os.link(md / "cur/1020.M20P1.host,S=5,W=6:2,S", md / "new/1020.M20P1.host,S=5,W=6")
+    age_directories(md)
+    os.utime(md / "new")  # new/ changed just now, cur/ is trusted
+    incremental = snap(md)
+    assert len(incremental) == 83
+    assert {m.uid: m for m in first}.items() <= {m.uid: m for m in incremental}.items()
+    (md / INDEX_NAME).unlink()
+    maildir_index.forget_all()
+    assert incremental == snap(md)
+
+
 def test_repeated_snapshot_in_one_process_sees_every_change(md: Path) -> None:
     """The in-process reuse of a snapshot never hides a correction, delivery or removal."""
     put(md, "new/1.a", b"one\n")

@@ -31,11 +31,16 @@ mtime AND the listing started more than 2 seconds after those mtimes, so a chang
 the same timestamp tick (2 s on the coarsest filesystems) cannot hide behind an unchanged
 mtime. Otherwise the directories are listed against the cache (``maildir_listing.py``),
 except one that passes that rule on its own (a delivery changes only ``new/``).
-The index is rewritten after a listing and by ``correct_size``; ``commit`` rewrites it only
-when the next listing could not re-derive what it holds from the names alone (a pinned
-index, a corrected size) or would have many names to measure (more than ``_FEW`` removed or
-renamed). This process also reuses its last snapshot while neither the index file nor the
-directories changed, and lists against its copy of the index rather than reading the file
+The index is rewritten by ``correct_size`` and after a listing, unless that listing read
+only a few names (at most ``_FEW_READ``, typically a delivery into ``new/`` while ``cur/``
+is trusted), counted none of them by reading, and handed out no pinned UIDL: any process
+listing against the file as it is re-derives the same entries from those few names, at
+the cost of reading them again, which is less than rewriting 10,000 entries at each login.
+``commit`` rewrites it only when the next listing could not re-derive what it holds from
+the names alone (a pinned index, a corrected size) or would have many names to measure
+(more than ``_FEW`` removed or renamed). This process also reuses its last snapshot while
+neither the index file nor the directories changed, and lists against its copy of the
+index (or what its last listing against that file found) rather than reading the file
 again while the file is the one it came from.
 
 A file that exists but cannot be read makes ``snapshot`` fail with ``StorageError`` rather
@@ -85,6 +90,9 @@ LOCK_NAME = "postoffice.lock"
 _PINNING_SCHEMES = ("dovecot", "courier")
 # An UPDATE that removed or renamed at most this many files leaves the index as it was.
 _FEW = 1000
+# A listing that read at most this many names (none counted by reading the file) and
+# added no pinned UIDL leaves the index file as it was (module docstring).
+_FEW_READ = 64
 
 
 _KEY = operator.attrgetter("key")
@@ -242,7 +250,7 @@ class MaildirMaildrop:
             if recalled is not None and recalled[1] is not None:
                 self._index, messages = recalled[0], recalled[1]
             else:
-                known = None if recalled is None else recalled[0]
+                known = None if recalled is None else (recalled[0], recalled[2])
                 with _collector_paused():
                     messages = self._from_index_or_listing(dirs, listed_ns, known)
         except OSError as exc:
@@ -255,33 +263,46 @@ class MaildirMaildrop:
         return list(messages)
 
     def _from_index_or_listing(
-        self, dirs: DirState, listed_ns: int, remembered: Index | None
+        self, dirs: DirState, listed_ns: int, remembered: tuple[Index, FileId] | None
     ) -> list[StoredMessage]:
         """From the index file if trusted, else by listing against what is known.
 
-        ``remembered``: this process's copy of the index file, untrusted: not read again.
+        ``remembered``: this process's copy of the index file (or of what a listing against
+        that file found), untrusted, and the file's identity: the file is not read again.
         """
         loaded = (
-            None if remembered is not None else load_index(self._path / INDEX_NAME, self._scheme.id)
+            remembered
+            if remembered is not None
+            else load_index(self._path / INDEX_NAME, self._scheme.id)
         )
-        index = remembered if loaded is None else loaded[0]
         file_id: FileId | None
-        if loaded is not None and loaded[0].trusted(dirs):
+        if loaded is not None and remembered is None and loaded[0].trusted(dirs):
             self._index, file_id = loaded
         else:
+            index = None if loaded is None else loaded[0]
             known = index.columns() if index is not None else ([], [], [], [])
             unchanged = index.trusted_dirs(dirs) if index is not None else (False, False)
             natural = self._scheme.kind == "postoffice" and not (index is None or index.pinned)
-            columns, alternates = list_maildir(
-                self._path, known, self._scheme, unchanged, natural=natural
-            )
+            listing = list_maildir(self._path, known, self._scheme, unchanged, natural=natural)
             pinned = (
-                alternates
+                listing.alternates
                 or self._scheme.kind in _PINNING_SCHEMES
                 or (index is not None and index.pinned)
             )
-            self._index = Index(dirs=dirs, listed_ns=listed_ns, columns=columns, pinned=pinned)
-            file_id = self._write_index()
+            self._index = Index(
+                dirs=dirs, listed_ns=listed_ns, columns=listing.columns, pinned=pinned
+            )
+            if (
+                loaded is not None
+                and not pinned
+                and not listing.measured
+                and listing.read <= _FEW_READ
+            ):
+                # What this listing added to the file it started from, any process
+                # re-derives from the few names it read: leave the file as it is.
+                file_id = loaded[1]
+            else:
+                file_id = self._write_index()
         keys, _, wire, uids = self._index.columns()
         messages = list(map(_new_message, zip(keys, uids, wire, strict=True)))
         if file_id is not None:

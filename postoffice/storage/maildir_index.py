@@ -19,7 +19,8 @@ the inode and mtime of ``new/`` and ``cur/`` and the time the directories were l
   UIDLs and order, read from another server's files that may change or go away.
 - ``remember``/``recall`` keep the last snapshots of this process in memory and hand one
   back while the index file (inode, mtime, size) is the one it came from and the
-  directories pass the trust rule.
+  directories pass the trust rule. A snapshot may hold more than its file: what a listing
+  against that file found in a few names and left unwritten (``maildir.py``).
 """
 
 from __future__ import annotations
@@ -319,11 +320,12 @@ def remember(
 
 def recall(
     path: Path, scheme: str, dirs: DirState
-) -> tuple[Index, list[StoredMessage] | None] | None:
+) -> tuple[Index, list[StoredMessage] | None, FileId] | None:
     """The remembered snapshot while the index file is still the one it came from.
 
     With its messages when the directories pass the trust rule; else the index alone, which
-    is then what a listing starts from (the same as loading the file, without the cost).
+    is then what a listing starts from (the same as loading the file, without the cost);
+    and the file's identity.
     """
     with _memo_lock:
         hit = _memo.get((path, scheme))
@@ -337,8 +339,8 @@ def recall(
     if current != file_id:
         return None
     if not index.trusted(dirs):
-        return index.copy(), None
-    return index.copy(), list(messages)
+        return index.copy(), None, file_id
+    return index.copy(), list(messages), file_id
 
 
 def forget_all() -> None:

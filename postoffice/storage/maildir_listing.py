@@ -37,6 +37,7 @@ import re
 import stat
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from postoffice.storage.maildir_index import Columns
 from postoffice.storage.maildir_names import (
@@ -50,7 +51,7 @@ from postoffice.storage.maildir_names import (
 from postoffice.storage.uidl import LegacyUidls, OrderKey, UidlScheme, served_uid
 from postoffice.storage.wire import WireSizeCounter
 
-__all__ = ["READ_FLAGS", "count_file", "list_maildir"]
+__all__ = ["READ_FLAGS", "Listing", "count_file", "list_maildir"]
 
 _CHUNK = 1 << 16
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -134,10 +135,11 @@ def _fix_uids(uids: list[str]) -> list[str]:
 class _Parsed:
     """New keys of one listing, sorted by name, parsed column-wise (module docstring)."""
 
-    __slots__ = ("_micros", "_odd", "_seconds", "_times", "keys", "s", "uids", "w")
+    __slots__ = ("_micros", "_odd", "_seconds", "_times", "keys", "measured", "s", "uids", "w")
 
     def __init__(self, keys: list[str]) -> None:
         self.keys = keys
+        self.measured = 0  # names whose size was counted by reading the file
         n = len(keys)
         lines = _KEY_LINE.findall("\n".join(keys)) if n else []
         if len(lines) != n:  # a name with a line feed: parse every name alone
@@ -214,6 +216,7 @@ class _Parsed:
         for i, trusted in enumerate(map(_sane, s, w)):
             if not trusted:
                 measured = count_file(path / self.keys[i])
+                self.measured += 1
                 if measured is None:
                     gone.add(i)
                 else:
@@ -303,6 +306,18 @@ def _legacy_order(legacy: LegacyUidls, keys: list[str], item: int | _Row) -> Ord
     return legacy.order(base, seconds, micros - 1, key)
 
 
+class Listing(NamedTuple):
+    """What ``list_maildir`` found."""
+
+    columns: Columns
+    alternates: bool
+    """A newcomer got a digest UIDL because its natural one was taken."""
+    read: int
+    """Names read from the directories (none from a directory passed as unchanged)."""
+    measured: int
+    """Newcomers whose size was counted by reading the file (no trustworthy tags)."""
+
+
 def list_maildir(
     path: Path,
     known: Columns,
@@ -310,7 +325,7 @@ def list_maildir(
     unchanged: tuple[bool, bool] = (False, False),
     *,
     natural: bool = False,
-) -> tuple[Columns, bool]:
+) -> Listing:
     """List new/ and cur/; known keys keep their cached sizes, UIDs and order.
 
     ``unchanged``: for new/ and cur/, whether the known keys of that directory are still
@@ -321,13 +336,27 @@ def list_maildir(
     whether a newcomer got a digest UIDL because its natural one was taken: such a UIDL
     depends on the order names were first seen, not on the name alone.
     """
-    keys, disk, wire, uids = known
     # new/ first, then cur/: a message moved between the two listings is then seen
     # twice rather than not at all; _dedupe keeps the cur/ name.
     listed = [
         *(() if unchanged[0] else _keys(path, NEW)),
         *(() if unchanged[1] else _keys(path, CUR)),
     ]
+    read = len(listed)
+    columns, alternates, measured = _merge(path, known, scheme, unchanged, natural, listed)
+    return Listing(columns, alternates, read, measured)
+
+
+def _merge(
+    path: Path,
+    known: Columns,
+    scheme: UidlScheme,
+    unchanged: tuple[bool, bool],
+    natural: bool,
+    listed: list[str],
+) -> tuple[Columns, bool, int]:
+    """``list_maildir`` once the directories are read: (columns, alternates, measured)."""
+    keys, disk, wire, uids = known
     read = tuple(f"{sub}/" for sub, same in zip((NEW, CUR), unchanged, strict=True) if not same)
     if keys and not _count_prefixed(keys, read):
         # No known key is in a directory we read (a delivery into an empty new/): every
@@ -348,14 +377,14 @@ def list_maildir(
         kept, added = [], listed
     if not added:
         if len(kept) == len(keys):
-            return known, False
+            return known, False, 0
         columns = (
             [keys[i] for i in kept],
             [disk[i] for i in kept],
             [wire[i] for i in kept],
             [uids[i] for i in kept],
         )
-        return columns, False
+        return columns, False, 0
 
     legacy = scheme.load(path)
     # In name order the work below runs through memory in order, and the names are then
@@ -366,7 +395,7 @@ def list_maildir(
     # Equal base names have equal natural UIDLs, so distinct UIDLs need no base names.
     maybe_twice = len(set(parsed.uids)) != len(parsed.uids)
     if not kept and legacy is None and not maybe_twice:
-        return _new_maildrop(parsed)
+        return (*_new_maildrop(parsed), parsed.measured)
     if legacy is not None:
         bases = parsed.bases()
         for i, key in enumerate(parsed.keys):
@@ -393,7 +422,7 @@ def list_maildir(
         # The old server's records are gone: keep its order, newcomers after it.
         items[len(kept) :] = sorted(rows)
     elif len(rows) * 20 < len(kept):
-        return _insert_few(known, kept, rows, taken)
+        return (*_insert_few(known, kept, rows, taken), parsed.measured)
     else:
         items.sort(key=lambda item: _order(keys, item))
 
@@ -420,7 +449,7 @@ def list_maildir(
         out_disk.append(item[3])
         out_wire.append(item[4])
         out_uids.append(uid)
-    return (out_keys, out_disk, out_wire, out_uids), alternates
+    return (out_keys, out_disk, out_wire, out_uids), alternates, parsed.measured
 
 
 def _insert_few(

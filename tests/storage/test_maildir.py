@@ -192,6 +192,47 @@ def test_cache_is_written_and_trusted_when_directories_are_old(
     assert snap(md) == first
 
 
+def test_a_few_new_names_leave_the_cache_file_as_it_was(md: Path) -> None:
+    """A delivery of a few tagged names into new/ is listed without rewriting the index;
+    another process, listing against the file, finds the same snapshot."""
+    for i in range(30):
+        put(md, f"cur/{1000 + i}.M1P1.host,S=5,W=6:2,S", b"body\n")
+    age_directories(md)
+    snap(md)
+    written = (md / INDEX_NAME).read_bytes()
+    put(md, "new/2000.M1P1.host,S=5,W=6", b"body\n")
+    put(md, "new/2001.M1P1.host,S=5,W=6", b"body\n")
+    listed = snap(md)
+    assert [m.key for m in listed[-2:]] == [
+        "new/2000.M1P1.host,S=5,W=6",
+        "new/2001.M1P1.host,S=5,W=6",
+    ]
+    assert snap(md) == listed  # this process, from its memory
+    assert (md / INDEX_NAME).read_bytes() == written
+    maildir_index.forget_all()  # another process
+    assert snap(md) == listed
+    assert (md / INDEX_NAME).read_bytes() == written
+
+
+@pytest.mark.parametrize(
+    "name", ["new/2000.M1P1.host", "new/1001.M1P1.host,S=5,W=6,X=1"], ids=["counted", "pinned"]
+)
+def test_new_names_that_cannot_be_rederived_cheaply_are_written(md: Path, name: str) -> None:
+    """A newcomer whose size had to be counted, or whose UIDL is a digest (its natural
+    UIDL was taken), is written into the index at once."""
+    for i in range(30):
+        put(md, f"cur/{1000 + i}.M1P1.host,S=5,W=6:2,S", b"body\n")
+    age_directories(md)
+    snap(md)
+    written = (md / INDEX_NAME).read_bytes()
+    put(md, name, b"body\n")
+    listed = snap(md)
+    assert len(listed) == 31
+    assert (md / INDEX_NAME).read_bytes() != written
+    maildir_index.forget_all()
+    assert snap(md) == listed
+
+
 def test_stale_cache_notices_added_and_removed_files(md: Path) -> None:
     """A file added or removed after the cache was written changes the listing."""
     put(md, "new/1.a")

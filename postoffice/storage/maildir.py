@@ -122,6 +122,15 @@ def _collector_paused() -> Iterator[None]:
         gc.enable()
 
 
+def _starts_with(index: Index, prefix: Index) -> bool:
+    """Whether ``index`` holds ``prefix``'s entries first, as ``prefix`` holds them."""
+    keys, _, wire, uids = index.columns()
+    old_keys, _, old_wire, old_uids = prefix.columns()
+    n = len(old_keys)
+    # Equal lists share their strings (the listing copies them): compared by identity.
+    return len(keys) >= n and keys[:n] == old_keys and uids[:n] == old_uids and wire[:n] == old_wire
+
+
 def ensure_maildir(path: Path) -> None:
     """Create ``path`` with ``cur/ new/ tmp/`` (mode 0700) where missing."""
     os.makedirs(path, mode=0o700, exist_ok=True)
@@ -247,12 +256,11 @@ class MaildirMaildrop:
                 self._create_missing(exc)
                 dirs = self._dir_state()
             recalled = recall(self._path, self._scheme.id, dirs)
-            if recalled is not None and recalled[1] is not None:
+            if recalled is not None and recalled[3]:
                 self._index, messages = recalled[0], recalled[1]
             else:
-                known = None if recalled is None else (recalled[0], recalled[2])
                 with _collector_paused():
-                    messages = self._from_index_or_listing(dirs, listed_ns, known)
+                    messages = self._from_index_or_listing(dirs, listed_ns, recalled)
         except OSError as exc:
             if isinstance(exc, StorageError):
                 raise
@@ -263,15 +271,19 @@ class MaildirMaildrop:
         return list(messages)
 
     def _from_index_or_listing(
-        self, dirs: DirState, listed_ns: int, remembered: tuple[Index, FileId] | None
+        self,
+        dirs: DirState,
+        listed_ns: int,
+        remembered: tuple[Index, list[StoredMessage], FileId, bool] | None,
     ) -> list[StoredMessage]:
         """From the index file if trusted, else by listing against what is known.
 
         ``remembered``: this process's copy of the index file (or of what a listing against
-        that file found), untrusted, and the file's identity: the file is not read again.
+        that file found), untrusted, its messages and the file's identity: the file is not
+        read again, and the messages are reused while the listing keeps them in front.
         """
         loaded = (
-            remembered
+            (remembered[0], remembered[2])
             if remembered is not None
             else load_index(self._path / INDEX_NAME, self._scheme.id)
         )
@@ -304,7 +316,16 @@ class MaildirMaildrop:
             else:
                 file_id = self._write_index()
         keys, _, wire, uids = self._index.columns()
-        messages = list(map(_new_message, zip(keys, uids, wire, strict=True)))
+        if remembered is not None and _starts_with(self._index, remembered[0]):
+            # Newcomers after every remembered message (the usual delivery): those
+            # messages stay as they were, only the newcomers are made.
+            n = len(remembered[1])
+            messages = [
+                *remembered[1],
+                *map(_new_message, zip(keys[n:], uids[n:], wire[n:], strict=True)),
+            ]
+        else:
+            messages = list(map(_new_message, zip(keys, uids, wire, strict=True)))
         if file_id is not None:
             remember(self._path, self._scheme.id, file_id, self._index, messages)
         return messages

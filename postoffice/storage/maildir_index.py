@@ -320,12 +320,13 @@ def remember(
 
 def recall(
     path: Path, scheme: str, dirs: DirState
-) -> tuple[Index, list[StoredMessage] | None, FileId] | None:
+) -> tuple[Index, list[StoredMessage], FileId, bool] | None:
     """The remembered snapshot while the index file is still the one it came from.
 
-    With its messages when the directories pass the trust rule; else the index alone, which
-    is then what a listing starts from (the same as loading the file, without the cost);
-    and the file's identity.
+    (index, its messages, the file's identity, whether the directories pass the trust
+    rule). When they do not, the index is what a listing starts from (the same as loading
+    the file, without the cost), and its messages are reused for the entries that stay.
+    Never change the list in place.
     """
     with _memo_lock:
         hit = _memo.get((path, scheme))
@@ -338,9 +339,7 @@ def recall(
         return None
     if current != file_id:
         return None
-    if not index.trusted(dirs):
-        return index.copy(), None, file_id
-    return index.copy(), list(messages), file_id
+    return index.copy(), messages, file_id, index.trusted(dirs)
 
 
 def forget_all() -> None:

@@ -377,6 +377,22 @@ def test_few_newcomers_among_many_known_list_like_a_cold_listing(md: Path) -> No
     assert incremental == snap(md)
 
 
+def test_newer_delivery_reuses_the_remembered_messages(md: Path) -> None:
+    """A delivery newer than every known message: the remembered messages are reused as
+    they are and the snapshot equals a cold listing."""
+    for i in range(30):
+        put(md, f"cur/{1000 + i}.M1P1.host,S=5,W=6:2,S", b"body\n")
+    age_directories(md)
+    first = snap(md)
+    put(md, "new/2000.M1P1.host,S=5,W=6", b"body\n")
+    listed = snap(md)
+    assert all(a is b for a, b in zip(first, listed, strict=False))
+    assert listed[-1].key == "new/2000.M1P1.host,S=5,W=6"
+    maildir_index.forget_all()
+    (md / INDEX_NAME).unlink()
+    assert snap(md) == listed
+
+
 def test_repeated_snapshot_in_one_process_sees_every_change(md: Path) -> None:
     """The in-process reuse of a snapshot never hides a correction, delivery or removal."""
     put(md, "new/1.a", b"one\n")

@@ -580,30 +580,31 @@ class Pop3Session(asyncio.BufferedProtocol):
         try:
             if message.size <= INLINE_READ_OCTETS:
                 # A small file is one short read, cheaper than a trip to a thread.
-                file, first = _open_and_read(maildrop, message)
+                file, first, requested = _open_and_read(maildrop, message)
             else:
                 # One trip opens the file and reads the first chunk.
-                file, first = await asyncio.to_thread(_open_and_read, maildrop, message)
+                file, first, requested = await asyncio.to_thread(_open_and_read, maildrop, message)
         except (OSError, StorageError) as error:
             self.log.warning("cannot read %s: %s", message.key, error)
             self.connection.message_unavailable()
             return
         with file:
             self.connection.message_follows()
-            await self._stream(file, first, request, message)
+            await self._stream(file, first, requested, request, message)
         self.connection.message_sent()
 
     async def _stream(
         self,
         file: BinaryIO,
         chunk: bytes,
+        requested: int,
         request: MessageRequest[StoredMessage],
         message: StoredMessage,
     ) -> None:
+        """Send ``chunk`` (``requested`` octets were asked for) and the rest of ``file``."""
         encoder = MessageEncoder()
         top = TopFilter(request.body_lines) if request.body_lines is not None else None
         pending = self.connection.data_to_send()  # the +OK line goes out with the first chunk
-        requested = _first_read_size(file)
         while chunk:
             complete = len(chunk) < requested  # a short read: the end of the file
             if top is not None:
@@ -750,12 +751,14 @@ class Pop3Session(asyncio.BufferedProtocol):
             self._closed_waiter.set_result(None)
 
 
-def _open_and_read(maildrop: Maildrop, message: StoredMessage) -> tuple[BinaryIO, bytes]:
-    """The open file and its first chunk: all of it when it fits in one, read into a buffer
-    of its own size (a 256 KiB buffer per message would cost an mmap and page faults)."""
+def _open_and_read(maildrop: Maildrop, message: StoredMessage) -> tuple[BinaryIO, bytes, int]:
+    """The open file, its first chunk and how many octets were asked for: all of it when it
+    fits in one chunk, read into a buffer of its own size (a 256 KiB buffer per message
+    would cost an mmap and page faults)."""
     file = maildrop.open(message)
     try:
-        return file, file.read(_first_read_size(file))
+        requested = _first_read_size(file)
+        return file, file.read(requested), requested
     except BaseException:
         file.close()
         raise

@@ -90,6 +90,8 @@ LOCK_NAME = "postoffice.lock"
 _PINNING_SCHEMES = ("dovecot", "courier")
 # An UPDATE that removed or renamed at most this many files leaves the index as it was.
 _FEW = 1000
+# A message among the last this many of the snapshot is checked without a dict of them all.
+_RECENT = 64
 # A listing that read at most this many names (none counted by reading the file) and
 # added no pinned UIDL leaves the index file as it was (module docstring).
 _FEW_READ = 64
@@ -345,6 +347,10 @@ class MaildirMaildrop:
     def _check_member(self, messages: Iterable[StoredMessage]) -> None:
         messages = list(messages)
         if not messages:
+            return
+        if self._by_key is None and all(map(self._snapshot[-_RECENT:].__contains__, messages)):
+            # The newest messages, which a keep-mode client fetches: found without making
+            # a dict of the whole snapshot.
             return
         if self._by_key is None:
             self._by_key = dict(zip(map(_KEY, self._snapshot), self._snapshot, strict=True))

@@ -393,6 +393,22 @@ def test_newer_delivery_reuses_the_remembered_messages(md: Path) -> None:
     assert snap(md) == listed
 
 
+def test_membership_of_the_newest_messages_is_checked_without_a_dict(md: Path) -> None:
+    """Opening the newest messages needs no dict of the whole snapshot; a forged message
+    with a recent key and an old message are still judged exactly."""
+    for i in range(100):
+        put(md, f"cur/{1000 + i}.M1P1.host:2,S", b"body\n")
+    maildrop = MaildirMaildrop(md)
+    messages = maildrop.snapshot()
+    for message in messages[-10:]:
+        maildrop.open(message).close()
+    assert maildrop._by_key is None
+    with pytest.raises(ValueError):
+        maildrop.open(StoredMessage(key=messages[-1].key, uid="forged", size=1))
+    maildrop.open(messages[0]).close()
+    assert maildrop._by_key is not None
+
+
 def test_repeated_snapshot_in_one_process_sees_every_change(md: Path) -> None:
     """The in-process reuse of a snapshot never hides a correction, delivery or removal."""
     put(md, "new/1.a", b"one\n")

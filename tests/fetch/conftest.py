@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
 from .fakeserver import FakePop3Server
 from .helpers import five_messages
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[FakePop3Server]:
+    """The fake server with five messages, on the test's event loop."""
+    fake = FakePop3Server(messages=five_messages())
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
 
 
 @pytest.fixture

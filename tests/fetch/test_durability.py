@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -29,16 +29,6 @@ from .helpers import (
 )
 
 DROPS = (FetchConnectionError, RemoteProtocolError)
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakePop3Server]:
-    fake = FakePop3Server(messages=five_messages())
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
 
 
 def assert_exactly_once(account: Account, server_messages: int = 5) -> None:

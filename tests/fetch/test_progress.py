@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,6 @@ from postoffice.fetch.session import Options
 
 from .fakeserver import FakePop3Server
 from .helpers import five_messages, make_account
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakePop3Server]:
-    fake = FakePop3Server(messages=five_messages())
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
 
 
 class Recorder:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -23,16 +23,6 @@ from .helpers import (
     make_account,
     tmp_is_empty,
 )
-
-
-@pytest.fixture
-async def server() -> AsyncIterator[FakePop3Server]:
-    fake = FakePop3Server(messages=five_messages())
-    await fake.start()
-    try:
-        yield fake
-    finally:
-        await fake.stop()
 
 
 class GroupJournal(Journal):

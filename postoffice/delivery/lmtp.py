@@ -40,8 +40,9 @@ from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from postoffice.auth.passwd_file import PasswdFile
-from postoffice.config import Config, ListenAddress, UnixAddress
+from postoffice.config import Config, UnixAddress
 from postoffice.delivery.local import LocalDelivery, Outcome
+from postoffice.listening import LISTEN_BACKLOG, bind_tcp
 
 __all__ = [
     "MAX_RECIPIENTS",
@@ -60,7 +61,6 @@ _UNIX_SOCKET_MODE = 0o666  # as Dovecot's lmtp socket: any local process may han
 _TOO_BIG = "552 5.3.4 message too big for system"
 _TROUBLE = "451 4.3.0 temporary local problem, try again later"
 _IDENT = "postoffice LMTP"
-_BACKLOG = 1024
 
 
 class _Protocol(LMTP):
@@ -206,7 +206,7 @@ def bind_lmtp_sockets(config: Config) -> list[socket.socket]:
             if isinstance(address, UnixAddress):
                 sockets.append(_bind_unix(address.path))
             else:
-                sockets.extend(_bind_tcp(address))
+                sockets.extend(bind_tcp(address))
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -256,34 +256,13 @@ def describe(sock: socket.socket) -> str:
     return f"{host}:{bound[1]}"
 
 
-def _bind_tcp(address: ListenAddress) -> list[socket.socket]:
-    sockets = []
-    infos = socket.getaddrinfo(
-        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    for family, kind, protocol, _name, sockaddr in infos:
-        sock = socket.socket(family, kind, protocol)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
-            sock.listen(_BACKLOG)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        sockets.append(sock)
-    return sockets
-
-
 def _bind_unix(path: Path) -> socket.socket:
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(str(path))
         os.chmod(path, _UNIX_SOCKET_MODE)
-        sock.listen(_BACKLOG)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
     except BaseException:
         sock.close()

@@ -26,9 +26,10 @@ from postoffice.auth.base import UserDatabase
 from postoffice.auth.passwd_file import PasswdFile
 from postoffice.auth.schemes import dummy_hash
 from postoffice.auth.throttle import FailureThrottle
-from postoffice.config import Config, ListenAddress
+from postoffice.config import Config
 from postoffice.delivery import lmtp
 from postoffice.errors import AuthError, ConfigError
+from postoffice.listening import LISTEN_BACKLOG, bind_tcp
 from postoffice.server.context import ServerContext
 from postoffice.server.limits import ConnectionLimits
 from postoffice.server.session import Pop3Session
@@ -169,26 +170,7 @@ def read_user_database(database: UserDatabase) -> None:
         database.lookup("postoffice-startup")
 
 
-LISTEN_BACKLOG = 1024
 ACCEPT_BATCH = 16
-
-
-def bind(address: ListenAddress) -> list[socket.socket]:
-    """Listening sockets for ``address`` (every address a name resolves to)."""
-    sockets = []
-    infos = socket.getaddrinfo(
-        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )
-    for family, kind, protocol, _name, sockaddr in infos:
-        sock = socket.socket(family, kind, protocol)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        sock.bind(sockaddr)
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
-        sockets.append(sock)
-    return sockets
 
 
 def bind_pop3_listeners(config: Config) -> list[tuple[socket.socket, bool]]:
@@ -196,7 +178,7 @@ def bind_pop3_listeners(config: Config) -> list[tuple[socket.socket, bool]]:
     bound = []
     for addresses, implicit_tls in ((config.pop3.listen, False), (config.pop3s.listen, True)):
         for address in addresses:
-            for sock in bind(address):
+            for sock in bind_tcp(address):
                 bound.append((sock, implicit_tls))
                 host, port = sock.getsockname()[:2]
                 shown = f"[{host}]" if sock.family == socket.AF_INET6 else host

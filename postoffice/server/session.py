@@ -618,7 +618,7 @@ class Pop3Session(asyncio.BufferedProtocol):
             pending = b""
             await self._drain()
             requested = READ_CHUNK
-            chunk = await asyncio.to_thread(file.read, READ_CHUNK)
+            chunk = await asyncio.to_thread(_read_fully, file, READ_CHUNK)
         else:
             self._send(pending + encoder.finish())
         # Pipelined RETRs must not pile replies up unread: _process waits for the
@@ -758,10 +758,27 @@ def _open_and_read(maildrop: Maildrop, message: StoredMessage) -> tuple[BinaryIO
     file = maildrop.open(message)
     try:
         requested = _first_read_size(file)
-        return file, file.read(requested), requested
+        return file, _read_fully(file, requested), requested
     except BaseException:
         file.close()
         raise
+
+
+def _read_fully(file: BinaryIO, wanted: int) -> bytes:
+    """``wanted`` octets, or fewer only at the end of the file: an unbuffered file may
+    return a short read, and a short read is taken for the end of the message."""
+    chunk = file.read(wanted)
+    if len(chunk) >= wanted or not chunk:
+        return chunk
+    parts = [chunk]
+    got = len(chunk)
+    while got < wanted:
+        more = file.read(wanted - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
 
 
 def _first_read_size(file: BinaryIO) -> int:

@@ -387,7 +387,8 @@ class MaildirMaildrop:
 
     def _open_key(self, key: str) -> BinaryIO:
         fd = os.open(self._file(key), READ_FLAGS)
-        return open(fd, "rb")
+        # Unbuffered: callers read in large pieces, and a buffer would only add a copy.
+        return open(fd, "rb", buffering=0)
 
     def correct_size(self, message: StoredMessage, size: int) -> None:
         """Remember the size RETR found, so the next snapshot lists it."""

@@ -2,10 +2,14 @@
 
 The server builds LIST and UIDL bodies here; the client parses them. A body for 100,000
 messages is one ``%`` formatting of one template (C speed), not a Python loop per line.
+That still takes about 20 ms, so the last two bodies of each kind for big maildrops are
+kept, keyed by their content: a client that lists an unchanged maildrop at every poll gets
+the body for the cost of comparing the sizes or UIDLs (about 5 ms for 100,000).
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Collection, Mapping, Sequence
@@ -14,6 +18,8 @@ from dataclasses import dataclass, field
 from postoffice.errors import RemoteProtocolError
 
 _UIDL = re.compile(r"[\x21-\x7e]{1,70}")  # RFC 1939 §7: 1 to 70 characters 0x21..0x7E
+# Smaller bodies are formatted faster than a cache could be consulted.
+_CACHED_FROM_MESSAGES = 10_000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,14 +53,36 @@ def _numbered(values: Sequence[object], deleted: Collection[int]) -> tuple[int, 
 
 def scan_listing_body(sizes: Sequence[int], deleted: Collection[int] = ()) -> bytes:
     """``"<number> <size>\\r\\n"`` for each message not in ``deleted`` (0-based indexes)."""
-    count, flat = _numbered(sizes, deleted)
-    return b"%d %d\r\n" * count % flat
+    if not deleted and len(sizes) >= _CACHED_FROM_MESSAGES:
+        return _cached_scan_listing(tuple(sizes))
+    return _scan_listing(sizes, deleted)
 
 
 def uid_listing_body(uids: Sequence[str], deleted: Collection[int] = ()) -> bytes:
     """``"<number> <uid>\\r\\n"`` for each message not in ``deleted``; UIDs are ASCII."""
+    if not deleted and len(uids) >= _CACHED_FROM_MESSAGES:
+        return _cached_uid_listing(tuple(uids))
+    return _uid_listing(uids, deleted)
+
+
+def _scan_listing(sizes: Sequence[int], deleted: Collection[int]) -> bytes:
+    count, flat = _numbered(sizes, deleted)
+    return b"%d %d\r\n" * count % flat
+
+
+def _uid_listing(uids: Sequence[str], deleted: Collection[int]) -> bytes:
     count, flat = _numbered(uids, deleted)
     return ("%d %s\r\n" * count % flat).encode("ascii")
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_scan_listing(sizes: tuple[int, ...]) -> bytes:
+    return _scan_listing(sizes, ())
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_uid_listing(uids: tuple[str, ...]) -> bytes:
+    return _uid_listing(uids, ())
 
 
 def parse_capabilities(body: bytes) -> Capabilities:

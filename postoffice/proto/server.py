@@ -549,10 +549,10 @@ class ServerConnection(Generic[MessageT]):
             return
         # Numbers never start with ".": the body needs no dot-stuffing.
         if uid:
-            body = uid_listing_body(list(map(_UID, self._messages)), self._deleted)
+            body = uid_listing_body(tuple(map(_UID, self._messages)), self._deleted)
             first = ok("unique-id listing follows")
         else:
-            body = scan_listing_body(list(map(_SIZE, self._messages)), self._deleted)
+            body = scan_listing_body(tuple(map(_SIZE, self._messages)), self._deleted)
             count, octets = self._totals()
             first = ok(f"{count} messages ({octets} octets)")
         self._out.append(first + body + b".\r\n")

@@ -34,3 +34,20 @@ def test_uid_listing_body_lists_messages_not_deleted(uids: list[str], deleted: s
     expected = {n + 1: uid for n, uid in enumerate(uids) if n not in deleted}
     assert body == "".join(f"{n} {uid}\r\n" for n, uid in expected.items()).encode("ascii")
     assert parse_uidl_listing(body) == expected
+
+
+def test_big_bodies_come_from_the_cache_only_for_the_same_content() -> None:
+    sizes = [1000 + n % 977 for n in range(12_000)]
+    uids = [f"uid-{n}" for n in range(12_000)]
+    expected_scan = b"".join(b"%d %d\r\n" % (n + 1, size) for n, size in enumerate(sizes))
+    expected_uids = "".join(f"{n + 1} {uid}\r\n" for n, uid in enumerate(uids)).encode()
+    for _ in range(2):  # formatted, then taken from the cache
+        assert scan_listing_body(sizes) == expected_scan
+        assert uid_listing_body(uids) == expected_uids
+    sizes[5_000] += 1
+    uids[7_000] = "changed"
+    assert scan_listing_body(sizes).split(b"\r\n")[5_000] == b"5001 %d" % sizes[5_000]
+    assert uid_listing_body(uids).split(b"\r\n")[7_000] == b"7001 changed"
+    # With deletions the body is formatted afresh and skips the deleted messages.
+    body = scan_listing_body(sizes, {0, 11_999})
+    assert body.startswith(b"2 ") and b"\r\n12000 " not in body

@@ -147,3 +147,26 @@ def test_usual_names_in_both_directories_list_like_the_reference(
 ) -> None:
     """Dovecot-shaped names, many within one second, in new/ and cur/: oldest first."""
     assert_lists_like_the_reference(new, cur)
+
+
+_with_microseconds = st.builds(
+    lambda seconds, micros, n, extra, info: f"{seconds}.{micros}P{n}.host{extra},S=5,W=6{info}",
+    st.sampled_from(["1700000000", "1700000001", "17000000001"]),
+    st.sampled_from(["M0", "M7", "M10", "M999999", "M1234567"]),
+    st.integers(0, 3),
+    st.sampled_from(["", "", "", ",X=1", ":"]),
+    st.sampled_from(["", ":2,S", ":2,RS"]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    new=st.lists(_with_microseconds, max_size=10, unique=True),
+    cur=st.lists(_with_microseconds, max_size=10, unique=True),
+)
+def test_names_with_microseconds_and_tags_list_like_the_reference(
+    new: list[str], cur: list[str]
+) -> None:
+    """Mostly the usual shape, read by the quicker pattern; a name of any other shape
+    (seven digits of microseconds, a field after the name) sends all to the general one."""
+    assert_lists_like_the_reference(new, cur)

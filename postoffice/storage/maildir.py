@@ -177,7 +177,9 @@ class MaildirMaildrop:
     ) -> None:
         """``uidl_format``: see ``uidl.py``; ``save_index=False`` never writes the index
         (for tools that only look, such as ``postoffice migrate check``)."""
-        self._path = Path(path)
+        # The caller's Path is kept as it is: it caches its string form and hash, which
+        # every login uses (the lock's path, the memory of snapshots), and a copy would not.
+        self._path = path if isinstance(path, Path) else Path(path)
         self._create = create
         self._flag_updates = flag_updates
         self._scheme = (

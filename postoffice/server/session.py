@@ -758,17 +758,19 @@ def _open_and_read(maildrop: Maildrop, message: StoredMessage) -> tuple[BinaryIO
     file = maildrop.open(message)
     try:
         requested = _first_read_size(file)
-        return file, _read_fully(file, requested), requested
+        # Reading exactly the size fstat gave is reading all of it: no read to see the end.
+        return file, _read_fully(file, requested, whole=requested - 1), requested
     except BaseException:
         file.close()
         raise
 
 
-def _read_fully(file: BinaryIO, wanted: int) -> bytes:
+def _read_fully(file: BinaryIO, wanted: int, whole: int = -1) -> bytes:
     """``wanted`` octets, or fewer only at the end of the file: an unbuffered file may
-    return a short read, and a short read is taken for the end of the message."""
+    return a short read, and a short read is taken for the end of the message. A first
+    read of ``whole`` octets (the file's size) is returned as it is."""
     chunk = file.read(wanted)
-    if len(chunk) >= wanted or not chunk:
+    if len(chunk) >= wanted or len(chunk) == whole or not chunk:
         return chunk
     parts = [chunk]
     got = len(chunk)

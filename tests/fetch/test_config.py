@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from postoffice.errors import ConfigError
 from postoffice.fetch.config import (
@@ -156,3 +158,39 @@ def test_lmtp_and_smtp_addresses(tmp_path: Path) -> None:
     assert smtp.accounts["a"].forward == MtaAddress(protocol="smtp", host="localhost", port=25)
     with pytest.raises(ConfigError, match=r"accounts\.a\.smtp: only a local MTA"):
         parse_fetch_config({"accounts": {"a": account(smtp="mx.example:25")}}, path)
+
+
+_UNITS = ["", "ms", "s", "m", "h", "d", "B", "kb", "KB", "MB", "mib", "GiB", "x", "kB s"]
+_UNIT_TEXT = st.one_of(
+    st.builds(
+        "{}{}{}{}{}".format,
+        st.sampled_from(["", " "]),
+        st.sampled_from(["0", "7", "1.5", "30", ".5", "-2", "12345678"]),
+        st.sampled_from(["", " "]),
+        st.sampled_from(_UNITS),
+        st.sampled_from(["", " "]),
+    ),
+    st.text(alphabet=" 0123456789.smhdkKMGiIbB-x", max_size=8),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.one_of(_UNIT_TEXT, st.integers(-5, 10**12), st.floats(-5, 1e6), st.booleans()))
+def test_durations_and_sizes_read_as_the_server_reads_them(value: object) -> None:
+    """The fetcher keeps its own copy of the unit parsers (for start-up time): it accepts,
+    converts and refuses exactly what ``postoffice.config`` does."""
+    from postoffice.config import parse_duration, parse_size
+
+    for key, parse in (("timeout", parse_duration), ("max_message_size", parse_size)):
+        try:
+            expected: object = parse(value, f"accounts.a.{key}")
+        except ConfigError as error:
+            expected = str(error)
+        try:
+            config = parse_fetch_config({"accounts": {"a": account(**{key: value})}}, Path("f"))
+            got: object = getattr(config.accounts["a"], key)
+        except ConfigError as error:
+            got = str(error)
+        if key == "timeout" and expected == 0.0:
+            expected = "accounts.a.timeout: must be more than zero"  # the fetcher's own rule
+        assert got == expected

@@ -29,10 +29,11 @@ from postoffice.auth.throttle import FailureThrottle
 from postoffice.config import Config
 from postoffice.delivery import lmtp
 from postoffice.errors import AuthError, ConfigError
-from postoffice.listening import LISTEN_BACKLOG, bind_tcp
+from postoffice.listening import bind_tcp
 from postoffice.server.context import ServerContext
 from postoffice.server.limits import ConnectionLimits
 from postoffice.server.session import Pop3Session
+from postoffice.server.socket_transport import SocketListener
 from postoffice.tls import ListenerContexts
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Pop3Server:
     """The user database, already read by a parent process (shared with its workers), or
     None: made here."""
     context: ServerContext = field(init=False)
-    servers: list[asyncio.Server] = field(default_factory=list)
+    servers: list[asyncio.AbstractServer] = field(default_factory=list)
     addresses: list[tuple[str, int]] = field(default_factory=list)
     tls_addresses: list[tuple[str, int]] = field(default_factory=list)
     lmtp_sockets: list[socket.socket] | None = None
@@ -103,24 +104,18 @@ class Pop3Server:
             drop_privileges(self.config)
         loop = asyncio.get_running_loop()
         for sock, implicit_tls in self.bound:
-            server = await loop.create_server(
+            listener = SocketListener(
+                loop,
+                sock,
                 functools.partial(Pop3Session, self.context, implicit_tls=implicit_tls),
-                sock=sock,
-                backlog=ACCEPT_BATCH,
-                start_serving=False,
             )
-            self.servers.append(server)
+            self.servers.append(listener)
             bound = sock.getsockname()
             pair = (str(bound[0]), int(bound[1]))
             (self.tls_addresses if implicit_tls else self.addresses).append(pair)
         await self._serve_lmtp()
         for server in self.servers:
             await server.start_serving()
-        # asyncio uses its backlog both for listen() and as the number of connections taken
-        # per wake-up. Taking a few at a time lets several worker processes on one socket
-        # share a burst (the idle one takes the next ones); the kernel queue stays long.
-        for sock, _implicit_tls in self.bound:
-            sock.listen(LISTEN_BACKLOG)
 
     async def _serve_lmtp(self) -> None:
         """LMTP (``delivery/lmtp.py``) on its sockets; it serves and stops with the rest."""
@@ -168,9 +163,6 @@ def read_user_database(database: UserDatabase) -> None:
     """Read the database now (an unreadable file is reported by the logins, as before)."""
     with contextlib.suppress(AuthError):
         database.lookup("postoffice-startup")
-
-
-ACCEPT_BATCH = 16
 
 
 def bind_pop3_listeners(config: Config) -> list[tuple[socket.socket, bool]]:

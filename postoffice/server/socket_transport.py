@@ -1,0 +1,487 @@
+"""POP3 connections without asyncio's socket transport: a listener and a lean transport.
+
+Theory of operation
+-------------------
+asyncio's ``create_server`` accepts a connection with a task and a future of its own,
+three scheduled callbacks, a registry of weak references and two socket-name lookups, and
+its transport keeps a dictionary of attributes: on a login storm that machinery cost
+about as much CPU as the POP3 work of a session, and about 1.3 KiB per idle connection.
+``SocketListener`` accepts in its reader callback, a few connections per wake-up (so
+that worker processes sharing the socket share a burst too), and ``SocketTransport``
+tells the protocol and starts reading right there.
+
+``SocketTransport`` is an ``asyncio.Transport`` with the semantics sessions rely on:
+
+- reading feeds a ``BufferedProtocol`` (``get_buffer``/``buffer_updated``) or a plain
+  one (``data_received``); ``pause_reading``/``resume_reading`` add and remove the
+  loop's reader; the end of input calls ``eof_received``, and a true answer keeps the
+  write side open (a half-closed client still gets its replies);
+- ``write`` sends at once and buffers only what the socket did not take, with
+  ``pause_writing``/``resume_writing`` at the high and low water marks;
+- ``close`` sends what is buffered first; ``abort`` drops it; ``connection_lost`` is
+  called once, from the loop, after which the socket is closed;
+- ``loop.start_tls`` can wrap it (``_start_tls_compatible``, ``set_protocol`` and
+  ``_force_close`` are what asyncio's TLS layer uses), for STLS and POP3S.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ACCEPT_BATCH = 16
+"""Connections taken per wake-up: several worker processes on one socket share a burst."""
+ACCEPT_RETRY_SECONDS = 1.0
+"""After accept fails (no descriptors or memory left), accepting pauses this long."""
+# Errors of one pending connection that Linux reports from accept() itself (accept(2)):
+# that connection is gone, the next one may be fine.
+_CONNECTION_ERRORS = frozenset(
+    getattr(errno, name)
+    for name in (
+        "ENETDOWN",
+        "EPROTO",
+        "ENOPROTOOPT",
+        "EHOSTDOWN",
+        "ENONET",
+        "EHOSTUNREACH",
+        "EOPNOTSUPP",
+        "ENETUNREACH",
+        "EPERM",
+    )
+    if hasattr(errno, name)
+)
+_RECEIVE_OCTETS = 256 * 1024  # one read for a protocol without a buffer of its own
+HIGH_WATER_OCTETS = 64 * 1024  # asyncio's defaults
+LOW_WATER_OCTETS = HIGH_WATER_OCTETS // 4
+
+
+class SocketTransport(asyncio.Transport):
+    """A connected, non-blocking stream socket driven by the loop's reader and writer."""
+
+    __slots__ = (
+        "_buffer",
+        "_buffered",
+        "_closing",
+        "_eof",
+        "_eof_written",
+        "_fd",
+        "_high",
+        "_loop",
+        "_lost",
+        "_low",
+        "_peername",
+        "_protocol",
+        "_read_paused",
+        "_sock",
+        "_writing_paused",
+    )
+
+    _start_tls_compatible = True
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: asyncio.BaseProtocol,
+        peername: Any,
+    ) -> None:
+        # No call to the base __init__: it would make an "extra" dictionary per
+        # connection, and get_extra_info answers from the fields below.
+        self._loop = loop
+        self._sock: socket.socket | None = sock
+        self._fd = sock.fileno()
+        self._protocol: asyncio.BaseProtocol | None = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        self._peername = peername
+        self._buffer: bytearray | None = None  # what the socket has not taken yet
+        self._high = HIGH_WATER_OCTETS
+        self._low = LOW_WATER_OCTETS
+        self._writing_paused = False
+        self._read_paused = False
+        self._eof = False  # no more input: the reader is gone for good
+        self._eof_written = False  # write_eof was called
+        self._closing = False
+        self._lost = False  # connection_lost is scheduled or done
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else ("closing" if self._closing else "open")
+        return f"<SocketTransport fd={self._fd} {state} peer={self._peername!r}>"
+
+    def start(self) -> None:
+        """Tell the protocol, then read unless it paused reading or closed meanwhile."""
+        assert self._protocol is not None
+        self._protocol.connection_made(self)
+        if not (self._closing or self._read_paused):
+            self._loop.add_reader(self._fd, self._read_ready)
+
+    # -- asyncio.BaseTransport ---------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self._peername
+        if name == "socket":
+            return self._sock
+        if name == "sockname" and self._sock is not None:
+            try:
+                return self._sock.getsockname()
+            except OSError:
+                return default
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if self._buffer is None:
+            self._schedule_lost(None)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self._protocol is not None, "the connection is closed"
+        return self._protocol
+
+    # -- reading -----------------------------------------------------------------------
+
+    def is_reading(self) -> bool:
+        return not (self._read_paused or self._closing or self._eof)
+
+    def pause_reading(self) -> None:
+        if self._closing or self._read_paused:
+            return
+        self._read_paused = True
+        if not self._eof:
+            self._loop.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._read_paused:
+            return
+        self._read_paused = False
+        if not self._eof:
+            self._loop.add_reader(self._fd, self._read_ready)
+
+    def _stop_reading(self) -> None:
+        if not (self._read_paused or self._eof):
+            self._loop.remove_reader(self._fd)
+
+    def _read_ready(self) -> None:
+        protocol, sock = self._protocol, self._sock
+        if self._lost or protocol is None or sock is None:
+            return
+        data = b""
+        try:
+            if self._buffered:
+                buffer = protocol.get_buffer(-1)  # type: ignore[attr-defined]
+                if not len(buffer):
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+                count = sock.recv_into(buffer)
+            else:
+                data = sock.recv(_RECEIVE_OCTETS)
+                count = len(data)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as error:
+            self._fatal_error(error, "fatal error reading from the connection")
+            return
+        if not count:
+            self._end_of_input()
+            return
+        try:
+            if self._buffered:
+                protocol.buffer_updated(count)  # type: ignore[attr-defined]
+            else:
+                protocol.data_received(data)  # type: ignore[attr-defined]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as error:
+            self._fatal_error(error, "the protocol failed on received data")
+
+    def _end_of_input(self) -> None:
+        self._stop_reading()
+        self._eof = True
+        try:
+            keep_open = self._protocol.eof_received()  # type: ignore[union-attr]
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as error:
+            self._fatal_error(error, "the protocol failed on the end of input")
+            return
+        if not keep_open:
+            self.close()
+
+    # -- writing -----------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._eof_written:
+            raise RuntimeError("cannot write after write_eof()")
+        if not data or self._lost:
+            return  # nowhere to go: the connection is gone (asyncio drops it too)
+        buffer = self._buffer
+        if buffer is not None:
+            buffer += data
+        else:
+            assert self._sock is not None
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as error:
+                self._fatal_error(error, "fatal error writing to the connection")
+                return
+            if sent == len(data):
+                return
+            self._buffer = bytearray(memoryview(data)[sent:])
+            self._loop.add_writer(self._fd, self._write_ready)
+        self._maybe_pause_protocol()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def _write_ready(self) -> None:
+        buffer, sock = self._buffer, self._sock
+        if buffer is None or sock is None or self._lost:
+            return
+        try:
+            sent = sock.send(buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as error:
+            self._fatal_error(error, "fatal error writing to the connection")
+            return
+        del buffer[:sent]
+        self._maybe_resume_protocol()  # the protocol may write more: into this buffer
+        if buffer or self._buffer is not buffer:
+            return
+        self._buffer = None
+        self._loop.remove_writer(self._fd)
+        if self._closing:
+            self._schedule_lost(None)
+        elif self._eof_written:
+            self._shut_down_writing()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof_written:
+            return
+        self._eof_written = True
+        if self._buffer is None:
+            self._shut_down_writing()
+
+    def _shut_down_writing(self) -> None:
+        try:
+            if self._sock is not None:
+                self._sock.shutdown(socket.SHUT_WR)
+        except OSError as error:
+            self._fatal_error(error, "cannot shut down writing")
+
+    def get_write_buffer_size(self) -> int:
+        return 0 if self._buffer is None else len(self._buffer)
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low, self._high)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = HIGH_WATER_OCTETS if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high, self._low = high, low
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self) -> None:
+        if self._writing_paused or self.get_write_buffer_size() <= self._high:
+            return
+        self._writing_paused = True
+        self._call_protocol("pause_writing")
+
+    def _maybe_resume_protocol(self) -> None:
+        if self._writing_paused and self.get_write_buffer_size() <= self._low:
+            self._writing_paused = False
+            self._call_protocol("resume_writing")
+
+    def _call_protocol(self, method: str) -> None:
+        try:
+            getattr(self._protocol, method)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as error:
+            self._loop.call_exception_handler(
+                {
+                    "message": f"protocol.{method}() failed",
+                    "exception": error,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+
+    # -- the end -----------------------------------------------------------------------
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _fatal_error(self, error: BaseException, message: str) -> None:
+        # A peer that resets or vanishes is ordinary for a server: only bugs are reported.
+        if not isinstance(error, OSError):
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": error,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._force_close(error if isinstance(error, Exception) else None)
+
+    def _force_close(self, error: Exception | None) -> None:
+        """Drop what is buffered and end the connection (asyncio's TLS layer calls this)."""
+        if self._lost:
+            return
+        if self._buffer is not None:
+            self._buffer = None
+            self._loop.remove_writer(self._fd)
+        if not self._closing:
+            self._closing = True
+            self._stop_reading()
+        self._schedule_lost(error)
+
+    def _schedule_lost(self, error: Exception | None) -> None:
+        if not self._lost:
+            self._lost = True
+            self._loop.call_soon(self._connection_lost, error)
+
+    def _connection_lost(self, error: Exception | None) -> None:
+        try:
+            if self._protocol is not None:
+                self._protocol.connection_lost(error)
+        finally:
+            if self._sock is not None:
+                self._sock.close()
+            self._sock = None
+            self._protocol = None  # no cycle left between the session and its transport
+
+
+class SocketListener(asyncio.AbstractServer):
+    """Accepts connections on a listening socket, each with a ``SocketTransport``."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        *,
+        batch: int = ACCEPT_BATCH,
+    ) -> None:
+        self._loop = loop
+        self._sock: socket.socket | None = sock
+        self._protocol_factory = protocol_factory
+        self._batch = batch
+        self._serving = False
+        self._retry: asyncio.TimerHandle | None = None
+        self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        sock.setblocking(False)
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    async def start_serving(self) -> None:
+        if self._serving or self._sock is None:
+            return
+        self._serving = True
+        self._loop.add_reader(self._sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket; connections carry on."""
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        if self._sock is None:
+            return
+        if self._serving:
+            self._loop.remove_reader(self._sock.fileno())
+            self._serving = False
+        self._sock.close()
+        self._sock = None
+
+    async def wait_closed(self) -> None:
+        """Nothing to wait for: the server waits for its sessions itself."""
+
+    async def serve_forever(self) -> None:
+        await self.start_serving()
+        await asyncio.Event().wait()
+
+    def _accept(self) -> None:
+        listening = self._sock
+        for _ in range(self._batch):
+            if listening is None:
+                return
+            try:
+                connection, address = listening.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return  # nothing (more) waiting, or it was gone before we took it
+            except OSError as error:
+                if error.errno in _CONNECTION_ERRORS:
+                    continue
+                self._accept_failed(error)
+                return
+            connection.setblocking(False)
+            if self._tcp:
+                # Replies are whole writes; Nagle would only delay the next one.
+                with contextlib.suppress(OSError):
+                    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._connect(connection, address)
+
+    def _connect(self, connection: socket.socket, address: Any) -> None:
+        transport: SocketTransport | None = None
+        try:
+            transport = SocketTransport(self._loop, connection, self._protocol_factory(), address)
+            transport.start()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as error:
+            self._loop.call_exception_handler(
+                {"message": "cannot start a connection", "exception": error, "socket": connection}
+            )
+            if transport is not None:
+                transport.abort()
+            else:
+                connection.close()
+
+    def _accept_failed(self, error: OSError) -> None:
+        """Out of descriptors or memory, or worse: pause rather than spin on the socket."""
+        log.error("accept failed (%s); accepting again in %.0f s", error, ACCEPT_RETRY_SECONDS)
+        if self._sock is not None and self._serving:
+            self._loop.remove_reader(self._sock.fileno())
+            self._serving = False
+            self._retry = self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume)
+
+    def _resume(self) -> None:
+        self._retry = None
+        if self._sock is not None and not self._serving:
+            self._serving = True
+            self._loop.add_reader(self._sock.fileno(), self._accept)

@@ -12,8 +12,15 @@ connection the account asks for:
 
 Certificates are verified against the system store or ``ca_file``, host name included; with
 ``fingerprint`` the SHA-256 of the certificate is compared instead. Only public asyncio APIs
-are used (``open_connection``, ``StreamWriter.start_tls``, ``asyncio.timeout``). Foreign
-errors are mapped to ``fetch.errors`` here, in one place.
+are used (``create_connection``, ``loop.start_tls``, ``asyncio.timeout``). Foreign errors
+are mapped to ``fetch.errors`` here, in one place.
+
+The octets the server sends go from the transport's ``data_received`` straight into the
+machine's buffer (``_Receiver``): a ``StreamReader`` would copy each message twice more on
+the way. So everything received before STLS ``+OK`` is answered is in that buffer when the
+handshake starts, where ``take_unread`` sees it. Reading pauses while more than
+``MAX_UNPARSED`` octets wait there (the transfer waits for the disk at times) and resumes
+when the machine needs more.
 """
 
 from __future__ import annotations
@@ -49,7 +56,9 @@ from postoffice.proto.client_events import (
 
 __all__ = ["Pop3Client", "client_context", "connect"]
 
-_READ = 1 << 18  # a read, and the largest BodyData: fewer, larger steps for large messages
+_CHUNK = 1 << 18  # the largest BodyData: fewer, larger steps for large messages
+MAX_UNPARSED = 1 << 20
+"""Reading pauses while more octets than this are received but not parsed yet."""
 MAX_LISTING_OCTETS = 64 << 20  # a UIDL listing of a million messages fits easily
 
 
@@ -74,15 +83,92 @@ def _unverified_context() -> ssl.SSLContext:
     return context
 
 
+class _Receiver(asyncio.Protocol):
+    """Feeds the octets of one connection to its ``ClientConnection`` as they arrive."""
+
+    def __init__(self, connection: ClientConnection) -> None:
+        self.connection = connection
+        self.transport: asyncio.Transport | None = None
+        self.reading_paused = False
+        self.lost: Exception | None = None
+        """Why the connection broke (a reset...): raised once what arrived is parsed."""
+        self._arrived: asyncio.Future[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.connection.receive_data(data)
+        if (
+            not self.reading_paused
+            and self.transport is not None
+            and self.connection.unparsed > MAX_UNPARSED
+        ):
+            self.transport.pause_reading()
+            self.reading_paused = True
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.connection.receive_data(b"")
+        self._wake()
+        return False  # close the transport: POP3 has no half-closed state
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is None:
+            self.connection.receive_data(b"")  # a clean end: the machine judges it
+        else:
+            self.lost = exc if isinstance(exc, OSError) else ConnectionError(str(exc))
+        self._wake()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    def _wake(self) -> None:
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
+
+    async def arrival(self) -> None:
+        """Until more octets (or the end of the connection) arrive."""
+        if self.lost is not None:
+            raise self.lost
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        self._arrived = asyncio.get_running_loop().create_future()
+        try:
+            await self._arrived
+        finally:
+            self._arrived = None
+
+    async def writable(self) -> None:
+        """Until the transport's write buffer is below its high-water mark."""
+        if self.lost is not None:
+            raise self.lost
+        if self._writable is not None:
+            await self._writable
+
+
 class Pop3Client:
-    """One connection: a ``ClientConnection`` driven over an asyncio stream."""
+    """One connection: a ``ClientConnection`` driven over an asyncio transport."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, timeout: float
+        self, transport: asyncio.Transport, receiver: _Receiver, *, timeout: float
     ) -> None:
-        self.connection = ClientConnection(max_chunk=_READ)
-        self._reader = reader
-        self._writer = writer
+        self.connection = receiver.connection
+        self._transport = transport
+        self._receiver = receiver
         self.timeout = timeout
         self.greeted_with: Greeting | None = None
 
@@ -102,8 +188,10 @@ class Pop3Client:
         data = b"".join(self.connection.send(request) for request in requests)
         try:
             async with self._io("sending"):
-                self._writer.write(data)
-                await self._writer.drain()
+                if self._transport.is_closing():
+                    raise ConnectionResetError("the connection is closed")
+                self._transport.write(data)
+                await self._receiver.writable()
         except FetchConnectionError:
             # Replies already received are still worth reading (a whole message may be
             # waiting); the lost connection shows up as end of file when reading.
@@ -116,8 +204,7 @@ class Pop3Client:
             if event is not NEED_DATA:
                 return event
             async with self._io("waiting for the server"):
-                data = await self._reader.read(_READ)
-            self.connection.receive_data(data)
+                await self._receiver.arrival()
 
     async def greeting(self) -> Greeting:
         event = await self.next_event()
@@ -164,12 +251,18 @@ class Pop3Client:
             raise RemoteProtocolError("STLS was not accepted")
         if self.connection.take_unread():
             raise RemoteProtocolError("the server sent data after STLS +OK (injection?)")
+        loop = asyncio.get_running_loop()
         async with self._io("starting TLS"):
-            await self._writer.start_tls(context, server_hostname=host)
+            transport = await loop.start_tls(
+                self._transport, self._receiver, context, server_hostname=host
+            )
+        if transport is None:  # pragma: no cover - only for a transport closed meanwhile
+            raise FetchConnectionError("connection lost while starting TLS")
+        self._transport = self._receiver.transport = transport
         self.connection.tls_started()
 
     def peer_certificate(self) -> bytes | None:
-        ssl_object = self._writer.get_extra_info("ssl_object")
+        ssl_object = self._transport.get_extra_info("ssl_object")
         if ssl_object is None:
             return None
         der: bytes | None = ssl_object.getpeercert(binary_form=True)
@@ -177,22 +270,24 @@ class Pop3Client:
 
     async def close(self) -> None:
         """Close without QUIT: the server then commits nothing (RFC 1939 §6)."""
-        self._writer.close()
-        with contextlib.suppress(Exception):
+        self._transport.close()
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
-                await self._writer.wait_closed()
+                await asyncio.shield(self._receiver.closed)
 
 
 async def _open(account: Account, context: ssl.SSLContext | None) -> Pop3Client:
     implicit = account.tls is TlsMode.IMPLICIT
+    receiver = _Receiver(ClientConnection(max_chunk=_CHUNK))
+    loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(account.timeout):
-            reader, writer = await asyncio.open_connection(
+            transport, _ = await loop.create_connection(
+                lambda: receiver,
                 account.host,
                 account.port,
                 ssl=context if implicit else None,
                 server_hostname=account.host if implicit else None,
-                limit=_READ,
             )
     except TimeoutError as error:
         raise FetchTimeoutError(
@@ -204,7 +299,7 @@ async def _open(account: Account, context: ssl.SSLContext | None) -> Pop3Client:
         raise FetchConnectionError(
             f"cannot connect to {account.host}:{account.port}: {error}"
         ) from error
-    client = Pop3Client(reader, writer, timeout=account.timeout)
+    client = Pop3Client(transport, receiver, timeout=account.timeout)
     try:
         await client.greeting()
         if account.tls is TlsMode.STARTTLS:

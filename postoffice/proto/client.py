@@ -150,6 +150,11 @@ class ClientConnection:
             self._buffer += data
 
     @property
+    def unparsed(self) -> int:
+        """Octets received and not parsed yet (a driver pauses reading while many wait)."""
+        return len(self._buffer)
+
+    @property
     def outstanding(self) -> int:
         """Requests sent whose replies have not been completely read."""
         return len(self._queue)

@@ -58,7 +58,6 @@ import logging
 import operator
 import os
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO, cast
@@ -187,7 +186,6 @@ class MaildirMaildrop:
         )
         self._save_index = save_index
         self._lock_fd: int | None = None
-        self._lock_finalizer: weakref.finalize[[int], MaildirMaildrop] | None = None
         self._snapshot: list[StoredMessage] = []
         self._by_key: dict[str, StoredMessage] | None = None  # built when first needed
         self._index = Index(dirs=None, listed_ns=0, entries={})
@@ -238,15 +236,20 @@ class MaildirMaildrop:
                 raise MaildropInUseError(f"maildrop {self._path} is locked") from exc
             raise StorageError(f"cannot lock {self._path}: {exc}") from exc
         self._lock_fd = fd
-        # A session dropped without unlock() must not keep the maildrop locked forever.
-        self._lock_finalizer = weakref.finalize(self, os.close, fd)
 
     def unlock(self) -> None:
         """Release the lock if held (closing the descriptor releases the flock)."""
-        if self._lock_finalizer is not None:
-            self._lock_finalizer()
-        self._lock_fd = None
-        self._lock_finalizer = None
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # A session dropped without unlock() must not keep the maildrop locked forever.
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None:
+            self._lock_fd = None
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     # snapshot --------------------------------------------------------------------------
 

@@ -169,7 +169,10 @@ def _cheap_to_open(path: Path) -> bool:
     if cost is not None:
         return cost < INLINE_OPEN_SECONDS
     try:
-        size = os.stat(path / "cur").st_size + os.stat(path / "new").st_size
+        # String joins: a first login's hot path (a Path per join costs more than the stat).
+        size = (
+            os.stat(os.path.join(path, "cur")).st_size + os.stat(os.path.join(path, "new")).st_size
+        )
     except OSError:
         return False  # to be created, or unreadable: the thread finds out
     return size <= SMALL_DIRECTORIES_OCTETS

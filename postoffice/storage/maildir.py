@@ -292,7 +292,7 @@ class MaildirMaildrop:
         loaded = (
             (remembered[0], remembered[2])
             if remembered is not None
-            else load_index(self._path / INDEX_NAME, self._scheme.id)
+            else load_index(os.path.join(self._path, INDEX_NAME), self._scheme.id)
         )
         file_id: FileId | None
         if loaded is not None and remembered is None and loaded[0].trusted(dirs):

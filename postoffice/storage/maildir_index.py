@@ -193,10 +193,10 @@ def _size_bytes(values: list[int]) -> bytes:
     return sizes.tobytes()
 
 
-def load_index(path: Path, scheme: str = DEFAULT_SCHEME) -> tuple[Index, FileId] | None:
+def load_index(path: Path | str, scheme: str = DEFAULT_SCHEME) -> tuple[Index, FileId] | None:
     """The index at ``path`` and its identity; None when absent or not to be trusted."""
     try:
-        with open(path, "rb") as f:
+        with open(path, "rb", buffering=0) as f:  # read whole: a buffer would only copy
             raw = f.read()
             file_id = _file_id(os.fstat(f.fileno()))
     except OSError:

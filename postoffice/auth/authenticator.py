@@ -178,7 +178,8 @@ class Authenticator:
         return record if matches else None
 
     def _warn_if_weak(self, record: UserRecord) -> None:
-        if not is_weak_scheme(record.password_hash):
+        # Warned names first: after the first login that is the whole check.
+        if record.name in self._weak_warned or not is_weak_scheme(record.password_hash):
             return
         with self._weak_lock:
             if record.name in self._weak_warned:

@@ -568,7 +568,8 @@ class Pop3Session(asyncio.BufferedProtocol):
         self.user = outcome.name
         self.maildrop = opened.maildrop
         self._authorizer = None  # not needed after the login; an idle session stays small
-        self.log.debug("login %r, %d messages", outcome.name, len(opened.messages))
+        if log.isEnabledFor(logging.DEBUG):  # skips making the adapter on every login
+            self.log.debug("login %r, %d messages", outcome.name, len(opened.messages))
         connection.login_accepted(opened.messages, username=outcome.name)
 
     # -- messages and UPDATE -----------------------------------------------------------

@@ -21,6 +21,7 @@ under another scheme is not used.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,7 @@ class UidlScheme:
         return None
 
 
+@functools.lru_cache(maxsize=64)  # every login names its scheme; the answer never changes
 def parse_uidl_format(text: str) -> UidlScheme:
     """``"postoffice"``, ``"dovecot"``, ``"dovecot:<format>"``, ``"courier"`` or ``"x-uidl"``.
 

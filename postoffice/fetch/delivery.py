@@ -5,22 +5,34 @@ Theory of operation
 Durability order for one message (the session drives it; this module does steps 1-4):
 
 1. receive the RETR body (CRLF becomes LF, the Maildir convention): held in memory, or
-   streamed into ``tmp/NAME`` once it is larger than ``SPILL_OCTETS``;
-2. after the terminating dot: write ``tmp/NAME`` (if not yet there) and ``fsync`` it
+   streamed into its file in ``tmp/`` once it is larger than ``SPILL_OCTETS``;
+2. after the terminating dot: write the file (if not yet written) and ``fsync`` it
    (``commit``; ``commit_group`` writes many messages, then makes them durable at once:
    one ``syncfs`` on Linux, else fsyncs from parallel threads that share journal commits);
-3. ``rename`` it to ``new/NAME`` (``commit``);
-4. ``fsync`` the ``new/`` folder, so the rename itself survives a power cut (``sync``;
+3. give it its name in ``new/`` (``commit``);
+4. ``fsync`` the ``new/`` folder, so the name itself survives a power cut (``sync``;
    one call may cover several messages committed before it);
 5. (session) append the UIDLs to the journal and make it durable;
 6. (session) only then DELE, QUIT, and wait for ``+OK``.
+
+The file in ``tmp/`` has no name where Linux allows it (``O_TMPFILE``, checked once by
+``prepare``): step 3 is then one ``linkat`` into ``new/`` instead of a create and a rename
+in ``tmp/`` (one folder update, not three), and a crash leaves nothing in ``tmp/``. A
+nameless file is on disk with a link count of 0 until linked, and ``fsync`` of ``new/``
+does not write the linked file's new count on every filesystem (ext4 without a journal),
+so the files of a group are made durable once more after linking, before ``sync``: a
+second ``syncfs`` for a group (an ``fsync`` of the file for one message). If that fails,
+the new names are removed again and the messages count as not delivered. Elsewhere (no
+``O_TMPFILE``, no ``/proc`` to link through, no ``syncfs``) the file is ``tmp/NAME``,
+renamed in step 3.
 
 NAME is derived from (account, UIDL) alone (a digest), plus ``,S=`` and ``,W=`` size tags
 that postoffice's and Dovecot's Maildir readers use. So the same message always lands
 under the same name: a crash between 3 and 5 leaves ``new/NAME`` (or ``cur/NAME:2,...``
 once a reader has seen it), and at start-up ``find_delivered`` finds it by its prefix and
 the session journals it instead of downloading it again. ``prepare`` removes our own
-leftovers in ``tmp/`` (a crash before 3): they were never visible to readers.
+leftovers in ``tmp/`` (a crash before 3 with named files): they were never visible to
+readers.
 """
 
 from __future__ import annotations
@@ -47,6 +59,9 @@ SPILL_OCTETS = 256 * 1024
 """A message held in memory beyond this many octets is streamed into ``tmp/`` instead."""
 FSYNC_THREADS = 16
 """Threads that fsync the messages of one group commit at once."""
+_PROC_FD = "/proc/self/fd/"
+"""Where a nameless file is found by its descriptor, to link it (``linkat`` needs a
+privilege to link a descriptor directly)."""
 _LONE_CR = re.compile(rb"\r(?!\n)")
 """A CR that does not start a CRLF line end (kept as it is when storing)."""
 
@@ -115,6 +130,8 @@ class MaildirDestination:
     def __init__(self, path: Path, account: str) -> None:
         self.path = path
         self.account = account
+        self.nameless = False
+        """Files in ``tmp/`` are made without a name (``O_TMPFILE``); set by ``prepare``."""
 
     def prepare(self) -> None:
         # As storage.maildir.ensure_maildir, whose module (the server's Maildir reader)
@@ -129,6 +146,7 @@ class MaildirDestination:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp / name)
         fsync_directory(self.path)
+        self.nameless = _nameless_files_work(str(tmp), f"probe.{self.account}{_SUFFIX}")
 
     def find_delivered(self, uidls: Iterable[str]) -> dict[str, str]:
         present: dict[str, str] = {}
@@ -144,15 +162,17 @@ class MaildirDestination:
 
     def begin(self, uidl: str) -> MessageSink:
         # Plain strings, not Path: this runs for every message, on the event loop.
-        return _MaildirMessage(str(self.path), message_key(self.account, uidl))
+        key = message_key(self.account, uidl)
+        return _MaildirMessage(str(self.path), key, nameless=self.nameless)
 
     def commit_group(self, sinks: Sequence[MessageSink]) -> list[str | Exception]:
         """Write every message into ``tmp/``, make them all durable at once (``_sync_all``),
-        then rename each into ``new/``."""
+        then name each in ``new/`` (and make nameless ones durable once more)."""
         outcomes: list[str | Exception | None] = [None] * len(sinks)
         written: list[tuple[int, _MaildirMessage, int]] = []
         # Opened before the writes: syncfs reports the write-back errors seen since then.
         tmp = os.open(self.path / "tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        new = os.open(self.path / "new", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for index, sink in enumerate(sinks):
                 if not isinstance(sink, _MaildirMessage):
@@ -164,18 +184,30 @@ class MaildirDestination:
                     sink.abort()
                     outcomes[index] = write_error
             errors = _sync_all(tmp, [fd for _, _, fd in written])
+            named: list[tuple[int, _MaildirMessage, int]] = []
+            for (index, message, fd), sync_error in zip(written, errors, strict=True):
+                problem: OSError | None = sync_error
+                if problem is None:
+                    try:
+                        outcomes[index] = message.publish(new)
+                        named.append((index, message, fd))
+                        continue
+                    except OSError as name_error:
+                        problem = name_error
+                message.abort()
+                outcomes[index] = problem
+            if self.nameless:
+                # Each linked file's link count, now 1, must reach the disk too.
+                errors = _sync_all(tmp, [fd for _, _, fd in named])
+                for (index, message, _), sync_error in zip(named, errors, strict=True):
+                    if sync_error is not None:
+                        message.unpublish(new)
+                        outcomes[index] = sync_error
+            for _, message, _ in named:
+                message.finish()
         finally:
+            os.close(new)
             os.close(tmp)
-        for (index, message, _), sync_error in zip(written, errors, strict=True):
-            problem: OSError | None = sync_error
-            if problem is None:
-                try:
-                    outcomes[index] = message.publish()
-                    continue
-                except OSError as rename_error:
-                    problem = rename_error
-            message.abort()
-            outcomes[index] = problem
         done = [outcome for outcome in outcomes if outcome is not None]
         assert len(done) == len(sinks)
         return done
@@ -240,6 +272,28 @@ def _syncfs() -> Callable[[int], None] | None:
     return syncfs
 
 
+def _nameless_files_work(tmp: str, probe: str) -> bool:
+    """Whether a file made without a name in ``tmp`` (``O_TMPFILE``) can be linked into
+    it later, through ``/proc/self/fd``, and ``syncfs`` is there to make it durable."""
+    nameless = getattr(os, "O_TMPFILE", 0)
+    if not nameless or _syncfs() is None:
+        return False
+    try:
+        fd = os.open(tmp, os.O_WRONLY | nameless | os.O_CLOEXEC, 0o600)
+    except OSError:  # EOPNOTSUPP, EISDIR: this filesystem or kernel has no O_TMPFILE
+        return False
+    folder = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(f"{_PROC_FD}{fd}", probe, dst_dir_fd=folder)
+        os.unlink(probe, dir_fd=folder)
+    except OSError:
+        return False
+    finally:
+        os.close(folder)
+        os.close(fd)
+    return True
+
+
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 
@@ -279,14 +333,18 @@ class _MaildirMessage:
         "_key",
         "_last",
         "_maildir",
+        "_name",
+        "_nameless",
         "_octets",
         "_tmp",
     )
 
-    def __init__(self, maildir: str, key: str) -> None:
+    def __init__(self, maildir: str, key: str, *, nameless: bool = False) -> None:
         self._maildir = maildir
         self._key = key
+        self._nameless = nameless
         self._tmp = os.path.join(maildir, "tmp", key)
+        self._name: str | None = None  # in new/, once published
         self._chunks: list[bytes] = []
         self._fd: int | None = None
         # For the ,S= and ,W= tags: the stored size, and the size RETR sends (RFC 1939 §11,
@@ -299,6 +357,10 @@ class _MaildirMessage:
         self._done = False
 
     def _open(self) -> int:
+        if self._nameless:
+            # Not O_EXCL: that would forbid linking it later.
+            folder = os.path.join(self._maildir, "tmp")
+            return os.open(folder, os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o600)
         # O_TRUNC, not O_EXCL: a leftover of ours by this name is a dead partial copy.
         return os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
 
@@ -349,20 +411,49 @@ class _MaildirMessage:
         self._chunks = []
         return self._fd
 
-    def publish(self) -> str:
-        """Step 3 of ``commit``, once the file is fsynced: close and rename into ``new/``."""
+    def publish(self, new: int) -> str:
+        """Step 3 of ``commit``, once the file is fsynced: its name in ``new/`` (the folder
+        ``new``), by a link of the nameless file or a rename. ``finish`` follows."""
         assert self._fd is not None
-        fd, self._fd = self._fd, None
-        os.close(fd)
         wire = self._octets + self._bare_lf + (0 if self._last == 0x0A else 2)
         name = f"{self._key},S={self._octets},W={wire}"
-        os.rename(self._tmp, os.path.join(self._maildir, "new", name))
-        self._done = True
+        if self._nameless:
+            os.link(f"{_PROC_FD}{self._fd}", name, dst_dir_fd=new)
+        else:
+            os.rename(self._tmp, name, dst_dir_fd=new)
+        self._name = name
         return name
 
+    def unpublish(self, new: int) -> None:
+        """Take the name back (its durability failed); the message is then aborted."""
+        if self._name is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._name, dir_fd=new)
+            self._name = None
+        self.abort()
+
+    def finish(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._done = True
+
     def commit(self) -> str:
-        os.fsync(self.write_out())
-        return self.publish()
+        fd = self.write_out()
+        os.fsync(fd)
+        new = os.open(os.path.join(self._maildir, "new"), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            name = self.publish(new)
+            if self._nameless:
+                try:
+                    os.fsync(fd)  # its link count, now 1
+                except OSError:
+                    self.unpublish(new)
+                    raise
+        finally:
+            os.close(new)
+        self.finish()
+        return name
 
     def abort(self) -> None:
         if self._done:
@@ -373,5 +464,6 @@ class _MaildirMessage:
             return  # nothing reached the filesystem
         os.close(self._fd)
         self._fd = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._tmp)
+        if not self._nameless:  # a nameless file vanishes with its descriptor
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)

@@ -9,13 +9,13 @@ every message, is:
 1. RETR streamed into the destination's ``tmp/``; accepted only after the terminating
    dot (a dropped connection aborts it and leaves nothing); a size different from LIST
    is logged but the message is kept, since the dot proves it is complete;
-2. fsync the file, rename into ``new/``, fsync ``new/`` (``delivery``);
+2. fsync the file, name it in ``new/``, fsync ``new/`` (``delivery``);
 3. journal the UIDL as delivered, durably (``journal``, SQLite ``synchronous = FULL``);
 4. only then DELE it (delete mode, or keep mode past ``delete_after_days``);
 5. at the end QUIT, and only a ``+OK`` marks the DELEs as committed in the journal.
 
 Steps 2 and 3 are group commits, run in worker threads while the next messages arrive
-(``transfer``): the messages received whole so far are fsynced (in parallel) and renamed,
+(``transfer``): the messages received whole so far are fsynced (in parallel) and named,
 then one fsync of ``new/``, then one journal transaction; the order within each message
 is unchanged. If the server goes away, the messages already received whole are still
 committed and journaled (without DELE).

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 The session (``session``) plans; this module moves the messages, in the durability order of
-the session's docstring: a message is fsynced and renamed into ``new/``, ``new/`` is
+the session's docstring: a message is fsynced and named in ``new/``, ``new/`` is
 fsynced and the UIDL journaled, and only then is its DELE sent.
 
 Commands go out in a window (``WINDOW`` in flight with RFC 2449 PIPELINING, else one),
@@ -12,7 +12,7 @@ refilled in bursts when half of it is answered, so one write carries many comman
 A message received whole (its terminating dot read) joins the *pending* list. Its disk
 work is a *group commit*, run in a worker thread while the event loop keeps receiving:
 
-1. every message of the group is written, fsynced and renamed into ``new/``
+1. every message of the group is written, fsynced and named in ``new/``
    (``Destination.commit_group``: a Maildir fsyncs the whole group at once from parallel
    threads, so the fsyncs share the filesystem's journal commits);
 2. ``new/`` is fsynced once (``Destination.sync``);

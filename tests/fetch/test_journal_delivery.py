@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import tempfile
 from pathlib import Path
 
@@ -78,7 +79,44 @@ def test_record_deleted_and_adopt(tmp_path: Path) -> None:
     assert entries["u2"].local_name == "new/x" and entries["u2"].delivered
 
 
-def test_maildir_delivery_converts_line_ends_and_tags_sizes(tmp_path: Path) -> None:
+@pytest.fixture(params=["nameless", "named"])
+def files(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    """Each Maildir test runs with nameless files in tmp/ (O_TMPFILE) where the system has
+    them, and with named ones, as where it has not (here: no /proc to link them through)."""
+    if request.param == "named":
+        monkeypatch.setattr(delivery, "_PROC_FD", str(tmp_path / "no-proc") + "/")
+    else:
+        probe = MaildirDestination(tmp_path / "probe", "probe")
+        probe.prepare()
+        if not probe.nameless:
+            pytest.skip("no O_TMPFILE (or syncfs) here")
+    return str(request.param)
+
+
+def test_nameless_files_are_used_on_linux(tmp_path: Path) -> None:
+    if sys.platform != "linux":
+        pytest.skip("O_TMPFILE is Linux's")
+    destination = MaildirDestination(tmp_path / "Maildir", "office")
+    destination.prepare()
+    assert destination.nameless
+    assert os.listdir(tmp_path / "Maildir" / "tmp") == []  # the probe left nothing
+
+
+def test_without_o_tmpfile_files_in_tmp_have_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delattr(os, "O_TMPFILE", raising=False)
+    destination = MaildirDestination(tmp_path / "Maildir", "office")
+    destination.prepare()
+    assert not destination.nameless
+    sink = destination.begin("uid-1")
+    sink.write(b"y" * (SPILL_OCTETS + 1))
+    assert len(os.listdir(tmp_path / "Maildir" / "tmp")) == 1
+    name = sink.commit()
+    assert os.listdir(tmp_path / "Maildir" / "new") == [name]
+
+
+def test_maildir_delivery_converts_line_ends_and_tags_sizes(tmp_path: Path, files: str) -> None:
     destination = MaildirDestination(tmp_path / "Maildir", "office")
     destination.prepare()
     sink = destination.begin("uid-1")
@@ -92,7 +130,7 @@ def test_maildir_delivery_converts_line_ends_and_tags_sizes(tmp_path: Path) -> N
     assert os.listdir(tmp_path / "Maildir" / "tmp") == []
 
 
-def test_aborted_message_leaves_nothing(tmp_path: Path) -> None:
+def test_aborted_message_leaves_nothing(tmp_path: Path, files: str) -> None:
     destination = MaildirDestination(tmp_path / "Maildir", "office")
     destination.prepare()
     sink = destination.begin("uid-1")
@@ -102,7 +140,7 @@ def test_aborted_message_leaves_nothing(tmp_path: Path) -> None:
         assert os.listdir(tmp_path / "Maildir" / sub) == []
 
 
-def test_a_small_message_reaches_the_disk_only_when_committed(tmp_path: Path) -> None:
+def test_a_small_message_reaches_the_disk_only_when_committed(tmp_path: Path, files: str) -> None:
     destination = MaildirDestination(tmp_path / "Maildir", "office")
     destination.prepare()
     sink = destination.begin("uid-1")
@@ -113,16 +151,21 @@ def test_a_small_message_reaches_the_disk_only_when_committed(tmp_path: Path) ->
     assert os.listdir(tmp_path / "Maildir" / "tmp") == []
 
 
-def test_a_large_message_streams_into_tmp_and_commits_whole(tmp_path: Path) -> None:
+def test_a_large_message_streams_into_tmp_and_commits_whole(tmp_path: Path, files: str) -> None:
     destination = MaildirDestination(tmp_path / "Maildir", "office")
     destination.prepare()
     sink = destination.begin("uid-1")
     line = b"x" * 1022 + b"\r\n"
     chunks = [line * 64] * (2 * SPILL_OCTETS // (64 * 1024) + 1)
+    descriptors = len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
     for chunk in chunks[:-1]:
         sink.write(chunk)
-    (spilled,) = os.listdir(tmp_path / "Maildir" / "tmp")
-    assert os.path.getsize(tmp_path / "Maildir" / "tmp" / spilled) > SPILL_OCTETS
+    if files == "named":
+        (spilled,) = os.listdir(tmp_path / "Maildir" / "tmp")
+        assert os.path.getsize(tmp_path / "Maildir" / "tmp" / spilled) > SPILL_OCTETS
+    else:  # streamed into a file that has no name yet
+        assert os.listdir(tmp_path / "Maildir" / "tmp") == []
+        assert len(os.listdir("/proc/self/fd")) == descriptors + 1
     sink.write(chunks[-1])
     name = sink.commit()
     data = (tmp_path / "Maildir" / "new" / name).read_bytes()
@@ -132,18 +175,21 @@ def test_a_large_message_streams_into_tmp_and_commits_whole(tmp_path: Path) -> N
     assert os.listdir(tmp_path / "Maildir" / "tmp") == []
 
 
-def test_an_aborted_large_message_leaves_nothing_in_tmp(tmp_path: Path) -> None:
+def test_an_aborted_large_message_leaves_nothing_in_tmp(tmp_path: Path, files: str) -> None:
     destination = MaildirDestination(tmp_path / "Maildir", "office")
     destination.prepare()
     sink = destination.begin("uid-1")
     sink.write(b"y" * (SPILL_OCTETS + 1))
-    assert os.listdir(tmp_path / "Maildir" / "tmp") != []
+    assert (os.listdir(tmp_path / "Maildir" / "tmp") != []) is (files == "named")
     sink.abort()
     for sub in ("tmp", "new", "cur"):
         assert os.listdir(tmp_path / "Maildir" / sub) == []
 
 
-def test_prepare_removes_only_our_leftovers(tmp_path: Path) -> None:
+def test_prepare_removes_only_our_leftovers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(delivery, "_nameless_files_work", lambda tmp, probe: False)
     destination = MaildirDestination(tmp_path / "Maildir", "office")
     destination.prepare()
     # A message larger than SPILL_OCTETS streams into tmp/; this one was never committed.
@@ -154,7 +200,7 @@ def test_prepare_removes_only_our_leftovers(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "Maildir" / "tmp") == ["123.other.host"]
 
 
-def test_find_delivered_sees_new_and_cur_with_flags(tmp_path: Path) -> None:
+def test_find_delivered_sees_new_and_cur_with_flags(tmp_path: Path, files: str) -> None:
     maildir = tmp_path / "Maildir"
     destination = MaildirDestination(maildir, "office")
     destination.prepare()
@@ -172,7 +218,7 @@ def test_find_delivered_sees_new_and_cur_with_flags(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("syncfs", [True, False])
 def test_a_group_commit_delivers_every_message_durably_named(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool, files: str
 ) -> None:
     if not syncfs:  # the way without syncfs(2): fsyncs from parallel threads
         monkeypatch.setattr(delivery, "_syncfs", lambda: None)
@@ -192,7 +238,7 @@ def test_a_group_commit_delivers_every_message_durably_named(
 
 
 def test_a_failed_syncfs_fails_the_whole_group_and_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str
 ) -> None:
     def failing_syncfs(fd: int) -> None:
         raise OSError(5, "syncfs: Input/output error")
@@ -209,6 +255,66 @@ def test_a_failed_syncfs_fails_the_whole_group_and_leaves_nothing(
     assert all(isinstance(outcome, OSError) for outcome in outcomes)
     for sub in ("tmp", "new", "cur"):
         assert os.listdir(tmp_path / "Maildir" / sub) == []
+
+
+def _recording_syncfs(
+    monkeypatch: pytest.MonkeyPatch, new: Path, fail_at: int | None = None
+) -> list[list[str]]:
+    """Replaces syncfs by the real one that also notes what new/ holds at each call."""
+    real = delivery._syncfs()
+    if real is None:
+        pytest.skip("no syncfs here")
+    seen: list[list[str]] = []
+
+    def syncfs(fd: int) -> None:
+        seen.append(sorted(os.listdir(new)))
+        if len(seen) == fail_at:
+            raise OSError(5, "syncfs: Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(delivery, "_syncfs", lambda: syncfs)
+    return seen
+
+
+def test_nameless_files_are_durable_before_their_names_and_again_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str
+) -> None:
+    """Content first (no name in new/ yet), then the names, then the files once more for
+    their link counts: only then is the group reported delivered."""
+    maildir = tmp_path / "Maildir"
+    destination = MaildirDestination(maildir, "office")
+    destination.prepare()
+    seen = _recording_syncfs(monkeypatch, maildir / "new")
+    sinks = [destination.begin(f"uid-{number}") for number in range(5)]
+    for sink in sinks:
+        sink.write(b"Subject: x\r\n\r\nbody\r\n")
+    names = destination.commit_group(sinks)
+    assert all(isinstance(name, str) for name in names)
+    if files == "nameless":
+        assert seen == [[], sorted(str(name) for name in names)]
+    else:
+        assert seen == [[]]  # renamed after it; sync() fsyncs new/
+    assert os.listdir(maildir / "tmp") == []
+
+
+def test_names_whose_second_sync_failed_are_taken_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the link counts cannot be made durable, nothing stays visible in new/: the
+    messages are not delivered, and a later session cannot adopt them from there."""
+    maildir = tmp_path / "Maildir"
+    destination = MaildirDestination(maildir, "office")
+    destination.prepare()
+    if not destination.nameless:
+        pytest.skip("no O_TMPFILE (or syncfs) here")
+    _recording_syncfs(monkeypatch, maildir / "new", fail_at=2)
+    sinks = [destination.begin(f"uid-{number}") for number in range(3)]
+    for sink in sinks:
+        sink.write(b"m\r\n")
+    outcomes = destination.commit_group(sinks)
+    assert all(isinstance(outcome, OSError) for outcome in outcomes)
+    for sub in ("tmp", "new", "cur"):
+        assert os.listdir(maildir / sub) == []
 
 
 @settings(max_examples=300, deadline=None)

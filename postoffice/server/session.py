@@ -332,7 +332,11 @@ class Pop3Session(asyncio.BufferedProtocol):
                     self._send(connection.data_to_send())
                     self._finish()
                     return
-                if not self._run_eagerly(self._handle(event)):
+                if isinstance(event, MessageRequest):
+                    rest = self._send_small_message(event)
+                    if rest is not None and not self._run_eagerly(rest):
+                        return
+                elif not self._run_eagerly(self._handle(event)):
                     return
             if not self._finished:
                 self._pause_reading()
@@ -343,8 +347,6 @@ class Pop3Session(asyncio.BufferedProtocol):
     async def _handle(self, event: Event[StoredMessage]) -> None:
         if isinstance(event, PasswordLogin):
             await self._password_login(event)
-        elif isinstance(event, MessageRequest):
-            await self._send_message(event)
         elif isinstance(event, UpdateRequest):
             await self._update(event)
         elif isinstance(event, ApopLogin):
@@ -574,17 +576,65 @@ class Pop3Session(asyncio.BufferedProtocol):
 
     # -- messages and UPDATE -----------------------------------------------------------
 
+    def _send_small_message(
+        self, request: MessageRequest[StoredMessage]
+    ) -> Coroutine[Any, Any, None] | None:
+        """RETR or TOP answered in line, without a coroutine, when the message is small
+        enough to be read at once (the usual case: a short read is cheaper than a trip to
+        a thread). Returns what is left to run, if anything: the whole job for a large
+        message, the rest of a file that is larger than listed, or a size correction."""
+        message = request.message
+        if message.size > INLINE_READ_OCTETS:
+            return self._send_message(request)
+        maildrop = self.maildrop
+        assert maildrop is not None
+        try:
+            file, chunk, requested = _open_and_read(maildrop, message)
+        except (OSError, StorageError) as error:
+            self.log.warning("cannot read %s: %s", message.key, error)
+            self.connection.message_unavailable()
+            return None
+        self.connection.message_follows()
+        if len(chunk) >= requested:  # not the whole file: stream the rest
+            return self._finish_message(file, chunk, requested, request, message)
+        with file:
+            encoder = MessageEncoder()
+            top = TopFilter(request.body_lines) if request.body_lines is not None else None
+            if top is not None:
+                chunk = top.feed(chunk)
+            pending = self.connection.data_to_send()  # the +OK line goes out with the body
+            self._send(b"".join((pending, encoder.encode(chunk), encoder.finish())))
+        if top is None and encoder.octets != message.size:
+            return self._finish_message(None, b"", 0, request, message, sent=encoder.octets)
+        self.connection.message_sent()
+        return None
+
+    async def _finish_message(
+        self,
+        file: BinaryIO | None,
+        chunk: bytes,
+        requested: int,
+        request: MessageRequest[StoredMessage],
+        message: StoredMessage,
+        *,
+        sent: int = -1,
+    ) -> None:
+        """The rest of ``_send_small_message``'s work: stream ``file`` from ``chunk`` on, or
+        (``sent``: octets already sent) record the size RETR found."""
+        if file is not None:
+            with file:
+                await self._stream(file, chunk, requested, request, message)
+        else:
+            await self._correct_size(message, sent)
+        self.connection.message_sent()
+
     async def _send_message(self, request: MessageRequest[StoredMessage]) -> None:
         maildrop = self.maildrop
         assert maildrop is not None
         message = request.message
         try:
-            if message.size <= INLINE_READ_OCTETS:
-                # A small file is one short read, cheaper than a trip to a thread.
-                file, first, requested = _open_and_read(maildrop, message)
-            else:
-                # One trip opens the file and reads the first chunk.
-                file, first, requested = await asyncio.to_thread(_open_and_read, maildrop, message)
+            # One trip opens the file and reads the first chunk.
+            file, first, requested = await asyncio.to_thread(_open_and_read, maildrop, message)
         except (OSError, StorageError) as error:
             self.log.warning("cannot read %s: %s", message.key, error)
             self.connection.message_unavailable()
@@ -625,15 +675,15 @@ class Pop3Session(asyncio.BufferedProtocol):
         # Pipelined RETRs must not pile replies up unread: _process waits for the
         # transport before it takes the next command.
         if top is None and encoder.octets != message.size:
-            self.log.warning(
-                "size of %s was %d, sent %d octets; corrected",
-                message.key,
-                message.size,
-                encoder.octets,
-            )
-            maildrop = self.maildrop
-            assert maildrop is not None
-            await asyncio.to_thread(maildrop.correct_size, message, encoder.octets)
+            await self._correct_size(message, encoder.octets)
+
+    async def _correct_size(self, message: StoredMessage, sent: int) -> None:
+        self.log.warning(
+            "size of %s was %d, sent %d octets; corrected", message.key, message.size, sent
+        )
+        maildrop = self.maildrop
+        assert maildrop is not None
+        await asyncio.to_thread(maildrop.correct_size, message, sent)
 
     async def _update(self, request: UpdateRequest[StoredMessage]) -> None:
         maildrop = self.maildrop

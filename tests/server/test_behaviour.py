@@ -166,6 +166,34 @@ def test_a_wrong_size_tag_is_corrected_after_retr(harness: ServerHarness) -> Non
     pop.quit()
 
 
+def test_a_file_far_larger_than_its_tag_is_sent_whole(harness: ServerHarness) -> None:
+    """The tag promises a small message, read at once; the file is larger than one read:
+    the rest is streamed, and the size is corrected."""
+    harness.add_user("alice", "secret")
+    body = b"Subject: big\n\n" + b"".join(b"line %06d\n" % n for n in range(60_000))
+    real_size = len(body) + body.count(b"\n")
+    new = harness.maildir("alice") / "new"
+    new.mkdir(parents=True)
+    for sub in ("cur", "tmp"):
+        (harness.maildir("alice") / sub).mkdir()
+    (new / "1700000000.M1P1Q1.host,S=1000,W=1020").write_bytes(body)
+    harness.start(mail={"no_flag_updates": True})
+    pop = poplib.POP3(harness.host, harness.port, timeout=10)
+    pop.user("alice")
+    pop.pass_("secret")
+    _, lines, octets = pop.retr(1)
+    assert octets == real_size
+    assert b"\n".join(lines) + b"\n" == body
+    assert pop.noop().startswith(b"+OK")  # the session goes on after the stream
+    pop.quit()
+    pop = poplib.POP3(harness.host, harness.port, timeout=10)
+    pop.user("alice")
+    pop.pass_("secret")
+    corrected: object = pop.list(1)
+    assert corrected == b"+OK 1 %d" % real_size
+    pop.quit()
+
+
 async def test_many_logins_at_once_do_not_stall_sessions_already_in(
     harness: ServerHarness,
 ) -> None:

@@ -149,8 +149,10 @@ class SessionResult:
     adopted: int = 0
     login_delay: float = 0.0
     """RFC 2449 §6.5 LOGIN-DELAY: the server's minimum seconds between logins."""
-    listing: list[ServerMessage] = field(default_factory=list)
-    plan: Plan | None = None
+    # Out of the repr: one message each. asyncio.run formats the repr of the task that
+    # returns this (restoring its SIGINT handler), which took tens of milliseconds.
+    listing: list[ServerMessage] = field(default_factory=list, repr=False)
+    plan: Plan | None = field(default=None, repr=False)
 
 
 class _AccountLog(logging.LoggerAdapter):  # type: ignore[type-arg]

@@ -19,7 +19,7 @@ from postoffice.fetch.runner import (
     exit_code,
     fetch_account,
 )
-from postoffice.fetch.session import SessionResult
+from postoffice.fetch.session import Plan, ServerMessage, SessionResult
 
 from .fakeserver import FakeMessage, FakePop3Server
 from .helpers import maildir_files, make_account
@@ -143,3 +143,12 @@ def test_a_broken_journal_is_a_failure_not_a_crash(
     assert code == EXIT_FAILURE
     assert "the journal" in output and "cannot be used" in output
     assert sum(threaded_server.retrieved.values()) == 0
+
+
+def test_the_repr_of_a_session_result_does_not_grow_with_the_listing() -> None:
+    """asyncio.run formats the repr of the task returning the results when it finishes."""
+    listing = [ServerMessage(number=n, uidl=f"uid-{n}", size=1000) for n in range(1, 10_001)]
+    result = SessionResult(account="a", listed=len(listing), listing=listing)
+    result.plan = Plan(fetch=listing)
+    assert len(repr(result)) < 500
+    assert "listed=10000" in repr(result)

@@ -24,7 +24,6 @@ import hmac
 import logging
 import re
 import secrets
-import threading
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 from postoffice.auth.base import (
@@ -37,9 +36,7 @@ from postoffice.auth.base import (
 from postoffice.auth.schemes import (
     dummy_hash,
     is_cheap_scheme,
-    is_weak_scheme,
     plaintext_password,
-    scheme_of,
     verify_password,
 )
 from postoffice.auth.usernames import validate_username
@@ -88,8 +85,6 @@ class Authenticator:
         )
         # Checked once: isinstance against a runtime Protocol is slow on a hot path.
         self._cached = database if isinstance(database, CachedUserDatabase) else None
-        self._weak_warned: set[str] = set()
-        self._weak_lock = threading.Lock()
 
     async def verify(self, username: str, password: Secret) -> UserRecord | None:
         """The user's record if ``password`` is right, else None (same work either way)."""
@@ -158,7 +153,6 @@ class Authenticator:
             _log.warning("user %s cannot log in: %s", record.name, exc)
             _burn(self._cached, password)
             return None
-        self._warn_if_weak(record)
         return record if ok else None
 
     def _verify_apop(self, username: str, timestamp: str, digest: str) -> UserRecord | None:
@@ -174,19 +168,4 @@ class Authenticator:
         if plain is None:
             _log.info("user %s tried APOP but has no plaintext password", record.name)
             return None
-        self._warn_if_weak(record)
         return record if matches else None
-
-    def _warn_if_weak(self, record: UserRecord) -> None:
-        # Warned names first: after the first login that is the whole check.
-        if record.name in self._weak_warned or not is_weak_scheme(record.password_hash):
-            return
-        with self._weak_lock:
-            if record.name in self._weak_warned:
-                return
-            self._weak_warned.add(record.name)
-        _log.warning(
-            "user %s has a password in the weak scheme %s; consider rehashing it",
-            record.name,
-            scheme_of(record.password_hash),
-        )

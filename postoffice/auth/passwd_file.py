@@ -35,7 +35,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
 from postoffice.auth.base import NOT_CURRENT, NotCurrent, UserRecord
-from postoffice.auth.schemes import is_known_scheme, scheme_of
+from postoffice.auth.schemes import is_known_scheme, is_weak_scheme, scheme_of
 from postoffice.auth.usernames import validate_username
 from postoffice.errors import InvalidUsernameError, PasswdFileError
 
@@ -121,6 +121,26 @@ def _typical_hash(users: dict[str, UserRecord]) -> str | None:
     if not counts:
         return None
     return first_of[counts.most_common(1)[0][0]]
+
+
+def _report_weak_schemes(source: str, users: dict[str, UserRecord]) -> None:
+    """One warning per reading of the file, counting users whose password is stored in a
+    weak scheme (plaintext, unsalted digests, MD5 or DES based), rather than a line for
+    each such user as they log in."""
+    weak: Counter[str] = Counter(
+        scheme_of(record.password_hash)
+        for record in users.values()
+        if is_weak_scheme(record.password_hash)
+    )
+    if weak:
+        _log.warning(
+            "passwd-file %s: %d of %d users have passwords in weak schemes (%s); consider "
+            "setting them again with `postoffice user passwd`",
+            source,
+            weak.total(),
+            len(users),
+            ", ".join(f"{scheme}: {count}" for scheme, count in weak.most_common()),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +233,7 @@ class PasswdFile:
         if data != self._data or self._signature is None:
             self._users = _parse_bytes(data, source=self._path, lowercase_names=self._lowercase)
             self._typical_hash = _typical_hash(self._users)
+            _report_weak_schemes(self._path, self._users)
             self._data = data
         self._signature = signature
 

@@ -137,6 +137,35 @@ def test_missing_file_means_no_users_and_warns_once(
     assert db.lookup("alice") is not None
 
 
+def test_weak_schemes_are_counted_once_per_reading(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One warning per reading of the file counts the weak passwords by scheme, naming no
+    user and quoting no password; logins add nothing, and a changed file is counted again."""
+    path = tmp_path / "passwd"
+    _write(
+        path,
+        b"alice:{PLAIN}tanstaaf\nbob:{PLAIN}b-secret\ncarol:" + HASH.encode() + b"\n"
+        b"dave:{MD5-CRYPT}$1$saltsalt$C2ehL6ba6f0JH0cQ0KNnd/\n",
+        age=10,
+    )
+    caplog.set_level(logging.WARNING, logger="postoffice.auth.passwd_file")
+    db = PasswdFile(path)
+    for _ in range(3):
+        assert db.lookup("alice") is not None
+        assert db.lookup("dave") is not None
+    weak = [r.getMessage() for r in caplog.records if "weak schemes" in r.getMessage()]
+    assert len(weak) == 1
+    assert "3 of 4 users" in weak[0] and "PLAIN: 2" in weak[0] and "MD5-CRYPT: 1" in weak[0]
+    assert "alice" not in caplog.text and "tanstaaf" not in caplog.text
+    _write(path, b"carol:" + HASH.encode() + b"\n", age=10)
+    assert db.lookup("carol") is not None
+    _write(path, b"carol:" + HASH.encode() + b"\nerin:{SHA}qvTGHdzF6KLavt4PO0gs2a6pQ00=\n", age=5)
+    assert db.lookup("erin") is not None
+    weak = [r.getMessage() for r in caplog.records if "weak schemes" in r.getMessage()]
+    assert len(weak) == 2 and "1 of 2 users" in weak[1] and "SHA: 1" in weak[1]
+
+
 def test_unreadable_file_raises(tmp_path: Path) -> None:
     """A passwd-file that exists but cannot be read is an error, not 'no users'."""
     db = PasswdFile(tmp_path)  # a directory

@@ -20,9 +20,10 @@ The file in ``tmp/`` has no name where Linux allows it (``O_TMPFILE``, checked o
 in ``tmp/`` (one folder update, not three), and a crash leaves nothing in ``tmp/``. A
 nameless file is on disk with a link count of 0 until linked, and ``fsync`` of ``new/``
 does not write the linked file's new count on every filesystem (ext4 without a journal),
-so the files of a group are made durable once more after linking, before ``sync``: a
-second ``syncfs`` for a group (an ``fsync`` of the file for one message). If that fails,
-the new names are removed again and the messages count as not delivered. Elsewhere (no
+so the files of a group are made durable once more after linking: a second ``syncfs``
+(``commit`` of one message: an ``fsync`` of the file, then of ``new/``), which makes the
+names durable too, so step 4 has nothing left to do. If that fails, the new names
+are removed again and the messages count as not delivered. Elsewhere (no
 ``O_TMPFILE``, no ``/proc`` to link through, no ``syncfs``) the file is ``tmp/NAME``,
 renamed in step 3.
 
@@ -74,8 +75,8 @@ class MessageSink(Protocol):
     def commit(self) -> str:
         """Make the message's content durable and visible; return its local name. Blocking.
 
-        The name becomes durable at the destination's next ``sync``. The sinks of one
-        destination may commit concurrently, each from its own thread."""
+        The name becomes durable at the destination's next ``sync`` at the latest. The
+        sinks of one destination may commit concurrently, each from its own thread."""
         ...
 
     def abort(self) -> None:
@@ -196,13 +197,17 @@ class MaildirDestination:
                         problem = name_error
                 message.abort()
                 outcomes[index] = problem
-            if self.nameless:
-                # Each linked file's link count, now 1, must reach the disk too.
-                errors = _sync_all(tmp, [fd for _, _, fd in named])
-                for (index, message, _), sync_error in zip(named, errors, strict=True):
-                    if sync_error is not None:
+            if self.nameless and named:
+                # The link counts, now 1, and the names: one syncfs makes both durable.
+                syncfs = _syncfs()
+                assert syncfs is not None  # nameless files are used only where it is
+                try:
+                    syncfs(tmp)
+                except OSError as sync_error:
+                    for index, message, _ in named:
                         message.unpublish(new)
                         outcomes[index] = sync_error
+                    named = []
             for _, message, _ in named:
                 message.finish()
         finally:
@@ -213,6 +218,8 @@ class MaildirDestination:
         return done
 
     def sync(self) -> None:
+        if self.nameless:
+            return  # commit and commit_group made the names durable already
         fsync_directory(self.path / "new")
 
 
@@ -447,6 +454,7 @@ class _MaildirMessage:
             if self._nameless:
                 try:
                     os.fsync(fd)  # its link count, now 1
+                    os.fsync(new)  # and its name: sync() has nothing left to do
                 except OSError:
                     self.unpublish(new)
                     raise

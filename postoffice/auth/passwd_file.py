@@ -162,9 +162,14 @@ class PasswdFile:
     name are lower-cased. Safe to call from several threads.
     """
 
-    def __init__(self, path: StrPath, *, lowercase_names: bool = False) -> None:
+    def __init__(
+        self, path: StrPath, *, lowercase_names: bool = False, warn_weak_schemes: bool = False
+    ) -> None:
+        """``warn_weak_schemes``: log the count of weak passwords at each reading (the
+        server does; a command such as ``deliver`` keeps its output clean)."""
         self._path = os.fspath(path)
         self._lowercase = lowercase_names
+        self._warn_weak_schemes = warn_weak_schemes
         self._lock = threading.Lock()
         self._users: dict[str, UserRecord] = {}
         self._signature: _Signature | None = None
@@ -233,7 +238,8 @@ class PasswdFile:
         if data != self._data or self._signature is None:
             self._users = _parse_bytes(data, source=self._path, lowercase_names=self._lowercase)
             self._typical_hash = _typical_hash(self._users)
-            _report_weak_schemes(self._path, self._users)
+            if self._warn_weak_schemes:
+                _report_weak_schemes(self._path, self._users)
             self._data = data
         self._signature = signature
 

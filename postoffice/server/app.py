@@ -156,7 +156,11 @@ class Pop3Server:
 
 
 def open_user_database(config: Config) -> PasswdFile:
-    return PasswdFile(config.auth.passwd_file, lowercase_names=config.auth.lowercase_names)
+    return PasswdFile(
+        config.auth.passwd_file,
+        lowercase_names=config.auth.lowercase_names,
+        warn_weak_schemes=True,
+    )
 
 
 def read_user_database(database: UserDatabase) -> None:

@@ -140,27 +140,35 @@ def test_connections_per_user_and_address_are_capped(harness: ServerHarness) -> 
     second.quit()
 
 
-def test_a_wrong_size_tag_is_corrected_after_retr(harness: ServerHarness) -> None:
+def _alice_with_one_message(harness: ServerHarness, name: str, body: bytes) -> None:
+    """alice (password "secret") with one message file called ``name`` in new/; started."""
     harness.add_user("alice", "secret")
-    body = b"Subject: tagged\n\none\ntwo\nthree\n"
-    real_size = len(body) + body.count(b"\n")
-    wrong = len(body) + 2  # plausible (between S and 2*S) but wrong
     new = harness.maildir("alice") / "new"
     new.mkdir(parents=True)
     for sub in ("cur", "tmp"):
         (harness.maildir("alice") / sub).mkdir()
-    (new / f"1700000000.M1P1Q1.host,S={len(body)},W={wrong}").write_bytes(body)
+    (new / name).write_bytes(body)
     harness.start(mail={"no_flag_updates": True})
+
+
+def _alice_logged_in(harness: ServerHarness) -> poplib.POP3:
     pop = poplib.POP3(harness.host, harness.port, timeout=10)
     pop.user("alice")
     pop.pass_("secret")
+    return pop
+
+
+def test_a_wrong_size_tag_is_corrected_after_retr(harness: ServerHarness) -> None:
+    body = b"Subject: tagged\n\none\ntwo\nthree\n"
+    real_size = len(body) + body.count(b"\n")
+    wrong = len(body) + 2  # plausible (between S and 2*S) but wrong
+    _alice_with_one_message(harness, f"1700000000.M1P1Q1.host,S={len(body)},W={wrong}", body)
+    pop = _alice_logged_in(harness)
     reply: object = pop.list(1)  # typeshed has the one-message form wrong
     assert reply == b"+OK 1 %d" % wrong
     assert pop.retr(1)[2] == real_size
     pop.quit()
-    pop = poplib.POP3(harness.host, harness.port, timeout=10)
-    pop.user("alice")
-    pop.pass_("secret")
+    pop = _alice_logged_in(harness)
     corrected: object = pop.list(1)
     assert corrected == b"+OK 1 %d" % real_size
     pop.quit()
@@ -169,26 +177,16 @@ def test_a_wrong_size_tag_is_corrected_after_retr(harness: ServerHarness) -> Non
 def test_a_file_far_larger_than_its_tag_is_sent_whole(harness: ServerHarness) -> None:
     """The tag promises a small message, read at once; the file is larger than one read:
     the rest is streamed, and the size is corrected."""
-    harness.add_user("alice", "secret")
     body = b"Subject: big\n\n" + b"".join(b"line %06d\n" % n for n in range(60_000))
     real_size = len(body) + body.count(b"\n")
-    new = harness.maildir("alice") / "new"
-    new.mkdir(parents=True)
-    for sub in ("cur", "tmp"):
-        (harness.maildir("alice") / sub).mkdir()
-    (new / "1700000000.M1P1Q1.host,S=1000,W=1020").write_bytes(body)
-    harness.start(mail={"no_flag_updates": True})
-    pop = poplib.POP3(harness.host, harness.port, timeout=10)
-    pop.user("alice")
-    pop.pass_("secret")
+    _alice_with_one_message(harness, "1700000000.M1P1Q1.host,S=1000,W=1020", body)
+    pop = _alice_logged_in(harness)
     _, lines, octets = pop.retr(1)
     assert octets == real_size
     assert b"\n".join(lines) + b"\n" == body
     assert pop.noop().startswith(b"+OK")  # the session goes on after the stream
     pop.quit()
-    pop = poplib.POP3(harness.host, harness.port, timeout=10)
-    pop.user("alice")
-    pop.pass_("secret")
+    pop = _alice_logged_in(harness)
     corrected: object = pop.list(1)
     assert corrected == b"+OK 1 %d" % real_size
     pop.quit()

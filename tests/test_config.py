@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from postoffice.config import load_config, parse_duration, parse_size
+from postoffice.config import load_config
 from postoffice.errors import ConfigError
+from postoffice.units import parse_duration, parse_size
 
 ISSUE_EXAMPLE = """
 data_dir = "var"

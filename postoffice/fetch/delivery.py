@@ -63,8 +63,6 @@ FSYNC_THREADS = 16
 _PROC_FD = "/proc/self/fd/"
 """Where a nameless file is found by its descriptor, to link it (``linkat`` needs a
 privilege to link a descriptor directly)."""
-_LONE_CR = re.compile(rb"\r(?!\n)")
-"""A CR that does not start a CRLF line end (kept as it is when storing)."""
 
 
 class MessageSink(Protocol):
@@ -378,14 +376,21 @@ class _MaildirMessage:
         if data.endswith(b"\r"):
             data = data[:-1]  # the LF that may follow is in the next chunk
             self._held_cr = True
-        if b"\r" in data:
-            if _LONE_CR.search(data) is None:
-                # Every CR ends a line: deleting them all is the same conversion, and
-                # cheaper than replace (about 0.14 s against 0.23 s per 100 MB).
-                data = data.translate(None, b"\r")
+        lines = data.split(b"\r\n")
+        if len(lines) > 1:
+            data = b"\n".join(lines)
+            between = b"".join(lines)
+            if self._last != 0x0D and b"\r" not in between and b"\n" not in between:
+                # Every line end was CRLF: no CR is stored and each LF stored is bare, so
+                # nothing is left to count (split, join and check: about 0.18 s per 100 MB;
+                # a lone-CR search, deleting the CRs and counting the LFs: 0.20 s).
+                self._octets += len(data)
+                self._bare_lf += len(lines) - 1
+                self._last = data[-1]
             else:
-                data = data.replace(b"\r\n", b"\n")
-        self._count(data)
+                self._count(data)
+        else:
+            self._count(data)
         if self._fd is not None:
             _write_all(self._fd, data)
             return

@@ -12,6 +12,7 @@ from postoffice.proto.framing import (
     MultilineDecoder,
     TopFilter,
     encode_message,
+    has_dot_line,
 )
 
 # Messages rich in the octets that matter: dots, CR, LF.
@@ -49,6 +50,25 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
         start = point
     pieces.append(data[start:])
     return pieces
+
+
+@given(
+    st.lists(
+        st.sampled_from([b".", b"a.", b"\n", b"x", b"..", b"\n.", b"b" * 20]), max_size=400
+    ).map(b"".join)
+)
+def test_dot_line_search_agrees_with_a_plain_search(data: bytes) -> None:
+    """Few dots (hops from dot to dot) or many (the regular expression takes over)."""
+    assert has_dot_line(data) == (b"\n." in data)
+
+
+def test_a_dot_line_after_many_dots_is_found() -> None:
+    prose = b"Dr. No. " * 100  # 200 dots, none at a line start
+    assert not has_dot_line(prose + b"\nend")
+    assert has_dot_line(prose + b"\n.end")
+    assert not has_dot_line(b".first line only")
+    for dots in range(60, 70):  # the first dot the regular expression has to judge
+        assert has_dot_line(b"a." * dots + b"\n.x")
 
 
 @given(message_bytes)

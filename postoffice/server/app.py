@@ -108,6 +108,7 @@ class Pop3Server:
                 loop,
                 sock,
                 functools.partial(Pop3Session, self.context, implicit_tls=implicit_tls),
+                flush_timeout=self.config.limits.send_timeout,
             )
             self.servers.append(listener)
             bound = sock.getsockname()

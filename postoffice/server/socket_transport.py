@@ -72,6 +72,7 @@ class SocketTransport(asyncio.Transport):
         "_eof",
         "_eof_written",
         "_fd",
+        "_flush_timeout",
         "_high",
         "_loop",
         "_lost",
@@ -91,7 +92,11 @@ class SocketTransport(asyncio.Transport):
         sock: socket.socket,
         protocol: asyncio.BaseProtocol,
         peername: Any,
+        *,
+        flush_timeout: float | None = None,
     ) -> None:
+        """``flush_timeout``: how long ``close`` waits for the peer to take what is still
+        buffered before dropping it (None: as long as it takes, as asyncio does)."""
         # No call to the base __init__: it would make an "extra" dictionary per
         # connection, and get_extra_info answers from the fields below.
         self._loop = loop
@@ -100,6 +105,7 @@ class SocketTransport(asyncio.Transport):
         self._protocol: asyncio.BaseProtocol | None = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._peername = peername
+        self._flush_timeout = flush_timeout
         self._buffer: bytearray | None = None  # what the socket has not taken yet
         self._high = HIGH_WATER_OCTETS
         self._low = LOW_WATER_OCTETS
@@ -145,6 +151,10 @@ class SocketTransport(asyncio.Transport):
         self._stop_reading()
         if self._buffer is None:
             self._schedule_lost(None)
+        elif self._flush_timeout is not None:
+            # A peer that never reads would otherwise keep the socket, and the session is
+            # no longer counted against any limit.
+            self._loop.call_later(self._flush_timeout, self._force_close, None)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -393,8 +403,11 @@ class SocketListener(asyncio.AbstractServer):
         protocol_factory: Callable[[], asyncio.BaseProtocol],
         *,
         batch: int = ACCEPT_BATCH,
+        flush_timeout: float | None = None,
     ) -> None:
+        """``flush_timeout``: see ``SocketTransport``."""
         self._loop = loop
+        self._flush_timeout = flush_timeout
         self._sock: socket.socket | None = sock
         self._protocol_factory = protocol_factory
         self._batch = batch
@@ -459,7 +472,13 @@ class SocketListener(asyncio.AbstractServer):
     def _connect(self, connection: socket.socket, address: Any) -> None:
         transport: SocketTransport | None = None
         try:
-            transport = SocketTransport(self._loop, connection, self._protocol_factory(), address)
+            transport = SocketTransport(
+                self._loop,
+                connection,
+                self._protocol_factory(),
+                address,
+                flush_timeout=self._flush_timeout,
+            )
             transport.start()
         except (SystemExit, KeyboardInterrupt):
             raise

@@ -61,11 +61,15 @@ class PlainRecorder(asyncio.Protocol):
         self.received += data
 
 
-async def _pair(protocol: asyncio.BaseProtocol) -> tuple[SocketTransport, socket.socket]:
+async def _pair(
+    protocol: asyncio.BaseProtocol, flush_timeout: float | None = None
+) -> tuple[SocketTransport, socket.socket]:
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     theirs.setblocking(False)
-    transport = SocketTransport(asyncio.get_running_loop(), ours, protocol, "peer")
+    transport = SocketTransport(
+        asyncio.get_running_loop(), ours, protocol, "peer", flush_timeout=flush_timeout
+    )
     transport.start()
     return transport, theirs
 
@@ -150,6 +154,22 @@ async def test_close_sends_what_is_buffered_before_the_connection_ends() -> None
     assert recorder.events.count("lost") == 1
     assert transport.get_extra_info("socket") is None
     peer.close()
+
+
+async def test_close_gives_up_on_a_peer_that_never_reads_after_the_flush_timeout() -> None:
+    patient, patient_peer = await _pair(Recorder())
+    recorder = Recorder()
+    transport, peer = await _pair(recorder, flush_timeout=0.2)
+    for closing in (patient, transport):
+        closing.write(b"u" * (3 * 1024 * 1024))
+        closing.close()
+    assert await asyncio.wait_for(recorder.lost, 5) is None
+    assert transport.get_extra_info("socket") is None  # closed, its output dropped
+    assert patient.get_extra_info("socket") is not None  # no timeout: still waiting
+    assert patient.get_write_buffer_size() > 0
+    patient.abort()
+    peer.close()
+    patient_peer.close()
 
 
 async def test_abort_drops_what_is_buffered() -> None:

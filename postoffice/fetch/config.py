@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from postoffice.errors import ConfigError
+from postoffice.units import parse_duration, parse_size
 
 __all__ = [
     "Account",
@@ -372,15 +373,15 @@ def _account(name: str, settings: _Settings, base: Path) -> Account:
         delete_after_days = float(days)
     max_size = None
     if settings.has("max_message_size"):
-        max_size = _parse_size(settings.raw("max_message_size"), settings.key("max_message_size"))
+        max_size = parse_size(settings.raw("max_message_size"), settings.key("max_message_size"))
     timeout = 60.0
     if settings.has("timeout"):
-        timeout = _parse_duration(settings.raw("timeout"), settings.key("timeout"))
+        timeout = parse_duration(settings.raw("timeout"), settings.key("timeout"))
         if timeout <= 0:
             raise ConfigError(f"{settings.key('timeout')}: must be more than zero")
     every = DEFAULT_EVERY
     if settings.has("every"):
-        every = _parse_duration(settings.raw("every"), settings.key("every"))
+        every = parse_duration(settings.raw("every"), settings.key("every"))
         if every < MINIMUM_EVERY:
             raise ConfigError(f"{settings.key('every')}: must be at least {MINIMUM_EVERY:.0f}s")
     maildir = Path.home() / "Maildir"
@@ -455,47 +456,8 @@ def parse_fetch_config(data: Mapping[str, Any], path: Path) -> FetchConfig:
     return FetchConfig(path=path, accounts=accounts)
 
 
-# The units the server's configuration accepts too (a test keeps them equal), copied
-# rather than imported: postoffice.config brings the server's settings and UIDL formats,
-# some 20 ms of start-up the fetcher never needs.
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?\s*")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE = re.compile(r"\s*([0-9]+)\s*([KMG]i?B|B)?\s*", re.IGNORECASE)
-_SIZE_UNITS = {
-    "b": 1,
-    "kb": 1000,
-    "mb": 10**6,
-    "gb": 10**9,
-    "kib": 1024,
-    "mib": 2**20,
-    "gib": 2**30,
-}
-
-
-def _parse_duration(value: object, key: str) -> float:
-    """Seconds from a number or a string such as ``"90s"``, ``"10m"``, ``"2h"``."""
-    if isinstance(value, bool):
-        raise ConfigError(f'{key}: expected a duration such as 30 or "10m", got {value!r}')
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.fullmatch(value)):
-        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-    else:
-        raise ConfigError(f'{key}: expected a duration such as 30 or "10m", got {value!r}')
-    if seconds < 0:
-        raise ConfigError(f"{key}: must not be negative")
-    return seconds
-
-
-def _parse_size(value: object, key: str) -> int:
-    """Octets from a number or a string such as ``"50MB"`` or ``"10MiB"``."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    if isinstance(value, str) and (match := _SIZE.fullmatch(value)):
-        return int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
-    raise ConfigError(f'{key}: expected a size such as 1048576 or "50MB", got {value!r}')
-
-
+# As postoffice.config.read_toml: that module brings the server's settings and UIDL
+# formats, some 20 ms of start-up the fetcher never needs.
 def _read_toml(path: Path, what: str) -> dict[str, Any]:
     """A TOML file's contents; ConfigError saying what is wrong with the file."""
     try:

@@ -177,8 +177,8 @@ _UNIT_TEXT = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(value=st.one_of(_UNIT_TEXT, st.integers(-5, 10**12), st.floats(-5, 1e6), st.booleans()))
 def test_durations_and_sizes_read_as_the_server_reads_them(value: object) -> None:
-    """The fetcher keeps its own copy of the unit parsers (for start-up time): it accepts,
-    converts and refuses exactly what ``postoffice.config`` does."""
+    """The account file accepts, converts and refuses durations and sizes exactly as the
+    server's configuration does."""
     from postoffice.config import parse_duration, parse_size
 
     for key, parse in (("timeout", parse_duration), ("max_message_size", parse_size)):

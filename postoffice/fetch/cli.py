@@ -19,7 +19,6 @@ import click
 
 from postoffice.errors import ConfigError, PostofficeError
 from postoffice.fetch.config import Account, default_config_path, load_fetch_config
-from postoffice.fetch.daemon import run_daemon
 from postoffice.fetch.progress import rich_progress
 from postoffice.fetch.runner import (
     EXIT_CONFIG,
@@ -80,6 +79,8 @@ async def _daemon(selected: list[Account], options: Options) -> None:
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signal_number, stop.set)
     logging.getLogger(__name__).info("polling %d accounts", len(selected))
+    from postoffice.fetch.daemon import run_daemon  # only here: it brings random along
+
     await run_daemon(selected, options, stop=stop)
 
 

@@ -105,9 +105,9 @@ class ClientConnection:
         multiline = keyword in _MULTILINE_ALWAYS or (
             keyword in _MULTILINE_WITHOUT_ARGUMENT and not request.arguments
         )
-        self._queue.append(
-            _Pending(Request(keyword=keyword, arguments=request.arguments), multiline)
-        )
+        if keyword != request.keyword:  # the reply names the command as it was sent
+            request = Request(keyword=keyword, arguments=request.arguments)
+        self._queue.append(_Pending(request, multiline))
         return line
 
     def _send_sasl(self, response: SaslResponse) -> bytes:

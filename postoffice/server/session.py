@@ -5,9 +5,10 @@ Theory of operation
 Callbacks, not a task per connection: ``data_received`` hands octets to the protocol
 machine and answers every complete command right there (``_process``), so a command costs
 no extra trip through the event loop and an idle session holds no task, coroutine, event
-or future, only this object, its transport and its machine. An event that needs the
-outside world (a login, RETR, UPDATE, STLS) runs its handler eagerly, as far as it gets
-without waiting; only a handler that really waits (a password hash in the thread pool, a
+or future, only this object, its transport and its machine. RETR and TOP of a message
+that one read brings in whole are answered in line too. An event that needs more of the
+outside world (a login, a large message, UPDATE, STLS) runs its handler eagerly, as far
+as it gets without waiting; only a handler that really waits (a password hash in the thread pool, a
 large file read, a TLS handshake) continues in a task, and the session reads no further
 commands until it ends (``_busy``), so replies leave in command order.
 

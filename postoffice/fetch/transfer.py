@@ -59,8 +59,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BATCH", "BATCH_OCTETS", "WINDOW", "Transfer"]
 
-WINDOW = 32
-"""Commands in flight when pipelining."""
+WINDOW = 128
+"""Commands in flight when pipelining: with half of them still queued at a refill, the
+server has work while the event loop decodes a burst of replies (32 were too few)."""
 BATCH = 256
 """At most this many messages pending (received whole, not yet durable) at once."""
 BATCH_OCTETS = 16 << 20

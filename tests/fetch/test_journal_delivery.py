@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from postoffice.fetch import delivery
 from postoffice.fetch.delivery import SPILL_OCTETS, MaildirDestination, message_key
+from postoffice.fetch.fingerprint import Fingerprint
 from postoffice.fetch.journal import FORGET_AFTER, Journal, journal_path
 from postoffice.storage.wire import wire_size
 
@@ -332,3 +333,31 @@ def test_size_tags_match_the_wire_size_of_what_is_stored(chunks: list[bytes]) ->
         stored = (Path(folder) / "Maildir" / "new" / name).read_bytes()
     assert stored == b"".join(chunks).replace(b"\r\n", b"\n")
     assert name.endswith(f",S={len(stored)},W={wire_size(stored)}")
+
+
+def test_a_large_group_is_journaled_whole_in_one_transaction(tmp_path: Path) -> None:
+    """Rows go in by the hundred per statement: every one of 250 lands, listed or not."""
+    path = journal_path(tmp_path, "a")
+    uidls = [f"uid-{number}" for number in range(250)]
+    with Journal(path) as journal:
+        journal.record_listing(uidls[:120], 1.0, complete=True)
+        journal.record_delivered_many(
+            [
+                (
+                    uidl,
+                    f"new/{uidl}",
+                    number,
+                    Fingerprint(header_hash=f"h{number}", message_id=None, date=None),
+                )
+                for number, uidl in enumerate(uidls)
+            ],
+            now=5.0,
+            delete=True,
+        )
+        entries = journal.entries()
+        by_hash, _ = journal.fingerprints()
+    assert sorted(entries) == sorted(uidls)
+    assert all(e.delivered_at == 5.0 and e.delete_pending for e in entries.values())
+    assert entries["uid-0"].first_seen == 1.0 and entries["uid-249"].first_seen == 5.0
+    assert {uidl: entries[uidl].local_name for uidl in uidls} == {u: f"new/{u}" for u in uidls}
+    assert by_hash["h249"] == "new/uid-249"

@@ -114,8 +114,6 @@ class Bench:
         self.sources: dict[str, Path] = {}
         self.server = DovecotServer(self.corpus, max_sessions=10)
         self.work = root / "work"
-        self.work.mkdir()
-        spread_subfolders(self.work)
         self.postoffice = Path(sys.executable).with_name("postoffice")
 
     def make_sources(self, label: str, size: int) -> int:
@@ -161,8 +159,7 @@ class Bench:
         one by one, so deleting one run's 2,000 files right before the next run makes
         every file the next tool creates cost a scan of them (profiled: about a third of
         postoffice's CPU time, and as much for mpop), a cost of the benchmark, not of the
-        tools. Other programs' deletions cost the same, so the run folders are spread over
-        the disk (``spread_subfolders``), away from where the rest of ``/tmp`` lives."""
+        tools."""
         self.runs += 1
         if self.delete_between_runs:
             shutil.rmtree(self.work, ignore_errors=True)
@@ -246,16 +243,6 @@ class Bench:
         argv = ["fetchmail", "--fetchmailrc", str(rc), "--nodetach", "--silent"]
         seconds = self.run(argv, env=env)
         return seconds, len(os.listdir(out))
-
-
-def spread_subfolders(folder: Path) -> None:
-    """Have ext4 place each new subfolder of ``folder`` (and the files in it) in a block
-    group of its own choosing, as for top-level folders (``chattr +T``): files made in a
-    group where other programs freed many inodes in the last minute or so (here: the test
-    suites and benchmarks that share this machine) each cost a scan of those inodes on
-    ext4 without a journal, for every tool alike. Elsewhere this does nothing."""
-    if shutil.which("chattr"):
-        subprocess.run(["chattr", "+T", str(folder)], capture_output=True, check=False)
 
 
 def count_maildir(maildir: Path) -> int:

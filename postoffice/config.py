@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from postoffice.errors import ConfigError
 from postoffice.storage.uidl import parse_uidl_format
+from postoffice.toml_files import read_toml
 from postoffice.units import parse_duration as parse_duration  # also for callers of config
 from postoffice.units import parse_size as parse_size
 
@@ -241,19 +241,6 @@ class _Table:
         if unknown:
             names = ", ".join(self.key(key) for key in unknown)
             raise ConfigError(f"{names}: unknown key")
-
-
-def read_toml(path: Path, what: str) -> dict[str, Any]:
-    """A TOML file's contents; ConfigError saying what is wrong with the file."""
-    try:
-        with open(path, "rb") as file:
-            return tomllib.load(file)
-    except FileNotFoundError as error:
-        raise ConfigError(f"{path}: {what} not found") from error
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from error
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from error
 
 
 def load_config(

@@ -35,13 +35,13 @@ import importlib.util
 import ipaddress
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from postoffice.errors import ConfigError
+from postoffice.toml_files import read_toml
 from postoffice.units import parse_duration, parse_size
 
 __all__ = [
@@ -456,21 +456,6 @@ def parse_fetch_config(data: Mapping[str, Any], path: Path) -> FetchConfig:
     return FetchConfig(path=path, accounts=accounts)
 
 
-# As postoffice.config.read_toml: that module brings the server's settings and UIDL
-# formats, some 20 ms of start-up the fetcher never needs.
-def _read_toml(path: Path, what: str) -> dict[str, Any]:
-    """A TOML file's contents; ConfigError saying what is wrong with the file."""
-    try:
-        with open(path, "rb") as file:
-            return tomllib.load(file)
-    except FileNotFoundError as error:
-        raise ConfigError(f"{path}: {what} not found") from error
-    except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path}: not valid TOML: {error}") from error
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read: {error.strerror}") from error
-
-
 def load_fetch_config(path: Path) -> FetchConfig:
     """Read and validate the account file at ``path``."""
-    return parse_fetch_config(_read_toml(path, "account file"), path)
+    return parse_fetch_config(read_toml(path, "account file"), path)

@@ -13,8 +13,9 @@ they are forgotten, so a server that briefly hides messages does not cause re-do
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -107,15 +108,21 @@ class Journal:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _write(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed (durably) on leaving, rolled back on an error."""
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(sql, rows)
+            yield db
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    def _write(self, sql: str, rows: Iterable[tuple[object, ...]]) -> None:
+        with self._transaction() as db:
+            db.executemany(sql, rows)
 
     def entries(self) -> dict[str, Entry]:
         rows = self._db.execute(
@@ -139,9 +146,7 @@ class Journal:
         """Note every listed UIDL's first sighting; after a ``complete`` listing, age out
         rows the server no longer has, and settle DELEs the server did commit."""
         listed = list(present)
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             db.executemany(
                 "INSERT INTO messages (uidl, first_seen) VALUES (?, ?) "
                 "ON CONFLICT (uidl) DO UPDATE SET gone_since = NULL",
@@ -163,10 +168,6 @@ class Journal:
                     (now,),
                 )
                 db.execute("DELETE FROM messages WHERE gone_since < ?", (now - FORGET_AFTER,))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def record_delivered(
         self, uidl: str, *, local_name: str, size: int, now: float, delete: bool
@@ -189,9 +190,7 @@ class Journal:
             rows[start : start + _ROWS_PER_INSERT]
             for start in range(0, len(rows), _ROWS_PER_INSERT)
         ]
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             for chunk in chunks:
                 values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * len(chunk))
                 db.execute(
@@ -204,10 +203,6 @@ class Journal:
                     "message_id = excluded.message_id, date = excluded.date",
                     [value for row in chunk for value in row],
                 )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
     def fingerprints(
         self,

@@ -582,101 +582,106 @@ class Pop3Session(asyncio.BufferedProtocol):
     ) -> Coroutine[Any, Any, None] | None:
         """RETR or TOP answered in line, without a coroutine, when the message is small
         enough to be read at once (the usual case: a short read is cheaper than a trip to
-        a thread). Returns what is left to run, if anything: the whole job for a large
-        message, the rest of a file that is larger than listed, or a size correction."""
+        a thread). Returns what is left to run, if anything (see ``_reply``), or the whole
+        job for a large message."""
         message = request.message
         if message.size > INLINE_READ_OCTETS:
             return self._send_message(request)
-        maildrop = self.maildrop
-        assert maildrop is not None
+        assert self.maildrop is not None
         try:
-            file, chunk, requested = _open_and_read(maildrop, message)
+            opened = _open_and_read(self.maildrop, message)
         except (OSError, StorageError) as error:
-            self.log.warning("cannot read %s: %s", message.key, error)
-            self.connection.message_unavailable()
+            self._message_unavailable(message, error)
             return None
-        self.connection.message_follows()
-        if len(chunk) >= requested:  # not the whole file: stream the rest
-            return self._finish_message(file, chunk, requested, request, message)
-        with file:
-            encoder = MessageEncoder()
-            top = TopFilter(request.body_lines) if request.body_lines is not None else None
-            if top is not None:
-                chunk = top.feed(chunk)
-            pending = self.connection.data_to_send()  # the +OK line goes out with the body
-            self._send(b"".join((pending, encoder.encode(chunk), encoder.finish())))
-        if top is None and encoder.octets != message.size:
-            return self._finish_message(None, b"", 0, request, message, sent=encoder.octets)
-        self.connection.message_sent()
-        return None
-
-    async def _finish_message(
-        self,
-        file: BinaryIO | None,
-        chunk: bytes,
-        requested: int,
-        request: MessageRequest[StoredMessage],
-        message: StoredMessage,
-        *,
-        sent: int = -1,
-    ) -> None:
-        """The rest of ``_send_small_message``'s work: stream ``file`` from ``chunk`` on, or
-        (``sent``: octets already sent) record the size RETR found."""
-        if file is not None:
-            with file:
-                await self._stream(file, chunk, requested, request, message)
-        else:
-            await self._correct_size(message, sent)
-        self.connection.message_sent()
+        return self._reply(request, *opened)
 
     async def _send_message(self, request: MessageRequest[StoredMessage]) -> None:
-        maildrop = self.maildrop
-        assert maildrop is not None
-        message = request.message
+        assert self.maildrop is not None
         try:
             # One trip opens the file and reads the first chunk.
-            file, first, requested = await asyncio.to_thread(_open_and_read, maildrop, message)
+            opened = await asyncio.to_thread(_open_and_read, self.maildrop, request.message)
         except (OSError, StorageError) as error:
-            self.log.warning("cannot read %s: %s", message.key, error)
-            self.connection.message_unavailable()
+            self._message_unavailable(request.message, error)
             return
-        with file:
-            self.connection.message_follows()
-            await self._stream(file, first, requested, request, message)
-        self.connection.message_sent()
+        rest = self._reply(request, *opened)
+        if rest is not None:
+            await rest
 
-    async def _stream(
+    def _message_unavailable(self, message: StoredMessage, error: Exception) -> None:
+        self.log.warning("cannot read %s: %s", message.key, error)
+        self.connection.message_unavailable()
+
+    def _reply(
         self,
+        request: MessageRequest[StoredMessage],
         file: BinaryIO,
         chunk: bytes,
-        requested: int,
-        request: MessageRequest[StoredMessage],
-        message: StoredMessage,
-    ) -> None:
-        """Send ``chunk`` (``requested`` octets were asked for) and the rest of ``file``."""
-        encoder = MessageEncoder()
-        top = TopFilter(request.body_lines) if request.body_lines is not None else None
-        pending = self.connection.data_to_send()  # the +OK line goes out with the first chunk
-        while chunk:
-            complete = len(chunk) < requested  # a short read: the end of the file
-            if top is not None:
-                chunk = top.feed(chunk)
-            if complete or (top is not None and top.done):
-                # The whole reply in one write: one system call per message.
-                self._send(b"".join((pending, encoder.encode(chunk), encoder.finish())))
-                pending = b""
-                break
-            self._send(pending + encoder.encode(chunk))
-            pending = b""
-            await self._drain()
-            requested = READ_CHUNK
-            chunk = await asyncio.to_thread(_read_fully, file, READ_CHUNK)
+        complete: bool,
+    ) -> Coroutine[Any, Any, None] | None:
+        """Send the +OK line and ``chunk``, the first of ``file`` (``complete``: all of it).
+        Returns what is left to run: the rest of the file, or a size correction."""
+        try:
+            self.connection.message_follows()
+            encoder = MessageEncoder()
+            top = TopFilter(request.body_lines) if request.body_lines is not None else None
+            pending = self.connection.data_to_send()  # the +OK line goes out with the body
+            if not self._send_chunk(encoder, top, chunk, complete, pending):
+                return self._stream_rest(request, file, encoder, top)  # it closes the file
+        except BaseException:
+            file.close()
+            raise
+        file.close()
+        return self._message_done(request, encoder, top)
+
+    def _send_chunk(
+        self,
+        encoder: MessageEncoder,
+        top: TopFilter | None,
+        chunk: bytes,
+        complete: bool,
+        pending: bytes = b"",
+    ) -> bool:
+        """Send ``pending`` and ``chunk`` of the body; True when that ends the reply (the
+        file ended, or TOP has its lines): then the end goes in the same write."""
+        if top is not None:
+            chunk = top.feed(chunk)
+            complete = complete or top.done
+        if complete:
+            self._send(b"".join((pending, encoder.encode(chunk), encoder.finish())))
         else:
-            self._send(pending + encoder.finish())
-        # Pipelined RETRs must not pile replies up unread: _process waits for the
-        # transport before it takes the next command.
+            self._send(pending + encoder.encode(chunk))
+        return complete
+
+    async def _stream_rest(
+        self,
+        request: MessageRequest[StoredMessage],
+        file: BinaryIO,
+        encoder: MessageEncoder,
+        top: TopFilter | None,
+    ) -> None:
+        with file:
+            complete = False
+            while not complete:
+                await self._drain()
+                chunk = await asyncio.to_thread(_read_fully, file, READ_CHUNK)
+                complete = self._send_chunk(encoder, top, chunk, len(chunk) < READ_CHUNK)
+        rest = self._message_done(request, encoder, top)
+        if rest is not None:
+            await rest
+
+    def _message_done(
+        self,
+        request: MessageRequest[StoredMessage],
+        encoder: MessageEncoder,
+        top: TopFilter | None,
+    ) -> Coroutine[Any, Any, None] | None:
+        """The reply is out (pipelined RETRs then wait for the transport in _process); a
+        RETR that sent other than the listed size has the size corrected first."""
+        message = request.message
         if top is None and encoder.octets != message.size:
-            await self._correct_size(message, encoder.octets)
+            return self._correct_size(message, encoder.octets)
+        self.connection.message_sent()
+        return None
 
     async def _correct_size(self, message: StoredMessage, sent: int) -> None:
         self.log.warning(
@@ -685,6 +690,7 @@ class Pop3Session(asyncio.BufferedProtocol):
         maildrop = self.maildrop
         assert maildrop is not None
         await asyncio.to_thread(maildrop.correct_size, message, sent)
+        self.connection.message_sent()
 
     async def _update(self, request: UpdateRequest[StoredMessage]) -> None:
         maildrop = self.maildrop
@@ -803,15 +809,18 @@ class Pop3Session(asyncio.BufferedProtocol):
             self._closed_waiter.set_result(None)
 
 
-def _open_and_read(maildrop: Maildrop, message: StoredMessage) -> tuple[BinaryIO, bytes, int]:
-    """The open file, its first chunk and how many octets were asked for: all of it when it
-    fits in one chunk, read into a buffer of its own size (a 256 KiB buffer per message
-    would cost an mmap and page faults)."""
+def _open_and_read(maildrop: Maildrop, message: StoredMessage) -> tuple[BinaryIO, bytes, bool]:
+    """The open file, its first chunk and whether that is all of it. A file smaller than a
+    chunk is read into a buffer of its own size (a 256 KiB buffer per message would cost
+    an mmap and page faults); reading the size fstat gave is reading all of it."""
     file = maildrop.open(message)
     try:
-        requested = _first_read_size(file)
-        # Reading exactly the size fstat gave is reading all of it: no read to see the end.
-        return file, _read_fully(file, requested, whole=requested - 1), requested
+        size = _file_size(file)
+        if size is None or size >= READ_CHUNK:
+            chunk = _read_fully(file, READ_CHUNK)
+            return file, chunk, len(chunk) < READ_CHUNK
+        chunk = _read_fully(file, size + 1, whole=size)  # one more: a longer file shows
+        return file, chunk, len(chunk) <= size
     except BaseException:
         file.close()
         raise
@@ -835,10 +844,8 @@ def _read_fully(file: BinaryIO, wanted: int, whole: int = -1) -> bytes:
     return b"".join(parts)
 
 
-def _first_read_size(file: BinaryIO) -> int:
-    """One more than the file's size (the short read tells the end), at most a chunk."""
+def _file_size(file: BinaryIO) -> int | None:
     try:
-        size = os.fstat(file.fileno()).st_size
+        return os.fstat(file.fileno()).st_size
     except (OSError, ValueError, io.UnsupportedOperation):
-        return READ_CHUNK
-    return min(size + 1, READ_CHUNK)
+        return None

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from typing import BinaryIO
 
-from postoffice.server.session import _read_fully
+from postoffice.server.session import READ_CHUNK, _open_and_read, _read_fully
+from postoffice.storage.base import StoredMessage
 
 
 class _Trickle(io.RawIOBase):
@@ -47,3 +50,35 @@ def test_a_first_read_of_the_whole_size_needs_no_read_for_the_end() -> None:
     short = _Trickle(b"y" * 100, step=30)
     assert _read_fully(short, 101, whole=100) == b"y" * 100  # type: ignore[arg-type]
     assert short.reads == 5  # four short reads, then the one that finds the end
+
+
+class _OneFile:
+    """Stands in for a maildrop whose every message is ``file``."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+
+    def open(self, message: StoredMessage) -> BinaryIO:
+        return self.file
+
+
+_MESSAGE = StoredMessage(key="cur/1.x", uid="1.x", size=0)
+
+
+def test_a_short_first_read_of_a_large_file_is_not_its_end() -> None:
+    """Of a file larger than a chunk, a first read one octet short of the chunk is not
+    the whole file: the reply must go on streaming."""
+    data = b"z" * (READ_CHUNK + 10)
+    file = _Trickle(data, step=READ_CHUNK - 1)
+    _, chunk, complete = _open_and_read(_OneFile(file), _MESSAGE)  # type: ignore[arg-type]
+    assert chunk == data[:READ_CHUNK]
+    assert not complete
+
+
+def test_a_small_file_is_read_whole_in_one_read(tmp_path: Path) -> None:
+    path = tmp_path / "m"
+    path.write_bytes(b"Subject: s\n\nbody\n")
+    with open(path, "rb", buffering=0) as file:
+        _, chunk, complete = _open_and_read(_OneFile(file), _MESSAGE)  # type: ignore[arg-type]
+    assert chunk == b"Subject: s\n\nbody\n"
+    assert complete

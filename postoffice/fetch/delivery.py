@@ -183,13 +183,13 @@ class MaildirDestination:
                     sink.abort()
                     outcomes[index] = write_error
             errors = _sync_all(tmp, [fd for _, _, fd in written])
-            named: list[tuple[int, _MaildirMessage, int]] = []
-            for (index, message, fd), sync_error in zip(written, errors, strict=True):
+            named: list[tuple[int, _MaildirMessage]] = []
+            for (index, message, _), sync_error in zip(written, errors, strict=True):
                 problem: OSError | None = sync_error
                 if problem is None:
                     try:
                         outcomes[index] = message.publish(new)
-                        named.append((index, message, fd))
+                        named.append((index, message))
                         continue
                     except OSError as name_error:
                         problem = name_error
@@ -202,11 +202,11 @@ class MaildirDestination:
                 try:
                     syncfs(tmp)
                 except OSError as sync_error:
-                    for index, message, _ in named:
+                    for index, message in named:
                         message.unpublish(new)
                         outcomes[index] = sync_error
                     named = []
-            for _, message, _ in named:
+            for _, message in named:
                 message.finish()
         finally:
             os.close(new)

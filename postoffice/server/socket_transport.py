@@ -201,37 +201,21 @@ class SocketTransport(asyncio.Transport):
             else:
                 data = sock.recv(_RECEIVE_OCTETS)
                 count = len(data)
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as error:
-            self._fatal_error(error, "fatal error reading from the connection")
-            return
-        if not count:
-            self._end_of_input()
-            return
-        try:
-            if self._buffered:
+            if not count:
+                self._end_of_input()
+            elif self._buffered:
                 protocol.buffer_updated(count)  # type: ignore[attr-defined]
             else:
                 protocol.data_received(data)  # type: ignore[attr-defined]
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as error:
-            self._fatal_error(error, "the protocol failed on received data")
+        except (BlockingIOError, InterruptedError):
+            return
+        except Exception as error:  # the peer's reset, or a fault of the protocol's
+            self._fatal_error(error, "fatal error on received data")
 
     def _end_of_input(self) -> None:
         self._stop_reading()
         self._eof = True
-        try:
-            keep_open = self._protocol.eof_received()  # type: ignore[union-attr]
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as error:
-            self._fatal_error(error, "the protocol failed on the end of input")
-            return
-        if not keep_open:
+        if not self._protocol.eof_received():  # type: ignore[union-attr]
             self.close()
 
     # -- writing -----------------------------------------------------------------------
@@ -250,9 +234,7 @@ class SocketTransport(asyncio.Transport):
                 sent = self._sock.send(data)
             except (BlockingIOError, InterruptedError):
                 sent = 0
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as error:
+            except OSError as error:
                 self._fatal_error(error, "fatal error writing to the connection")
                 return
             if sent == len(data):
@@ -260,9 +242,6 @@ class SocketTransport(asyncio.Transport):
             self._buffer = bytearray(memoryview(data)[sent:])
             self._loop.add_writer(self._fd, self._write_ready)
         self._maybe_pause_protocol()
-
-    def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(list_of_data))
 
     def _write_ready(self) -> None:
         buffer, sock = self._buffer, self._sock
@@ -272,9 +251,7 @@ class SocketTransport(asyncio.Transport):
             sent = sock.send(buffer)
         except (BlockingIOError, InterruptedError):
             return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as error:
+        except OSError as error:
             self._fatal_error(error, "fatal error writing to the connection")
             return
         del buffer[:sent]
@@ -335,9 +312,7 @@ class SocketTransport(asyncio.Transport):
     def _call_protocol(self, method: str) -> None:
         try:
             getattr(self._protocol, method)()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as error:
+        except Exception as error:
             self._loop.call_exception_handler(
                 {
                     "message": f"protocol.{method}() failed",
@@ -352,7 +327,7 @@ class SocketTransport(asyncio.Transport):
     def abort(self) -> None:
         self._force_close(None)
 
-    def _fatal_error(self, error: BaseException, message: str) -> None:
+    def _fatal_error(self, error: Exception, message: str) -> None:
         # A peer that resets or vanishes is ordinary for a server: only bugs are reported.
         if not isinstance(error, OSError):
             self._loop.call_exception_handler(
@@ -363,7 +338,7 @@ class SocketTransport(asyncio.Transport):
                     "protocol": self._protocol,
                 }
             )
-        self._force_close(error if isinstance(error, Exception) else None)
+        self._force_close(error)
 
     def _force_close(self, error: Exception | None) -> None:
         """Drop what is buffered and end the connection (asyncio's TLS layer calls this)."""
@@ -446,7 +421,7 @@ class SocketListener(asyncio.AbstractServer):
 
     async def serve_forever(self) -> None:
         await self.start_serving()
-        await asyncio.Event().wait()
+        await asyncio.Event().wait()  # until cancelled, as asyncio's servers
 
     def _accept(self) -> None:
         listening = self._sock
@@ -480,9 +455,7 @@ class SocketListener(asyncio.AbstractServer):
                 flush_timeout=self._flush_timeout,
             )
             transport.start()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as error:
+        except Exception as error:
             self._loop.call_exception_handler(
                 {"message": "cannot start a connection", "exception": error, "socket": connection}
             )

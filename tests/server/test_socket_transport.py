@@ -302,6 +302,27 @@ async def test_the_listener_accepts_every_waiting_connection_in_batches() -> Non
         client.close()
 
 
+async def test_serve_forever_accepts_until_cancelled() -> None:
+    listening = socket.create_server(("127.0.0.1", 0))
+    made: list[Recorder] = []
+
+    def factory() -> Recorder:
+        made.append(Recorder())
+        return made[-1]
+
+    listener = SocketListener(asyncio.get_running_loop(), listening, factory)
+    serving = asyncio.ensure_future(listener.serve_forever())
+    client = socket.create_connection(listening.getsockname())
+    await _eventually(lambda: len(made) == 1)
+    serving.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await serving
+    listener.close()
+    assert made[0].transport is not None
+    made[0].transport.close()
+    client.close()
+
+
 class _OutOfDescriptorsOnce(socket.socket):
     """A listening socket whose first accept fails as when the process has no descriptor
     left (EMFILE), which a test cannot otherwise cause without starving itself."""

@@ -7,6 +7,7 @@ import asyncio
 import errno
 import socket
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -59,6 +60,17 @@ class PlainRecorder(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.received += data
+
+
+def _recorders() -> tuple[list[Recorder], Callable[[], Recorder]]:
+    """A protocol factory for a listener, and the list of what it made."""
+    made: list[Recorder] = []
+
+    def factory() -> Recorder:
+        made.append(Recorder())
+        return made[-1]
+
+    return made, factory
 
 
 async def _pair(
@@ -277,12 +289,7 @@ async def test_tls_can_be_started_on_it_both_ways() -> None:
 async def test_the_listener_accepts_every_waiting_connection_in_batches() -> None:
     loop = asyncio.get_running_loop()
     listening = socket.create_server(("127.0.0.1", 0), backlog=128)
-    made: list[Recorder] = []
-
-    def factory() -> Recorder:
-        made.append(Recorder())
-        return made[-1]
-
+    made, factory = _recorders()
     listener = SocketListener(loop, listening, factory, batch=4)
     port = listening.getsockname()[1]
     clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(30)]
@@ -304,12 +311,7 @@ async def test_the_listener_accepts_every_waiting_connection_in_batches() -> Non
 
 async def test_serve_forever_accepts_until_cancelled() -> None:
     listening = socket.create_server(("127.0.0.1", 0))
-    made: list[Recorder] = []
-
-    def factory() -> Recorder:
-        made.append(Recorder())
-        return made[-1]
-
+    made, factory = _recorders()
     listener = SocketListener(asyncio.get_running_loop(), listening, factory)
     serving = asyncio.ensure_future(listener.serve_forever())
     client = socket.create_connection(listening.getsockname())
@@ -344,12 +346,7 @@ async def test_the_listener_pauses_after_running_out_of_descriptors(
     listening = _OutOfDescriptorsOnce(socket.AF_INET, socket.SOCK_STREAM)
     listening.bind(("127.0.0.1", 0))
     listening.listen(8)
-    made: list[Recorder] = []
-
-    def factory() -> Recorder:
-        made.append(Recorder())
-        return made[-1]
-
+    made, factory = _recorders()
     listener = SocketListener(loop, listening, factory)
     client = socket.create_connection(("127.0.0.1", listening.getsockname()[1]))
     await listener.start_serving()

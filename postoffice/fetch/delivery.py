@@ -453,7 +453,8 @@ class _MaildirMessage:
     def commit(self) -> str:
         fd = self.write_out()
         os.fsync(fd)
-        new = os.open(os.path.join(self._maildir, "new"), os.O_RDONLY | os.O_DIRECTORY)
+        folder = os.path.join(self._maildir, "new")
+        new = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             name = self.publish(new)
             if self._nameless:

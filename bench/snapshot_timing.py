@@ -48,12 +48,9 @@ if mode == "keep":
     age("new")
     if sys.argv[3] == "other":
         maildir_index.forget_all()
-started = time.perf_counter()
-maildrop = MaildirMaildrop(path)
-maildrop.lock()
-messages = maildrop.snapshot()
-if mode == "same":
-    maildrop.unlock()
+for attempt in range(2 if mode == "same" else 1):  # "same" times the remembered one
+    if attempt:
+        maildrop.unlock()
     started = time.perf_counter()
     maildrop = MaildirMaildrop(path)
     maildrop.lock()

@@ -245,11 +245,9 @@ class MaildirMaildrop:
 
     def __del__(self) -> None:
         # A session dropped without unlock() must not keep the maildrop locked forever.
-        fd = getattr(self, "_lock_fd", None)
-        if fd is not None:
-            self._lock_fd = None
-            with contextlib.suppress(OSError):
-                os.close(fd)
+        # (AttributeError: __init__ did not get as far as the lock's field.)
+        with contextlib.suppress(OSError, AttributeError):
+            self.unlock()
 
     # snapshot --------------------------------------------------------------------------
 

@@ -24,29 +24,34 @@ from dataclasses import dataclass
 
 CRLF = b"\r\n"
 TERMINATOR = b".\r\n"
-# A line that starts with "." (after the first): most messages have none, so the stuffing
-# pass is usually skipped. See has_dot_line.
+# Where a line starts with "." (stuffing to add or to undo): see find_line_dot.
 _DOT_AFTER_LINE_END = re.compile(rb"\n\.")
 _DOT_HOPS = 64
 
 
-def has_dot_line(chunk: bytes) -> bool:
-    """Whether a line after the first starts with ".".
+def find_line_dot(data: bytes | bytearray, start: int = 0, end: int | None = None) -> int:
+    """``data.find(b"\\n.", start, end)``, faster on mail.
 
     Hops from dot to dot (``find`` of one byte is a ``memchr``): a typical message has a
-    few dozen dots, in its headers' names and addresses, and this takes a third of the
-    time of a search for the two bytes. Past ``_DOT_HOPS`` dots (prose), a regular
-    expression takes over from there, at about twice the speed of ``bytes.find``.
+    few dozen dots, in its headers' names and addresses, and no line that starts with
+    one, so this takes about a third of the time of a search for the two bytes. Past
+    ``_DOT_HOPS`` dots (prose), a regular expression takes over from there, at about twice
+    the speed of ``bytes.find``.
     """
-    find = chunk.find
-    at = find(b".", 1)
+    if end is None:
+        end = len(data)
+    find = data.find
+    at = find(b".", start + 1, end)
     for _ in range(_DOT_HOPS):
         if at < 0:
-            return False
-        if chunk[at - 1] == 0x0A:
-            return True
-        at = find(b".", at + 1)
-    return at >= 0 and _DOT_AFTER_LINE_END.search(chunk, at - 1) is not None
+            return -1
+        if data[at - 1] == 0x0A:
+            return at - 1
+        at = find(b".", at + 1, end)
+    if at < 0:
+        return -1
+    match = _DOT_AFTER_LINE_END.search(data, at - 1, end)
+    return -1 if match is None else match.start()
 
 
 class LineProblem(enum.Enum):
@@ -155,7 +160,7 @@ class MessageEncoder:
         self.octets += len(chunk)
         if self._at_line_start and chunk[:1] == b".":
             chunk = b"." + chunk
-        if has_dot_line(chunk):
+        if find_line_dot(chunk) >= 0:  # mostly not: no second pass over the chunk
             chunk = chunk.replace(b"\n.", b"\n..")
         self._at_line_start = chunk.endswith(b"\n")
         return chunk
@@ -238,8 +243,9 @@ class MultilineDecoder:
 
     Only a line end followed by a dot needs attention (RFC 1939 §3: a dot starting a line
     is stuffing, or the terminator when ``CRLF`` follows it), so one ``find`` of ``LF .``
-    per chunk does the work: a body without such a line is copied once, as it is. A dot
-    that may begin the terminator but arrived without the rest stays unconsumed.
+    per chunk (``find_line_dot``) does the work: a body without such a line is copied once,
+    as it is. A dot that may begin the terminator but arrived without the rest stays
+    unconsumed.
     """
 
     __slots__ = ("_at_line_start", "_pending", "done", "leftover", "octets")
@@ -286,7 +292,7 @@ class MultilineDecoder:
                 at_line_start = False
                 if position == end:
                     break
-            found = buffer.find(b"\n.", position, end)
+            found = find_line_dot(buffer, position, end)
             if found < 0:
                 spans.append((position, end))
                 at_line_start = buffer[end - 1] == 0x0A

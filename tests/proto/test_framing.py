@@ -12,7 +12,7 @@ from postoffice.proto.framing import (
     MultilineDecoder,
     TopFilter,
     encode_message,
-    has_dot_line,
+    find_line_dot,
 )
 
 # Messages rich in the octets that matter: dots, CR, LF.
@@ -55,20 +55,25 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 @given(
     st.lists(
         st.sampled_from([b".", b"a.", b"\n", b"x", b"..", b"\n.", b"b" * 20]), max_size=400
-    ).map(b"".join)
+    ).map(b"".join),
+    st.integers(0, 500),
+    st.integers(0, 500),
 )
-def test_dot_line_search_agrees_with_a_plain_search(data: bytes) -> None:
-    """Few dots (hops from dot to dot) or many (the regular expression takes over)."""
-    assert has_dot_line(data) == (b"\n." in data)
+def test_dot_line_search_agrees_with_a_plain_search(data: bytes, start: int, end: int) -> None:
+    """Few dots (hops from dot to dot) or many (the regular expression takes over), from
+    anywhere to anywhere, in bytes or a bytearray."""
+    assert find_line_dot(data) == data.find(b"\n.")
+    assert find_line_dot(data, start, end) == data.find(b"\n.", start, end)
+    assert find_line_dot(bytearray(data), start, end) == data.find(b"\n.", start, end)
 
 
 def test_a_dot_line_after_many_dots_is_found() -> None:
     prose = b"Dr. No. " * 100  # 200 dots, none at a line start
-    assert not has_dot_line(prose + b"\nend")
-    assert has_dot_line(prose + b"\n.end")
-    assert not has_dot_line(b".first line only")
+    assert find_line_dot(prose + b"\nend") == -1
+    assert find_line_dot(prose + b"\n.end") == len(prose)
+    assert find_line_dot(b".first line only") == -1
     for dots in range(60, 70):  # the first dot the regular expression has to judge
-        assert has_dot_line(b"a." * dots + b"\n.x")
+        assert find_line_dot(b"a." * dots + b"\n.x") == 2 * dots
 
 
 @given(message_bytes)

@@ -52,6 +52,7 @@ from typing import Protocol
 
 from postoffice.durable import fsync_directory
 from postoffice.errors import PostofficeError
+from postoffice.storage.maildir_names import ensure_maildir
 
 __all__ = ["Destination", "MaildirDestination", "MessageSink", "commit_each", "message_key"]
 
@@ -133,12 +134,7 @@ class MaildirDestination:
         """Files in ``tmp/`` are made without a name (``O_TMPFILE``); set by ``prepare``."""
 
     def prepare(self) -> None:
-        # As storage.maildir.ensure_maildir, whose module (the server's Maildir reader)
-        # costs some 15 ms of start-up.
-        os.makedirs(self.path, mode=0o700, exist_ok=True)
-        for sub in ("cur", "new", "tmp"):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(self.path / sub, mode=0o700)
+        ensure_maildir(self.path)
         tmp = self.path / "tmp"
         for name in os.listdir(tmp):
             if name.endswith(f".{self.account}{_SUFFIX}"):

@@ -76,7 +76,14 @@ from postoffice.storage.maildir_index import (
     write_index,
 )
 from postoffice.storage.maildir_listing import READ_FLAGS, list_maildir
-from postoffice.storage.maildir_names import CUR, NEW, TMP, base_name, seen_name, valid_key
+from postoffice.storage.maildir_names import (
+    CUR,
+    NEW,
+    base_name,
+    ensure_maildir,
+    seen_name,
+    valid_key,
+)
 from postoffice.storage.uidl import UidlScheme, parse_uidl_format
 
 __all__ = ["INDEX_NAME", "LOCK_NAME", "MaildirMaildrop", "ensure_maildir"]
@@ -130,14 +137,6 @@ def _starts_with(index: Index, prefix: Index) -> bool:
     n = len(old_keys)
     # Equal lists share their strings (the listing copies them): compared by identity.
     return len(keys) >= n and keys[:n] == old_keys and uids[:n] == old_uids and wire[:n] == old_wire
-
-
-def ensure_maildir(path: Path) -> None:
-    """Create ``path`` with ``cur/ new/ tmp/`` (mode 0700) where missing."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    for sub in (CUR, NEW, TMP):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(path / sub, mode=0o700)
 
 
 class _Relocator:

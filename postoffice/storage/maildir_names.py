@@ -2,7 +2,8 @@
 
 A file name is ``UNIQUE[,KEY=value...][:2,FLAGS]``. The part before ``:`` (the *base
 name*) never changes: other programs only move ``new/X`` to ``cur/X:2,`` and change the
-flags. Pure functions on strings; no file is touched here.
+flags. Pure functions on strings, except ``ensure_maildir``, which makes the folders (kept
+here, in a module that imports almost nothing, for the fetcher's start-up too).
 
 *Natural UIDL* (``uidl_format = "postoffice"``): the base name without ``,KEY=value``
 tags, so it survives moves and flag changes. A name outside RFC 1939 §7 (1-70 characters
@@ -12,8 +13,11 @@ in 0x21-0x7E) gets ``"D"`` + 40 base32 characters of its SHA-256 (``digest_uid``
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
+import os
 import re
+from pathlib import Path
 
 __all__ = [
     "CUR",
@@ -32,6 +36,16 @@ __all__ = [
 ]
 
 NEW, CUR, TMP = "new", "cur", "tmp"
+
+
+def ensure_maildir(path: Path) -> None:
+    """Create ``path`` with ``cur/ new/ tmp/`` (mode 0700) where missing."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    for sub in (CUR, NEW, TMP):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path / sub, mode=0o700)
+
+
 _UID_RE = re.compile(r"[\x21-\x7e]{1,70}")
 _FAST_NAME_RE = re.compile(
     r"((\d{1,18})\.(?:M(\d{1,6})(?!\d))?[\x21-\x2b\x2d-\x39\x3b-\x7e]*)"  # unique: a valid UIDL

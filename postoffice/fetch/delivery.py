@@ -53,6 +53,7 @@ from typing import Protocol
 from postoffice.durable import fsync_directory
 from postoffice.errors import PostofficeError
 from postoffice.storage.maildir_names import ensure_maildir
+from postoffice.storage.wire import WireSizeCounter
 
 __all__ = ["Destination", "MaildirDestination", "MessageSink", "commit_each", "message_key"]
 
@@ -326,17 +327,15 @@ class _MaildirMessage:
     event loop would wait behind the journal commits that other threads' fsyncs cause."""
 
     __slots__ = (
-        "_bare_lf",
         "_chunks",
         "_done",
         "_fd",
         "_held_cr",
         "_key",
-        "_last",
         "_maildir",
         "_name",
         "_nameless",
-        "_octets",
+        "_size",
         "_tmp",
     )
 
@@ -351,9 +350,7 @@ class _MaildirMessage:
         # For the ,S= and ,W= tags: the stored size, and the size RETR sends (RFC 1939 §11,
         # as storage.wire counts it): every bare LF goes out as CRLF, a CRLF is added at the end
         # unless the message ends with LF.
-        self._octets = 0
-        self._bare_lf = 0
-        self._last = -1  # the last octet stored
+        self._size = WireSizeCounter()  # of what is stored: the name's S= and W=
         self._held_cr = False
         self._done = False
 
@@ -376,41 +373,28 @@ class _MaildirMessage:
         if len(lines) > 1:
             data = b"\n".join(lines)
             between = b"".join(lines)
-            if self._last != 0x0D and b"\r" not in between and b"\n" not in between:
+            if self._size.last != 0x0D and b"\r" not in between and b"\n" not in between:
                 # Every line end was CRLF: no CR is stored and each LF stored is bare, so
                 # nothing is left to count (split, join and check: about 0.18 s per 100 MB;
                 # a lone-CR search, deleting the CRs and counting the LFs: 0.20 s).
-                self._octets += len(data)
-                self._bare_lf += len(lines) - 1
-                self._last = data[-1]
+                self._size.counted(len(data), len(lines) - 1, data[-1])
             else:
-                self._count(data)
+                self._size.update(data)
         else:
-            self._count(data)
+            self._size.update(data)
         if self._fd is not None:
             _write_all(self._fd, data)
             return
         self._chunks.append(data)
-        if self._octets > SPILL_OCTETS:
+        if self._size.octets > SPILL_OCTETS:
             self._fd = self._open()
             _write_all(self._fd, b"".join(self._chunks))
             self._chunks = []
 
-    def _count(self, data: bytes) -> None:
-        """Count one converted chunk (a CR ending the chunk before may pair with its LF)."""
-        if not data:
-            return
-        lf = data.count(b"\n")
-        if lf and (self._last == 0x0D or b"\r" in data):
-            lf -= data.count(b"\r\n") + (self._last == 0x0D and data[0] == 0x0A)
-        self._octets += len(data)
-        self._bare_lf += lf
-        self._last = data[-1]
-
     def write_out(self) -> int:
         """Step 1 of ``commit``: everything into ``tmp/``, not yet fsynced; the descriptor."""
         if self._held_cr:
-            self._count(b"\r")
+            self._size.update(b"\r")
             self._chunks.append(b"\r")
             self._held_cr = False
         if self._fd is None:
@@ -423,8 +407,7 @@ class _MaildirMessage:
         """Step 3 of ``commit``, once the file is fsynced: its name in ``new/`` (the folder
         ``new``), by a link of the nameless file or a rename. ``finish`` follows."""
         assert self._fd is not None
-        wire = self._octets + self._bare_lf + (0 if self._last == 0x0A else 2)
-        name = f"{self._key},S={self._octets},W={wire}"
+        name = f"{self._key},S={self._size.octets},W={self._size.size}"
         if self._nameless:
             os.link(f"{_PROC_FD}{self._fd}", name, dst_dir_fd=new)
         else:

@@ -44,12 +44,22 @@ class WireSizeCounter:
         """Count one more chunk of the message."""
         if not chunk:
             return
-        crlf = chunk.count(b"\r\n")
-        if self._last == _CR and chunk[0] == _LF:
-            crlf += 1
-        self._bare_lf += chunk.count(b"\n") - crlf
-        self.octets += len(chunk)
-        self._last = chunk[-1]
+        lf = chunk.count(b"\n")
+        if lf and (self._last == _CR or b"\r" in chunk):  # without a CR every LF is bare
+            lf -= chunk.count(b"\r\n") + (self._last == _CR and chunk[0] == _LF)
+        self.counted(len(chunk), lf, chunk[-1])
+
+    def counted(self, octets: int, bare_lf: int, last: int) -> None:
+        """Count a chunk the caller has measured itself: its length, its LFs not preceded by
+        a CR (counting a CR that ended the chunk before), its last octet."""
+        self.octets += octets
+        self._bare_lf += bare_lf
+        self._last = last
+
+    @property
+    def last(self) -> int:
+        """The last octet counted (-1 before any)."""
+        return self._last
 
     @property
     def size(self) -> int:

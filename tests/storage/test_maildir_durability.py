@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from postoffice.errors import StorageError
-from postoffice.storage import maildir, maildir_index
+from postoffice.storage import maildir, maildir_index, maildir_listing
 from postoffice.storage.maildir import INDEX_NAME, MaildirMaildrop, ensure_maildir
 
 
@@ -181,13 +181,13 @@ def test_delivery_into_new_does_not_read_an_unchanged_cur(
     MaildirMaildrop(md).snapshot()
     put(md, "new/3.c")
     listed: list[str] = []
-    real_scandir = os.scandir
+    real_names = maildir_listing._names
 
-    def scandir(path: Path) -> object:
-        listed.append(Path(path).name)
-        return real_scandir(path)
+    def names(directory: Path) -> list[str]:
+        listed.append(directory.name)
+        return real_names(directory)
 
-    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(maildir_listing, "_names", names)
     maildir_index.forget_all()
     keys = [m.key for m in MaildirMaildrop(md).snapshot()]
     assert keys == ["cur/1.a:2,S", *in_new, "new/3.c"]

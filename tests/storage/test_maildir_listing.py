@@ -164,3 +164,46 @@ def test_usual_names_in_both_directories_list_like_the_reference(
 ) -> None:
     """Dovecot-shaped names, many within one second, in new/ and cur/: oldest first."""
     assert_lists_like_the_reference(*directories)
+
+
+def test_usual_names_beside_dot_files_and_other_entries(tmp_path: Path) -> None:
+    """Names that sort before and after dot files, and usual-shaped names of a
+    directory, a symlink and a dot file, leave only the regular files listed."""
+    md = tmp_path / "Maildir"
+    ensure_maildir(md)
+    served = {
+        "cur/1700000001.M1P1.h,S=5,W=6:2,S",
+        "cur/-1.M1P1.h,S=5,W=6:2,S",  # "-" sorts before "."
+        "cur/+1.M1P1.h,S=5,W=6",  # "+" as well
+        "new/1700000002.M1P1.h,S=5,W=6",
+        "new/0.M1P1.h,S=5,W=6",  # "0" sorts after "/"
+    }
+    for key in served:
+        (md / key).write_bytes(b"abcd\n")
+    for key in ("cur/.1700000000.M1P1.h,S=5,W=6:2,S", "new/.x", "cur/..a"):
+        (md / key).write_bytes(b"abcd\n")
+    (md / "cur" / "1700000003.M1P1.h,S=5,W=6:2,S").mkdir()
+    (md / "new" / "1700000004.M1P1.h,S=5,W=6").symlink_to(md / "new" / "0.M1P1.h,S=5,W=6")
+    messages = MaildirMaildrop(md).snapshot()
+    assert {m.key for m in messages} == served
+    assert [m.key for m in messages] == [
+        "cur/+1.M1P1.h,S=5,W=6",
+        "cur/-1.M1P1.h,S=5,W=6:2,S",
+        "new/0.M1P1.h,S=5,W=6",
+        "cur/1700000001.M1P1.h,S=5,W=6:2,S",
+        "new/1700000002.M1P1.h,S=5,W=6",
+    ]
+
+
+def test_a_name_with_a_line_feed_is_one_message(tmp_path: Path) -> None:
+    """A name with a line feed between two usual-looking parts is listed once, with the
+    tags, UIDL and order parse_name gives it, among usual names."""
+    md = tmp_path / "Maildir"
+    ensure_maildir(md)
+    odd = "1700000001.M1P1.h,S=5,W=6\n1700000009.M2P1.h,S=5,W=6:2,S"
+    for name in (odd, "1700000000.M1P1.h,S=5,W=6:2,S", "1700000002.M1P1.h,S=5,W=6:2,S"):
+        (md / "cur" / name).write_bytes(b"abcd\n")
+    messages = MaildirMaildrop(md).snapshot()
+    assert [(m.key, m.uid, m.size) for m in messages] == reference(md)
+    assert [m.key for m in messages][1] == f"cur/{odd}"
+    assert len(messages) == 3

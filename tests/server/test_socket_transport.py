@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import pytest
 import trustme
 
 from postoffice.server import socket_transport
-from postoffice.server.socket_transport import SocketListener, SocketTransport
+from postoffice.server.socket_transport import ConnectionPoller, SocketListener, SocketTransport
 
 
 class Recorder(asyncio.BufferedProtocol):
@@ -79,8 +80,9 @@ async def _pair(
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     theirs.setblocking(False)
+    loop = asyncio.get_running_loop()
     transport = SocketTransport(
-        asyncio.get_running_loop(), ours, protocol, "peer", flush_timeout=flush_timeout
+        loop, ours, protocol, "peer", ConnectionPoller(loop), flush_timeout=flush_timeout
     )
     transport.start()
     return transport, theirs
@@ -358,3 +360,74 @@ async def test_the_listener_pauses_after_running_out_of_descriptors(
     assert made[0].transport is not None
     made[0].transport.close()
     client.close()
+
+
+async def test_the_poller_serves_many_sockets_and_keeps_no_descriptor_when_idle() -> None:
+    loop = asyncio.get_running_loop()
+    poller = ConnectionPoller(loop)
+    pairs = []
+    for number in range(40):
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        recorder = Recorder()
+        SocketTransport(loop, ours, recorder, f"peer{number}", poller).start()
+        pairs.append((recorder, theirs))
+    assert len(poller) == 40
+    for number, (_, theirs) in enumerate(pairs):
+        theirs.sendall(b"line %d\r\n" % number)
+    await _eventually(
+        lambda: all(r.received == b"line %d\r\n" % n for n, (r, _) in enumerate(pairs))
+    )
+    # A socket that is paused is out of the set; resumed, it is read again.
+    first = pairs[0][0].transport
+    assert first is not None
+    first.pause_reading()
+    assert len(poller) == 39
+    pairs[0][1].sendall(b"more\r\n")
+    await asyncio.sleep(0.05)
+    assert pairs[0][0].received == b"line 0\r\n"
+    first.resume_reading()
+    await _eventually(lambda: pairs[0][0].received == b"line 0\r\nmore\r\n")
+    descriptor = poller._epoll.fileno() if poller._epoll is not None else -1
+    assert descriptor >= 0
+    for recorder, theirs in pairs:
+        assert recorder.transport is not None
+        recorder.transport.close()
+        await asyncio.wait_for(recorder.lost, 5)
+        theirs.close()
+    assert len(poller) == 0 and poller._epoll is None
+    with pytest.raises(OSError):
+        os.fstat(descriptor)  # the epoll set was closed with its last socket
+
+
+class _BrokenTransport(SocketTransport):
+    """A transport whose read handler fails as a bug would, past its own error handling."""
+
+    def _read_ready(self) -> None:
+        raise RuntimeError("a bug")
+
+
+async def test_a_failing_connection_does_not_stop_the_others_of_its_wake_up() -> None:
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    poller = ConnectionPoller(loop)
+    broken_ours, broken_theirs = socket.socketpair()
+    broken_ours.setblocking(False)
+    broken = Recorder()
+    _BrokenTransport(loop, broken_ours, broken, "broken", poller).start()
+    healthy_ours, healthy_theirs = socket.socketpair()
+    healthy_ours.setblocking(False)
+    healthy = Recorder()
+    SocketTransport(loop, healthy_ours, healthy, "healthy", poller).start()
+    broken_theirs.sendall(b"x")
+    healthy_theirs.sendall(b"y")
+    await _eventually(lambda: healthy.received == b"y")
+    assert isinstance(await asyncio.wait_for(broken.lost, 5), RuntimeError)
+    assert [str(context["exception"]) for context in reported] == ["a bug"]
+    assert len(poller) == 1
+    assert healthy.transport is not None
+    healthy.transport.close()
+    await asyncio.wait_for(healthy.lost, 5)
+    broken_theirs.close()
+    healthy_theirs.close()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import bisect
 import errno
 import itertools
+import json
 import operator
 import os
 import re
@@ -78,15 +79,15 @@ _KEY_LINE = re.compile(
 )
 
 # The usual shape alone (microseconds and both tags present), for ``split``: per line the
-# whole key, then the groups of the first alternative of _KEY_LINE (other than the last);
-# between two lines "\n" (a cached one-character string). A flat list of strings, not a
-# tuple per line, and the key made by the same pass (module docstring).
+# whole key, then the groups of the first alternative of _KEY_LINE but the last, S and W
+# in one ("S,W=W"); between two lines "\n" (a cached one-character string). A flat list of
+# strings, not a tuple per line, and the key made by the same pass (module docstring).
 _USUAL_KEY_LINE = re.compile(
     r"^((?:new|cur)/((\d{1,18}+)\.M(\d{1,6}+)(?!\d)[^,:\n]*+)"
-    r",S=(\d{1,18}+),W=(\d{1,18}+)(?::[^\n]*+)?)$",
+    r",S=(\d{1,18}+,W=\d{1,18}+)(?::[^\n]*+)?)$",
     re.MULTILINE | re.ASCII,
 )
-_USUAL_GROUPS = 6
+_USUAL_GROUPS = 5
 
 _UIDL_OCTETS = bytes(range(0x21, 0x7F))  # RFC 1939 §7
 
@@ -128,12 +129,6 @@ def _names(directory: Path) -> list[str]:
     # Names starting with a dot are one run of the sorted list: [".", "/").
     del names[bisect.bisect_left(names, ".") : bisect.bisect_left(names, "/")]
     return names
-
-
-def _lines(sub: str, names: list[str]) -> str:
-    """``sub/NAME`` for each of ``names``, one a line (no final line feed)."""
-    prefix = sub + "/"
-    return prefix + ("\n" + prefix).join(names) if names else ""
 
 
 def _sane(s: int, w: int) -> bool:
@@ -179,7 +174,14 @@ def _read_keys(path: Path, unchanged: tuple[bool, bool]) -> _Keys:
     cur = [] if unchanged[1] else _names(path / CUR)
     count = len(new) + len(cur)
     # cur/ keys sort before new/ ones, so these lines are in name order.
-    text = "\n".join([lines for lines in (_lines(CUR, cur), _lines(NEW, new)) if lines])
+    texts = []
+    for sub, names in ((CUR, cur), (NEW, new)):
+        if names:
+            # The first name with its prefix: the join then makes the lines in one piece.
+            first, names[0] = names[0], f"{sub}/{names[0]}"
+            texts.append(f"\n{sub}/".join(names))
+            names[0] = first
+    text = texts[0] if len(texts) == 1 else "\n".join(texts)  # "" for none
     if text.count("\n") == max(count - 1, 0):
         return _Keys(text, count)
     # A name with a line feed: the lines are not the keys.
@@ -187,8 +189,8 @@ def _read_keys(path: Path, unchanged: tuple[bool, bool]) -> _Keys:
 
 
 def _split_usual(keys: _Keys) -> list[list[str]] | None:
-    """Key, unique part, seconds, microseconds, S and W of every key, if every key has the
-    usual shape (``_USUAL_KEY_LINE``); else None."""
+    """Key, unique part, seconds, microseconds and "S,W=W" of every key, if every key has
+    the usual shape (``_USUAL_KEY_LINE``); else None."""
     n, step = keys.count, _USUAL_GROUPS + 1
     parts = _USUAL_KEY_LINE.split(keys.text)
     # The text is exactly n matched lines if the parts are "", n times (groups, "\n")
@@ -203,6 +205,24 @@ def _split_usual(keys: _Keys) -> list[list[str]] | None:
     return [parts[i::step] for i in range(1, step)]
 
 
+def _sizes(tags: list[str]) -> list[int]:
+    """A tag's digits as a number, 0 for no tag."""
+    return list(map(int, tags)) if all(tags) else [int(x) if x else 0 for x in tags]
+
+
+def _tag_values(tags: list[str]) -> list[int]:
+    """S and W of each "S,W=W" (digits only), flat: S, W, S, W...
+
+    Read by the JSON decoder: one C call for all the numbers, not one ``int`` per number.
+    """
+    numbers = ",".join(tags).replace(",W=", ",")
+    try:
+        values: list[int] = json.loads(f"[{numbers}]")
+    except ValueError:  # a number with a leading zero, which JSON does not allow
+        values = list(map(int, numbers.split(",")))
+    return values
+
+
 class _Parsed:
     """New keys of one listing, in name order, parsed column-wise (module docstring)."""
 
@@ -214,7 +234,11 @@ class _Parsed:
         usual = _split_usual(listed) if n else None
         others: list[str] = []
         if usual is not None:
-            self.keys, uids, self._seconds, self._micros, s_tags, w_tags = usual
+            self.keys, uids, self._seconds, self._micros, pairs = usual
+            values = _tag_values(pairs)
+            del pairs
+            self.s, self.w = values[0::2], values[1::2]
+            del values
         else:
             keys = self.keys = listed.list()
             # Each match is one whole line, so as many matches as keys means every key
@@ -227,10 +251,10 @@ class _Parsed:
             if not columns:
                 columns = [[] for _ in range(6)]
             uids, self._seconds, self._micros, s_tags, w_tags, others = columns
+            self.s = _sizes(s_tags)
+            self.w = _sizes(w_tags)
+            del s_tags, w_tags
         self._times: list[int] | None = None
-        self.s = list(map(int, s_tags)) if all(s_tags) else [int(x) if x else 0 for x in s_tags]
-        self.w = list(map(int, w_tags)) if all(w_tags) else [int(x) if x else 0 for x in w_tags]
-        del s_tags, w_tags
         self.uids = _fix_uids(uids)
         # Names not of the usual shape: the same values, one name at a time.
         self._odd: dict[int, int] = {}  # position -> time

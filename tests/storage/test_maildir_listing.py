@@ -207,3 +207,30 @@ def test_a_name_with_a_line_feed_is_one_message(tmp_path: Path) -> None:
     assert [(m.key, m.uid, m.size) for m in messages] == reference(md)
     assert [m.key for m in messages][1] == f"cur/{odd}"
     assert len(messages) == 3
+
+
+@pytest.mark.parametrize(
+    "tags",
+    [
+        [",S=5,W=6", ",S=05,W=6", ",S=5,W=0006"],  # leading zeros (not JSON numbers)
+        [",S=0,W=0", ",S=5,W=6", ",S=123456789012345678,W=123456789012345678"],
+        [",S=7,W=6", ",S=5,W=11", ",S=6,W=6"],  # tags that are not believed
+    ],
+)
+def test_usual_names_with_any_tag_digits(tmp_path: Path, tags: list[str]) -> None:
+    """S and W of usual names read all at once give the values int() gives."""
+    md = tmp_path / "Maildir"
+    ensure_maildir(md)
+    for i, tag in enumerate(tags):
+        (md / "cur" / f"170000000{i}.M{i}P1.h{tag}:2,S").write_bytes(b"abcd\n")
+    (md / "new" / "1700000009.M1P1.h,S=5,W=6").write_bytes(b"abcd\n")
+    messages = MaildirMaildrop(md).snapshot()
+    assert [(m.key, m.uid, m.size) for m in messages] == reference(md)
+    index = maildir_index.load_index(md / maildir_index.INDEX_NAME)
+    assert index is not None
+    keys, disk, wire, _ = index[0].columns()
+    by_key = dict(zip(keys, zip(disk, wire, strict=True), strict=True))
+    for i, tag in enumerate(tags):
+        s, _, w = tag[3:].partition(",W=")
+        if 0 < int(s) <= int(w) <= 2 * int(s):
+            assert by_key[f"cur/170000000{i}.M{i}P1.h{tag}:2,S"] == (int(s), int(w))

@@ -113,6 +113,28 @@ class SessionCounters:
 class ServerConnection(Generic[MessageT]):
     """One POP3 session, server side. Owns no socket, file or clock."""
 
+    # No per-session attribute dictionary: thousands of idle sessions each hold one.
+    __slots__ = (
+        "_awaiting_sasl_response",
+        "_close_reason",
+        "_count",
+        "_deleted",
+        "_lines",
+        "_messages",
+        "_octets",
+        "_out",
+        "_pending_request",
+        "_retrieved",
+        "_sasl",
+        "_user_given",
+        "counters",
+        "discarded_octets",
+        "pending",
+        "settings",
+        "state",
+        "username",
+    )
+
     def __init__(self, settings: ServerSettings | None = None) -> None:
         self.settings = settings or ServerSettings()
         self.state = State.AUTHORIZATION

@@ -30,6 +30,7 @@ done, so nothing sent in the clear can be read as a command inside TLS.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import io
 import logging
 import os
@@ -69,6 +70,9 @@ log = logging.getLogger(__name__)
 MAX_UNPARSED = 65536
 READ_CHUNK = 256 * 1024
 INLINE_READ_OCTETS = 128 * 1024
+# The sessions' deadline timers run in one context rather than a copy each (they read no
+# context variable): 64 octets per session.
+_TIMER_CONTEXT = contextvars.Context()
 
 
 class SessionLog(logging.LoggerAdapter[logging.Logger]):
@@ -426,7 +430,7 @@ class Pop3Session(asyncio.BufferedProtocol):
                 return  # it fires first and re-arms itself for the later deadline
             self._timer.cancel()
         self._timer_when = deadline
-        self._timer = self._loop.call_at(deadline, self._on_timer)
+        self._timer = self._loop.call_at(deadline, self._on_timer, context=_TIMER_CONTEXT)
 
     def _on_timer(self) -> None:
         self._timer = None

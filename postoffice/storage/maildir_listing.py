@@ -78,12 +78,13 @@ _KEY_LINE = re.compile(
     re.MULTILINE | re.ASCII,
 )
 
-# The usual shape alone (microseconds and both tags present), for ``split``: per line the
-# whole key, then the groups of the first alternative of _KEY_LINE but the last, S and W
-# in one ("S,W=W"); between two lines "\n" (a cached one-character string). A flat list of
-# strings, not a tuple per line, and the key made by the same pass (module docstring).
+# The usual shape alone (microseconds and both tags present, a unique part of characters a
+# UIDL may hold), for ``split``: per line the whole key, then the groups of the first
+# alternative of _KEY_LINE but the last, S and W in one ("S,W=W"); between two lines "\n"
+# (a cached one-character string). A flat list of strings, not a tuple per line, and the
+# key made by the same pass (module docstring).
 _USUAL_KEY_LINE = re.compile(
-    r"^((?:new|cur)/((\d{1,18}+)\.M(\d{1,6}+)(?!\d)[^,:\n]*+)"
+    r"^((?:new|cur)/((\d{1,18}+)\.M(\d{1,6}+)(?!\d)[\x21-\x2b\x2d-\x39\x3b-\x7e]*+)"
     r",S=(\d{1,18}+,W=\d{1,18}+)(?::[^\n]*+)?)$",
     re.MULTILINE | re.ASCII,
 )
@@ -135,8 +136,13 @@ def _sane(s: int, w: int) -> bool:
     return 0 < s <= w <= 2 * s
 
 
-def _fix_uids(uids: list[str]) -> list[str]:
-    """Unique parts that are no valid UIDL (RFC 1939 §7) replaced by their digest."""
+def _fix_uids(uids: list[str], *, printable: bool = False) -> list[str]:
+    """Unique parts that are no valid UIDL (RFC 1939 §7) replaced by their digest.
+
+    ``printable``: every character is known to be one a UIDL may hold (0x21-0x7E).
+    """
+    if printable and (not uids or max(map(len, uids)) <= 70):
+        return uids
     try:
         outside = "".join(uids).encode("ascii").translate(None, _UIDL_OCTETS)
     except UnicodeEncodeError:
@@ -226,7 +232,18 @@ def _tag_values(tags: list[str]) -> list[int]:
 class _Parsed:
     """New keys of one listing, in name order, parsed column-wise (module docstring)."""
 
-    __slots__ = ("_micros", "_odd", "_seconds", "_times", "keys", "measured", "s", "uids", "w")
+    __slots__ = (
+        "_micros",
+        "_odd",
+        "_seconds",
+        "_times",
+        "_uid_prefixes",
+        "keys",
+        "measured",
+        "s",
+        "uids",
+        "w",
+    )
 
     def __init__(self, listed: _Keys) -> None:
         self.measured = 0  # names whose size was counted by reading the file
@@ -255,7 +272,9 @@ class _Parsed:
             self.w = _sizes(w_tags)
             del s_tags, w_tags
         self._times: list[int] | None = None
-        self.uids = _fix_uids(uids)
+        self.uids = _fix_uids(uids, printable=usual is not None)
+        # Each UIDL is its key's unique part, the text up to the first comma (distinct_uids).
+        self._uid_prefixes = usual is not None and self.uids is uids
         # Names not of the usual shape: the same values, one name at a time.
         self._odd: dict[int, int] = {}  # position -> time
         for i in [i for i, other in enumerate(others) if other] if any(others) else []:
@@ -293,13 +312,29 @@ class _Parsed:
             return False
         boundary = bisect.bisect_left(keys, f"{NEW}/") - 1  # the last cur/ key
         same = map(operator.eq, seconds, itertools.islice(seconds, 1, None))
-        for i in [i for i, equal in enumerate(same) if equal]:
+        for i in itertools.compress(itertools.count(), same):
             if not (micros[i] and micros[i + 1] and int(micros[i]) < int(micros[i + 1])):
                 return False
         if 0 <= boundary < len(keys) - 1:
             at = (int(seconds[boundary]), int(micros[boundary] or -1))
             after = (int(seconds[boundary + 1]), int(micros[boundary + 1] or -1))
             return at < after
+        return True
+
+    def distinct_uids(self) -> bool:
+        """Whether no two keys have one UIDL (a base name listed twice has one)."""
+        uids = self.uids
+        if not self._uid_prefixes:
+            return len(set(uids)) == len(uids)
+        # In name order, the keys of one directory with one UIDL are neighbours: they all
+        # start with "sub/UIDL,", and so does any key sorted between two of them.
+        if any(map(operator.eq, uids, itertools.islice(uids, 1, None))):
+            return False
+        boundary = bisect.bisect_left(self.keys, f"{NEW}/")  # the first new/ key
+        if 0 < boundary < len(uids):
+            return set(itertools.islice(uids, boundary, None)).isdisjoint(
+                itertools.islice(uids, boundary)
+            )
         return True
 
     def bases(self) -> list[str]:
@@ -491,7 +526,7 @@ def _merge(
     parsed = _Parsed(added)
     parsed.measure(path)
     # Equal base names have equal natural UIDLs, so distinct UIDLs need no base names.
-    maybe_twice = len(set(parsed.uids)) != len(parsed.uids)
+    maybe_twice = not parsed.distinct_uids()
     if not kept and legacy is None and not maybe_twice:
         return (*_new_maildrop(parsed), parsed.measured)
     if legacy is not None:

@@ -234,3 +234,27 @@ def test_usual_names_with_any_tag_digits(tmp_path: Path, tags: list[str]) -> Non
         s, _, w = tag[3:].partition(",W=")
         if 0 < int(s) <= int(w) <= 2 * int(s):
             assert by_key[f"cur/170000000{i}.M{i}P1.h{tag}:2,S"] == (int(s), int(w))
+
+
+@pytest.mark.parametrize(
+    ("cur", "new"),
+    [
+        # One UIDL twice in cur/: one base name twice, then two base names.
+        (["1.M1P1.h,S=5,W=6:2,S", "1.M1P1.h,S=5,W=6:2,RS", "2.M1P1.h,S=5,W=6:2,S"], []),
+        (["1.M1P1.h,S=5,W=6:2,S", "1.M1P1.h,S=5,W=7:2,S", "1.M1P1.hx,S=5,W=6:2,S"], []),
+        # One UIDL in both directories, far apart in name order.
+        (["1.M1P1.h,S=5,W=6:2,S", "2.M1P1.h,S=5,W=6:2,S"], ["0.M1P1.h,S=5,W=6"]),
+        (["1.M1P1.h,S=5,W=6:2,S", "2.M1P1.h,S=5,W=6:2,S"], ["1.M1P1.h,S=5,W=9"]),
+    ],
+)
+def test_one_uidl_twice_among_usual_names(tmp_path: Path, cur: list[str], new: list[str]) -> None:
+    """Usual names sharing a UIDL, in one directory or across both, are resolved as the
+    reference resolves them (one entry per base name, a digest for a later base name)."""
+    md = tmp_path / "Maildir"
+    ensure_maildir(md)
+    for sub, listed in (("cur", cur), ("new", new)):
+        for name in listed:
+            (md / sub / name).write_bytes(b"abcd\n")
+    messages = MaildirMaildrop(md).snapshot()
+    assert [(m.key, m.uid, m.size) for m in messages] == reference(md)
+    assert len({m.uid for m in messages}) == len(messages)

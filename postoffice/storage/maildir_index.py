@@ -29,11 +29,13 @@ import array
 import codecs
 import contextlib
 import hashlib
+import itertools
 import logging
 import os
 import secrets
 import sys
 import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from postoffice.storage.base import StoredMessage
@@ -186,11 +188,33 @@ def _sizes(raw: memoryview) -> list[int]:
     return sizes.tolist()
 
 
-def _size_bytes(values: list[int]) -> bytes:
+def _size_array(values: list[int]) -> array.array[int]:
     sizes = array.array(_SIZE_CODE, values)  # OverflowError for a negative size
     if _SWAP:
         sizes.byteswap()
-    return sizes.tobytes()
+    return sizes
+
+
+# Lines encoded and written this many at a time (a few tens of KB): the text of 100,000
+# entries is never held whole, as a string and again as bytes (about 20 MB of fresh
+# memory, whose pages cost more to fault in than the encoding itself).
+_LINES_AT_ONCE = 2048
+
+
+class _LineFeedError(ValueError):
+    """A key holds a line feed: it cannot be stored as a line."""
+
+
+def _line_pieces(lines: list[str]) -> Iterator[bytes]:
+    """``lines``, each followed by a line feed, encoded a few thousand at a time."""
+    for start in range(0, len(lines), _LINES_AT_ONCE):
+        piece = lines[start : start + _LINES_AT_ONCE]
+        count = len(piece)
+        piece.append("")  # the last line's line feed
+        text = "\n".join(piece)
+        if text.count("\n") != count:
+            raise _LineFeedError
+        yield text.encode("utf-8", "surrogateescape")
 
 
 def load_index(path: Path | str, scheme: str = DEFAULT_SCHEME) -> tuple[Index, FileId] | None:
@@ -244,40 +268,22 @@ def write_index(maildir: Path, index: Index, scheme: str = DEFAULT_SCHEME) -> Fi
     Only a pinned index is fsynced (see the module docstring).
     """
     keys, disk, wire, uids = index.columns()
-    dirs = index.dirs
-    text = "\n".join([*uids, *keys, ""])
-    if text.count("\n") != 2 * len(keys):
-        # A name with a line feed cannot be stored; without it the listing is incomplete.
-        keep = [i for i, key in enumerate(keys) if "\n" not in key]
-        keys = [keys[i] for i in keep]
-        disk = [disk[i] for i in keep]
-        wire = [wire[i] for i in keep]
-        uids = [uids[i] for i in keep]
-        dirs = None
-        text = "\n".join([*uids, *keys, ""])
-    head = "- - - -" if dirs is None else f"{dirs[0][0]} {dirs[0][1]} {dirs[1][0]} {dirs[1][1]}"
     tmp = maildir / f".{INDEX_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
     try:
-        body = [
-            f"{head} {index.listed_ns} {len(keys)} {int(index.pinned)}\n".encode("ascii"),
-            _size_bytes(disk),
-            _size_bytes(wire),
-            text.encode("utf-8", "surrogateescape"),
-        ]
-        checksum = hashlib.sha256()
-        for part in body:
-            checksum.update(part)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            with open(fd, "wb", closefd=False) as f:
-                f.write(_magic(scheme) + checksum.hexdigest().encode("ascii") + b"\n")
-                for part in body:
-                    f.write(part)
-            if index.pinned:
-                os.fsync(fd)
-            written = _file_id(os.fstat(fd))
-        finally:
-            os.close(fd)
+            written = _write(tmp, scheme, index, index.dirs, (keys, disk, wire, uids))
+        except _LineFeedError:
+            # A name with a line feed cannot be stored; without it the listing is
+            # incomplete, so it must not be trusted.
+            os.unlink(tmp)
+            keep = [i for i, key in enumerate(keys) if "\n" not in key]
+            columns = (
+                [keys[i] for i in keep],
+                [disk[i] for i in keep],
+                [wire[i] for i in keep],
+                [uids[i] for i in keep],
+            )
+            written = _write(tmp, scheme, index, None, columns)
         os.replace(tmp, maildir / INDEX_NAME)
     except (OSError, UnicodeEncodeError, OverflowError) as exc:
         logger.warning("cannot write maildir index in %s: %s", maildir, exc)
@@ -285,6 +291,40 @@ def write_index(maildir: Path, index: Index, scheme: str = DEFAULT_SCHEME) -> Fi
             os.unlink(tmp)
         return None
     return written
+
+
+def _write(tmp: Path, scheme: str, index: Index, dirs: DirState | None, columns: Columns) -> FileId:
+    """Write the file at ``tmp``, which must not exist; its identity.
+
+    The checksum line comes before the body, which is hashed as it is written: a
+    placeholder of its length is written first and overwritten at the end.
+    """
+    keys, disk, wire, uids = columns
+    head = "- - - -" if dirs is None else f"{dirs[0][0]} {dirs[0][1]} {dirs[1][0]} {dirs[1][1]}"
+    magic = _magic(scheme)
+    checksum = hashlib.sha256()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with open(fd, "wb", closefd=False) as f:
+            f.write(magic + b"0" * checksum.digest_size * 2 + b"\n")
+            body: Iterable[bytes | array.array[int]] = itertools.chain(
+                [
+                    f"{head} {index.listed_ns} {len(keys)} {int(index.pinned)}\n".encode("ascii"),
+                    _size_array(disk),
+                    _size_array(wire),
+                ],
+                _line_pieces(uids),
+                _line_pieces(keys),
+            )
+            for part in body:
+                checksum.update(part)
+                f.write(part)
+        os.pwrite(fd, magic + checksum.hexdigest().encode("ascii") + b"\n", 0)
+        if index.pinned:
+            os.fsync(fd)
+        return _file_id(os.fstat(fd))
+    finally:
+        os.close(fd)
 
 
 def _file_id(st: os.stat_result) -> FileId:

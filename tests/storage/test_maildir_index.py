@@ -82,3 +82,44 @@ def test_index_with_uidls_no_client_may_see_is_not_used(tmp_path: Path) -> None:
         assert load_index(tmp_path / INDEX_NAME) is None, bad
     write_index(tmp_path, Index(dirs=None, listed_ns=1, columns=(keys, disk, wire, uids)))
     assert load_index(tmp_path / INDEX_NAME) is not None
+
+
+def whole_file(index: Index, scheme_magic: bytes = b"postoffice-index 4\n") -> bytes:
+    """The file as one piece, the way the format is described (maildir_index.py)."""
+    keys, disk, wire, uids = index.columns()
+    dirs = index.dirs
+    head = "- - - -" if dirs is None else f"{dirs[0][0]} {dirs[0][1]} {dirs[1][0]} {dirs[1][1]}"
+    body = (
+        f"{head} {index.listed_ns} {len(keys)} {int(index.pinned)}\n".encode("ascii")
+        + b"".join(size.to_bytes(8, "little") for size in disk)
+        + b"".join(size.to_bytes(8, "little") for size in wire)
+        + "".join(f"{line}\n" for line in [*uids, *keys]).encode("utf-8", "surrogateescape")
+    )
+    return scheme_magic + hashlib.sha256(body).hexdigest().encode("ascii") + b"\n" + body
+
+
+def test_file_written_in_pieces_is_the_whole_file(tmp_path: Path) -> None:
+    """Many entries, written a few thousand lines at a time, make the same bytes as the
+    format written in one piece; a key with an undecodable byte included."""
+    n = 3 * maildir_index._LINES_AT_ONCE + 5
+    keys, disk, wire, uids = columns(n)
+    keys[n - 2] = "cur/1.caf\udce9:2,S"  # a name that was not UTF-8
+    index = Index(dirs=((1, 2), (3, 4)), listed_ns=7, columns=(keys, disk, wire, uids))
+    write_index(tmp_path, index)
+    assert (tmp_path / INDEX_NAME).read_bytes() == whole_file(index)
+    loaded = load_index(tmp_path / INDEX_NAME)
+    assert loaded is not None and loaded[0].columns() == (keys, disk, wire, uids)
+
+
+def test_line_feed_in_a_later_piece_leaves_that_key_out(tmp_path: Path) -> None:
+    """A key with a line feed found after the first pieces were written: the file is
+    written again without it, and not trusted."""
+    n = 2 * maildir_index._LINES_AT_ONCE + 3
+    keys, disk, wire, uids = columns(n)
+    keys[n - 1] = "new/1.a\nb"
+    write_index(
+        tmp_path, Index(dirs=((1, 2), (3, 4)), listed_ns=5, columns=(keys, disk, wire, uids))
+    )
+    expected = Index(dirs=None, listed_ns=5, columns=(keys[:-1], disk[:-1], wire[:-1], uids[:-1]))
+    assert (tmp_path / INDEX_NAME).read_bytes() == whole_file(expected)
+    assert [p.name for p in tmp_path.iterdir()] == [INDEX_NAME]

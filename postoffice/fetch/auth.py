@@ -10,6 +10,9 @@ keyring instead, through the optional ``keyring`` package (imported only then): 
 stored for (SERVICE, ``user``), as ``keyring set SERVICE USER`` stores it. Secrets stay in
 ``Secret`` and are never logged. The SASL mechanisms themselves are the pure machines of
 ``postoffice.sasl``; this module only carries their data over POP3 (RFC 5034).
+``postoffice.sasl`` is imported only when a SASL mechanism may be used (the server's CAPA
+offers one this account can use): USER/PASS and APOP logins start without it (about
+20 ms of start-up).
 """
 
 from __future__ import annotations
@@ -17,24 +20,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 from postoffice.errors import RemoteProtocolError
 from postoffice.fetch.config import Account, AuthMethod
 from postoffice.fetch.errors import KeyringError, LoginError, PasswordCommandError
-from postoffice.fetch.transport import Pop3Client
 from postoffice.proto.client_events import Continuation, Greeting, Reply, Request, SaslResponse
-from postoffice.proto.listings import Capabilities
-from postoffice.sasl.channel import ChannelBinding, tls_server_end_point
-from postoffice.sasl.errors import ServerProofError
-from postoffice.sasl.framing import (
-    decode_base64,
-    encode_base64,
-    initial_response_argument,
-    initial_response_fits,
-)
-from postoffice.sasl.mechanism import ClientCredentials
-from postoffice.sasl.registry import choose_client_mechanism, client_mechanism
 from postoffice.secret import Secret
+
+if TYPE_CHECKING:
+    from postoffice.fetch.transport import Pop3Client
+    from postoffice.proto.listings import Capabilities
+    from postoffice.sasl.channel import ChannelBinding
+    from postoffice.sasl.mechanism import ClientCredentials
 
 __all__ = ["choose_mechanism", "login", "read_password"]
 
@@ -108,6 +107,17 @@ async def read_password(account: Account) -> Secret:
     return Secret(lines[0])
 
 
+def preload_sasl(account: Account) -> asyncio.Future[ModuleType] | None:
+    """Import the SASL machines in a worker thread, unless the account logs in without
+    SASL for sure: started before the password command runs, it is done by the time CAPA
+    is answered. Await the future before ``login``."""
+    if account.auth in (AuthMethod.USER, AuthMethod.APOP):
+        return None
+    return asyncio.get_running_loop().run_in_executor(
+        None, importlib.import_module, "postoffice.sasl.registry"
+    )
+
+
 def _channel_binding(client: Pop3Client) -> ChannelBinding:
     """``tls-server-end-point`` of the server's certificate (RFC 5929 §4.1): the only
     binding Python's ssl module can give for TLS 1.3 (it has no keying-material exporter)."""
@@ -115,6 +125,8 @@ def _channel_binding(client: Pop3Client) -> ChannelBinding:
     if der is None:
         raise LoginError('auth = "scram-sha-256-plus" needs TLS (tls = "implicit" or "starttls")')
     from cryptography import x509  # only here: it costs 0.1 s to import
+
+    from postoffice.sasl.channel import tls_server_end_point
 
     algorithm = x509.load_der_x509_certificate(der).signature_hash_algorithm
     try:
@@ -124,6 +136,8 @@ def _channel_binding(client: Pop3Client) -> ChannelBinding:
 
 
 def _credentials(account: Account, secret: Secret, client: Pop3Client) -> ClientCredentials:
+    from postoffice.sasl.mechanism import ClientCredentials
+
     if account.auth in _TOKEN_METHODS:
         return ClientCredentials(
             username=account.user, token=secret, host=account.host, port=account.port
@@ -136,11 +150,23 @@ def _credentials(account: Account, secret: Secret, client: Pop3Client) -> Client
     return ClientCredentials(username=account.user, password=secret)
 
 
+def _may_use_sasl(account: Account, capabilities: Capabilities) -> bool:
+    """False when the login is USER/PASS or APOP for sure: ``postoffice.sasl`` is then not
+    needed (nor imported). ``auto`` uses SASL only if CAPA offers one of its mechanisms."""
+    if account.auth in (AuthMethod.USER, AuthMethod.APOP):
+        return False
+    if account.auth is AuthMethod.AUTO:
+        return any(name.upper() in _PASSWORD_SASL for name in capabilities.sasl)
+    return True
+
+
 def choose_mechanism(
     account: Account, capabilities: Capabilities, credentials: ClientCredentials
 ) -> str:
     """A SASL mechanism name, or ``USER`` / ``APOP``."""
     if account.auth is AuthMethod.AUTO:
+        from postoffice.sasl.registry import choose_client_mechanism
+
         name = choose_client_mechanism(capabilities.sasl, credentials, allowed=_PASSWORD_SASL)
         return name or "USER"
     return str(account.auth.value).upper()
@@ -160,6 +186,15 @@ async def _sasl(
     client: Pop3Client, account: Account, name: str, credentials: ClientCredentials
 ) -> Reply:
     """AUTH name, answering each ``+`` continuation with the mechanism (RFC 5034 §4)."""
+    from postoffice.sasl.errors import ServerProofError
+    from postoffice.sasl.framing import (
+        decode_base64,
+        encode_base64,
+        initial_response_argument,
+        initial_response_fits,
+    )
+    from postoffice.sasl.registry import client_mechanism
+
     mechanism = client_mechanism(name, credentials)
     try:
         initial = mechanism.start()
@@ -200,8 +235,15 @@ async def login(
     greeting: Greeting,
 ) -> str:
     """Log in or raise ``LoginError``; returns the method used (``USER``, ``PLAIN``, ...)."""
-    credentials = _credentials(account, secret, client)
-    method = choose_mechanism(account, capabilities, credentials)
+    method = "USER" if account.auth is AuthMethod.AUTO else str(account.auth.value).upper()
+    if _may_use_sasl(account, capabilities):
+        credentials = _credentials(account, secret, client)
+        method = choose_mechanism(account, capabilities, credentials)
+        if method not in ("USER", "APOP"):
+            reply = await _sasl(client, account, method, credentials)
+            if not reply.ok:
+                raise _refused(account, method, reply)
+            return method
     user = account.user
     if method == "APOP":
         if greeting.timestamp is None:
@@ -225,8 +267,6 @@ async def login(
         if not first.ok:
             raise _refused(account, method, first)
         reply = await client.reply()
-    else:
-        reply = await _sasl(client, account, method, credentials)
     if not reply.ok:
         raise _refused(account, method, reply)
     return method

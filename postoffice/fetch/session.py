@@ -29,19 +29,26 @@ At start the session reconciles before planning: every listed UIDL is recorded w
 first-seen time, delivered copies found on disk are adopted, and DELEs the server did
 commit (their UIDL is gone) are settled. With PIPELINING (RFC 2449 §6.6) UIDL and LIST go
 out together and RETR/DELE go out in a window; without it, one command at a time.
+
+What needs no server overlaps the waits for it: while the password command runs and the
+server greets, answers CAPA, the login and the listing, worker threads read the journal,
+prepare the destination and import the SASL machines; the listing is recorded while the
+first RETRs are under way (the transfer journals nothing before that record is done).
+The journal is still used by one thread at a time, each call awaited before the next.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from postoffice.errors import RemoteProtocolError
-from postoffice.fetch.auth import login, read_password
+from postoffice.fetch.auth import login, preload_sasl, read_password
 from postoffice.fetch.config import Account, Mode, Oversize
 from postoffice.fetch.delivery import Destination
 from postoffice.fetch.errors import (
@@ -241,12 +248,23 @@ async def run_session(
     readonly = options.dry_run or options.list_only
     if journal is None and not readonly:
         raise ValueError("a journal is needed unless nothing is changed")
-    password = await read_password(account)
-    log.debug("connecting to %s:%d (%s)", account.host, account.port, account.tls.value)
-    client = await connect(account)
+    loop = asyncio.get_running_loop()
+    # What needs no server is done in worker threads while the password command runs and
+    # the server answers: reading the journal, preparing the destination, importing the
+    # SASL machines. The journal is used by one thread at a time: ``journal_busy`` is the
+    # call in progress, awaited before the next one starts.
+    local_view = loop.run_in_executor(None, _local_view, journal, destination, readonly)
+    journal_busy: asyncio.Future[Any] | None = local_view
+    sasl_ready = preload_sasl(account)
+    client: Pop3Client | None = None
     try:
+        password = await read_password(account)
+        log.debug("connecting to %s:%d (%s)", account.host, account.port, account.tls.value)
+        client = await connect(account)
         capabilities = await _capabilities(client)
         assert client.greeted_with is not None
+        if sasl_ready is not None:
+            await sasl_ready
         method = await login(client, account, password, capabilities, client.greeted_with)
         log.debug("logged in as %r with %s", account.user, method)
         if account.mode is Mode.KEEP and capabilities.arguments("EXPIRE")[:1] == ("0",):
@@ -257,28 +275,38 @@ async def run_session(
         result.listing = listing
         result.listed = len(listing)
         now = options.clock()
-        entries: dict[str, Entry] = {}
+        entries, prepared = await local_view
+        journal_busy = None
         if journal is not None:
-            entries = await asyncio.to_thread(journal.entries)
             suspect = renumbered(listing, entries)  # before this listing ages the old ids
             if not readonly:
-                await asyncio.to_thread(
-                    journal.record_listing, [m.uidl for m in listing], now, complete=True
+                journal_busy = loop.run_in_executor(
+                    None,
+                    functools.partial(
+                        journal.record_listing, [m.uidl for m in listing], now, complete=True
+                    ),
                 )
                 if suspect:
+                    await journal_busy
+                    journal_busy = None
                     window = WINDOW if pipelining else 1
                     await recover_renumbered(
                         client, listing, journal, window=window, now=now, log=log
                     )
-                entries = await asyncio.to_thread(journal.entries)
+                    entries = await asyncio.to_thread(journal.entries)
             elif suspect:
                 log.warning("none of the server's unique ids is known: were they renumbered?")
         undelivered = [m.uidl for m in listing if not _delivered(entries, m.uidl)]
         if undelivered and not readonly:
-            await asyncio.to_thread(destination.prepare)
+            if prepared is not None:
+                raise prepared
+            # The folder is read while the journal records the listing.
             found = await asyncio.to_thread(destination.find_delivered, undelivered)
             if found and journal is not None:
                 log.warning("%d delivered in an interrupted session; journaling them", len(found))
+                if journal_busy is not None:
+                    await journal_busy
+                    journal_busy = None
                 await asyncio.to_thread(journal.adopt, found, options.clock())
                 entries = await asyncio.to_thread(journal.entries)
         plan = make_plan(account, listing, entries, now)
@@ -303,6 +331,9 @@ async def run_session(
             )
         elif options.adopt:
             assert journal is not None
+            if journal_busy is not None:
+                await journal_busy
+                journal_busy = None
             adopted = plan.fetch + plan.later + plan.skip
             await asyncio.to_thread(
                 journal.record_delivered_many,
@@ -325,7 +356,9 @@ async def run_session(
                 clock=options.clock,
                 progress=options.progress,
                 pipelining=pipelining,
+                journal_busy=journal_busy,  # the transfer waits for it before journaling
             )
+            journal_busy = None
             await transfer.run(plan, result, entries)
             deleted = transfer.deleted
         log.debug("sending QUIT")
@@ -341,7 +374,14 @@ async def run_session(
                 log.warning("QUIT answered -ERR (%s); deletions will be retried", reply.text)
                 result.failed += 1
     finally:
-        await client.close()
+        # No worker thread may still use the journal when the caller closes it.
+        for pending in (journal_busy, sasl_ready):
+            if pending is not None:
+                await asyncio.wait((pending,))
+                if not pending.cancelled():
+                    pending.exception()  # seen here: the session's own error is raised
+        if client is not None:
+            await client.close()
         if options.progress is not None:
             options.progress.finish(account.name)
     log.info(
@@ -353,6 +393,22 @@ async def run_session(
         result.skipped,
     )
     return result
+
+
+def _local_view(
+    journal: Journal | None, destination: Destination, readonly: bool
+) -> tuple[dict[str, Entry], OSError | None]:
+    """In a worker thread, before the server is asked: the journal's entries, and the
+    destination prepared (or why it could not be: raised only if something is to be
+    delivered)."""
+    entries = journal.entries() if journal is not None else {}
+    if readonly:
+        return entries, None
+    try:
+        destination.prepare()
+    except OSError as error:
+        return entries, error
+    return entries, None
 
 
 def _login_delay(capabilities: Capabilities) -> float:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from postoffice.errors import RemoteProtocolError
 from postoffice.fetch.config import Account, Mode
@@ -85,7 +85,10 @@ class Transfer:
         clock: Callable[[], float],
         progress: Progress | None,
         pipelining: bool,
+        journal_busy: asyncio.Future[Any] | None = None,
     ) -> None:
+        """``journal_busy``: a journal call still running in a worker thread (the session's
+        record of the listing); nothing else touches the journal until it is done."""
         self.client = client
         self.account = account
         self.journal = journal
@@ -104,6 +107,7 @@ class Transfer:
         self.pending: list[_Received] = []
         """Received whole, not yet committed and journaled."""
         self.pending_octets = 0
+        self.journal_busy = journal_busy
         self.committing: asyncio.Future[list[str]] | None = None
         self.committing_batch: list[_Received] = []
         self._received = 0
@@ -130,6 +134,7 @@ class Transfer:
         if owed:
             # Journal the DELEs as owed before sending them: until QUIT +OK they may not
             # commit, and the next session then sends them again.
+            await self._journal_free()
             await asyncio.to_thread(self.journal.mark_delete_pending, owed)
         self.todo.extend(("DELE", message) for message in plan.delete)
         self.todo.extend(("RETR", message) for message in plan.fetch)
@@ -137,6 +142,10 @@ class Transfer:
         if self.progress is not None:
             self.progress.start(self.account.name, total, sum(m.size for m in plan.fetch))
         try:
+            # The first commands go out before waiting for the journal: the first replies
+            # are received (not yet read) meanwhile.
+            await self._pump()
+            await self._journal_free()
             while self.todo or self.in_flight or self.pending or self.committing is not None:
                 self._settle(result)
                 await self._pump()
@@ -154,8 +163,19 @@ class Transfer:
         finally:
             await self._wind_down()
 
+    async def _journal_free(self) -> None:
+        """Until the journal call the session left running is done (raising its error)."""
+        busy, self.journal_busy = self.journal_busy, None
+        if busy is not None:
+            await busy
+
     async def _wind_down(self) -> None:
         """After an error: let a running group commit finish, drop what is not durable."""
+        busy, self.journal_busy = self.journal_busy, None
+        if busy is not None:
+            await asyncio.wait((busy,))
+            if not busy.cancelled():
+                busy.exception()  # already raised, or about to be: seen here
         if self.committing is not None:
             await asyncio.wait((self.committing,))
             if not self.committing.cancelled():

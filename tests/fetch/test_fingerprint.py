@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from postoffice.fetch.fingerprint import _parsed_fields, _plain_fields, fingerprint_of
+from postoffice.fetch.fingerprint import _is_plain, _parsed_fields, _plain_fields, fingerprint_of
 
 NAMES = st.sampled_from(
     [
@@ -39,6 +41,22 @@ def test_plain_reading_agrees_with_email_or_declines(header: bytes) -> None:
     plain = _plain_fields(header)
     if plain is not None:
         assert plain == _parsed_fields(header)
+
+
+# The definition of a plain header as one regular expression over the whole header: lines
+# that are each a field (an RFC 5322 §2.2 name, then ":") or, after the first, a
+# continuation; CR only in CRLF; no blank line.
+_LINE = rb"(?:[\x21-\x39\x3b-\x7e]+:|[ \t])[^\r\n]*"
+_PLAIN = re.compile(rb"(?![ \t])(?:" + _LINE + rb"\r?\n)*" + _LINE)
+_PIECES = st.sampled_from(
+    [b"a", b"B", b":", b" ", b"\t", b"\r", b"\n", b"\r\n", b"x:", b"Date:", b"\x7f", b"\x00"]
+)
+
+
+@settings(max_examples=2000)
+@given(st.one_of(headers(), st.lists(_PIECES, max_size=14).map(b"".join)))
+def test_line_start_check_agrees_with_the_whole_header_expression(header: bytes) -> None:
+    assert _is_plain(header) == (_PLAIN.fullmatch(header) is not None)
 
 
 @pytest.mark.parametrize(

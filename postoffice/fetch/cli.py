@@ -8,6 +8,7 @@ stdout.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -169,4 +170,12 @@ def fetch(
             outcomes = asyncio.run(fetch_all(selected, replace(options, progress=bar)))
     if list_only:
         _print_listing(outcomes)
-    sys.exit(exit_code(outcomes))
+    _quick_exit(exit_code(outcomes))
+
+
+def _quick_exit(code: int) -> None:
+    """``sys.exit(code)``, with every object alive now left out of the collections the
+    interpreter runs while it shuts down: they would find no garbage among the modules
+    and their objects, yet visiting them all took some 25 ms, a tenth of a small fetch."""
+    gc.freeze()
+    sys.exit(code)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 
@@ -62,3 +63,15 @@ async def test_sasl_is_preloaded_unless_the_login_is_user_or_apop() -> None:
     assert loading is not None
     module = await loading
     assert module.__name__ == "postoffice.sasl.registry"
+
+
+def test_the_command_exits_with_its_objects_left_out_of_the_last_collections() -> None:
+    from postoffice.fetch.cli import _quick_exit
+
+    try:
+        with pytest.raises(SystemExit) as exited:
+            _quick_exit(2)
+        assert exited.value.code == 2
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

@@ -47,7 +47,15 @@ from postoffice.errors import RemoteProtocolError
 from postoffice.fetch.config import Account, Mode
 from postoffice.fetch.errors import FetchConnectionError, FetchError, FetchTimeoutError
 from postoffice.fetch.fingerprint import Fingerprint, HeaderCollector
-from postoffice.proto.client_events import BodyData, MultilineEnd, MultilineStart, Reply, Request
+from postoffice.proto.client_events import (
+    NEED_DATA,
+    BodyData,
+    ClientEvent,
+    MultilineEnd,
+    MultilineStart,
+    Reply,
+    Request,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -113,9 +121,7 @@ class Transfer:
         self._received = 0
 
     async def _pump(self) -> None:
-        """Refill the window once half of it is answered: one write, many commands."""
-        if not self.todo or len(self.in_flight) > self.window // 2:
-            return
+        """Refill the window (once half of it is answered): one write, many commands."""
         batch: list[Request] = []
         while self.todo and len(self.in_flight) < self.window:
             keyword, message = self.todo.popleft()
@@ -146,11 +152,28 @@ class Transfer:
             # are received (not yet read) meanwhile.
             await self._pump()
             await self._journal_free()
+            client = self.client
+            half = self.window // 2
             while self.todo or self.in_flight or self.pending or self.committing is not None:
                 self._settle(result)
-                await self._pump()
+                if self.todo and len(self.in_flight) <= half:
+                    await self._pump()
                 if self.in_flight:
-                    await self._step(result, total)
+                    # The events already parsed are handled without a task switch; the
+                    # loop waits only for more octets or for the disk.
+                    event = client.parsed_event()
+                    if event is NEED_DATA:
+                        await client.more_data()
+                        continue
+                    self._handle(event, result, total)
+                    # Wait for the disk while too much is pending (or, for a destination
+                    # that is not idempotent, while the one before is still being
+                    # delivered).
+                    while self.committing is not None and (
+                        len(self.pending) >= self.batch or self.pending_octets >= BATCH_OCTETS
+                    ):
+                        await asyncio.wait((self.committing,))
+                        self._settle(result)
                 elif self.committing is not None:
                     await asyncio.wait((self.committing,))  # nothing on the wire: the disk
         except (FetchConnectionError, FetchTimeoutError, RemoteProtocolError):
@@ -188,8 +211,7 @@ class Transfer:
             self.sink.abort()  # never journaled: the next session fetches it again
             self.sink = None
 
-    async def _step(self, result: SessionResult, total: int) -> None:
-        event = await self.client.next_event()
+    def _handle(self, event: ClientEvent, result: SessionResult, total: int) -> None:
         keyword, message = self.in_flight[0]
         if isinstance(event, BodyData):
             assert self.sink is not None
@@ -199,7 +221,7 @@ class Transfer:
             self.header.feed(event.data)
         elif isinstance(event, MultilineEnd):
             self.in_flight.popleft()
-            await self._received_whole(message, event.octets, result, total)
+            self._received_whole(message, event.octets, total)
         elif isinstance(event, MultilineStart):
             self.sink = self.destination.begin(message.uidl)
             self.header = HeaderCollector()
@@ -216,9 +238,7 @@ class Transfer:
         else:
             raise RemoteProtocolError(f"unexpected {type(event).__name__} during RETR/DELE")
 
-    async def _received_whole(
-        self, message: ServerMessage, octets: int, result: SessionResult, total: int
-    ) -> None:
+    def _received_whole(self, message: ServerMessage, octets: int, total: int) -> None:
         sink, self.sink = self.sink, None
         assert sink is not None
         if octets != message.size:
@@ -242,14 +262,6 @@ class Transfer:
             message.uidl,
             octets,
         )
-        # Wait for the disk while too much is pending (or, for a destination that is not
-        # idempotent, while the one before is still being delivered).
-        while self.committing is not None and (
-            len(self.pending) >= self.batch or self.pending_octets >= BATCH_OCTETS
-        ):
-            await asyncio.wait((self.committing,))
-            self._settle(result)
-        self._settle(result)
 
     def _settle(self, result: SessionResult) -> None:
         """Account for a finished group commit (raising its error), start the next one."""

@@ -203,8 +203,17 @@ class Pop3Client:
             event = self.connection.next_event()
             if event is not NEED_DATA:
                 return event
-            async with self._io("waiting for the server"):
-                await self._receiver.arrival()
+            await self.more_data()
+
+    def parsed_event(self) -> ClientEvent:
+        """The next event among the octets received so far, or ``NEED_DATA``: then
+        ``more_data`` waits for more."""
+        return self.connection.next_event()
+
+    async def more_data(self) -> None:
+        """Until more octets (or the end of the connection) arrive, within the timeout."""
+        async with self._io("waiting for the server"):
+            await self._receiver.arrival()
 
     async def greeting(self) -> Greeting:
         event = await self.next_event()

@@ -18,9 +18,10 @@ Message numbers, sizes and UIDLs are fixed at login from the snapshot the driver
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
+from types import MappingProxyType
 from typing import Generic
 
 from postoffice.errors import LocalProtocolError
@@ -98,6 +99,16 @@ class LoginFailure:
     CANCELLED = err("authentication cancelled")
 
 
+_NONE_MARKED: Mapping[int, None] = MappingProxyType({})
+
+
+def _marked(indexes: Mapping[int, None], index: int) -> dict[int, None]:
+    """``indexes`` with ``index`` added: the session's own dict, made at the first mark."""
+    marked = indexes if isinstance(indexes, dict) else {}
+    marked[index] = None
+    return marked
+
+
 @dataclass(slots=True)
 class SessionCounters:
     """What the session did, for the log line at its end."""
@@ -152,12 +163,12 @@ class ServerConnection(Generic[MessageT]):
         )
         self._out: list[bytes] = []
         self._messages: Sequence[MessageT] = ()
-        # 0-based indexes marked by DELE, and those sent whole by RETR. Dicts, not sets: an
-        # empty dict is a quarter of an empty set, and most sessions never fill them.
-        self._deleted: dict[int, None] = {}
+        # 0-based indexes marked by DELE, and those sent whole by RETR: dicts, made when the
+        # first one is marked (most sessions never mark one; an idle session keeps neither).
+        self._deleted: Mapping[int, None] = _NONE_MARKED
         self._count = 0  # messages not marked deleted
         self._octets = 0  # and their octets
-        self._retrieved: dict[int, None] = {}
+        self._retrieved: Mapping[int, None] = _NONE_MARKED
         self._pending_request: MessageRequest[MessageT] | None = None
         self._close_reason: str | None = None
         self._sasl = False  # an AUTH exchange is under way
@@ -291,7 +302,7 @@ class ServerConnection(Generic[MessageT]):
         self.pending = Pending.NOTHING
         self._pending_request = None
         if request.body_lines is None:
-            self._retrieved[request.number - 1] = None
+            self._retrieved = _marked(self._retrieved, request.number - 1)
             self.counters.retrieved += 1
         else:
             self.counters.top += 1
@@ -398,13 +409,13 @@ class ServerConnection(Generic[MessageT]):
             (argument,) = _arguments(arguments, 1)
             index = self._message_index(argument)
             if index is not None:
-                self._deleted[index] = None
+                self._deleted = _marked(self._deleted, index)
                 self._count -= 1
                 self._octets -= self._messages[index].size
                 self._out.append(ok(f"message {index + 1} deleted"))
         elif keyword == "RSET":
             _no_arguments(arguments)
-            self._deleted.clear()
+            self._deleted = _NONE_MARKED
             self._count = len(self._messages)
             self._octets = sum(map(_SIZE, self._messages))
             count, octets = self._totals()

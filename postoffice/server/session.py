@@ -173,7 +173,7 @@ class Pop3Session(asyncio.BufferedProtocol):
         self._tls_kind = "pop3s" if implicit_tls else "pop3"
         self._sasl_exchange: SaslExchange | None = None
         self._inside_tls_handshake = False
-        self._early_tls_data: list[bytes] = []
+        self._early_tls_data: list[bytes] | None = None  # only while a handshake runs
         self._eof = False
         self._reading_paused = False
         self._write_blocked_since: float | None = None
@@ -272,6 +272,8 @@ class Pop3Session(asyncio.BufferedProtocol):
         if self._inside_tls_handshake:
             # Decrypted octets can arrive before start_tls returns to us; they are the
             # first commands inside TLS, for after ``tls_started``.
+            if self._early_tls_data is None:
+                self._early_tls_data = []
             self._early_tls_data.append(bytes(data))
             return
         if self._finished:
@@ -468,9 +470,9 @@ class Pop3Session(asyncio.BufferedProtocol):
 
     def _feed_early_tls_data(self) -> None:
         # Fed to the machine only; _process answers them once the handler returns.
-        for data in self._early_tls_data:
+        early, self._early_tls_data = self._early_tls_data, None
+        for data in early or ():
             self.connection.receive_data(data)
-        self._early_tls_data.clear()
 
     async def _handshake(self, kind: str) -> None:
         tls = self.context.tls

@@ -258,3 +258,26 @@ def test_one_uidl_twice_among_usual_names(tmp_path: Path, cur: list[str], new: l
     messages = MaildirMaildrop(md).snapshot()
     assert [(m.key, m.uid, m.size) for m in messages] == reference(md)
     assert len({m.uid for m in messages}) == len(messages)
+
+
+@pytest.mark.parametrize("odd", [None, "1700000100.P1.h,S=5,W=6", "1700000100.M1P1.h x,S=5,W=6"])
+@pytest.mark.parametrize("piece", [1, 3, 2048])
+def test_usual_names_split_in_pieces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int, odd: str | None
+) -> None:
+    """Names parsed a few at a time, across both directories, list like the reference;
+    a name of another shape in the last piece sends the whole listing the general way."""
+    monkeypatch.setattr(maildir_listing, "_PIECE", piece)
+    md = tmp_path / "Maildir"
+    ensure_maildir(md)
+    for i in range(11):
+        (md / "cur" / f"{1700000000 + i // 2}.M{i % 2 * 10 + 5}P{i}.h,S=5,W=6:2,S").write_bytes(
+            b"abcd\n"
+        )
+    for i in range(7):
+        (md / "new" / f"{1700000003 + i}.M{100 - i}P{i}.h,S=5,W=6").write_bytes(b"abcd\n")
+    if odd is not None:
+        (md / "new" / odd).write_bytes(b"abcd\n")
+    messages = MaildirMaildrop(md).snapshot()
+    assert [(m.key, m.uid, m.size) for m in messages] == reference(md)
+    assert len(messages) == 18 + (odd is not None)

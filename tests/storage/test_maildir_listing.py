@@ -281,3 +281,32 @@ def test_usual_names_split_in_pieces(
     messages = MaildirMaildrop(md).snapshot()
     assert [(m.key, m.uid, m.size) for m in messages] == reference(md)
     assert len(messages) == 18 + (odd is not None)
+
+
+@pytest.mark.parametrize(
+    ("cur", "new"),
+    [
+        # Unpadded microseconds within one second: name order is not time order.
+        (["1700000000.M99P1.h,S=5,W=6:2,S", "1700000000.M100P2.h,S=5,W=6:2,S"], []),
+        # One time twice, in both directories: then by base name (new/ first here).
+        (
+            ["1700000000.M5Pb.h,S=5,W=6:2,S", "1700000000.M10Pa.h,S=5,W=6:2,S"],
+            ["1700000000.M5Pa.h,S=5,W=6"],
+        ),
+        # Seconds of unequal length: not comparable as text.
+        (
+            ["999999999.M5P1.h,S=5,W=6:2,S", "1000000000.M7P1.h,S=5,W=6:2,S"],
+            ["999999999.M10P1.h,S=5,W=6"],
+        ),
+    ],
+)
+def test_usual_names_out_of_name_order(tmp_path: Path, cur: list[str], new: list[str]) -> None:
+    """Usual names whose name order is not their time order are sorted like the
+    reference sorts them."""
+    md = tmp_path / "Maildir"
+    ensure_maildir(md)
+    for sub, listed in (("cur", cur), ("new", new)):
+        for name in listed:
+            (md / sub / name).write_bytes(b"abcd\n")
+    messages = MaildirMaildrop(md).snapshot()
+    assert [(m.key, m.uid, m.size) for m in messages] == reference(md)

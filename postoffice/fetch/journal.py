@@ -79,28 +79,50 @@ def journal_path(state_dir: Path, account: str) -> Path:
 
 
 class Journal:
-    """The UIDL journal of one account. Not thread-safe: use from one task at a time."""
+    """The UIDL journal of one account. Not thread-safe: use from one task at a time.
+
+    The database is opened (and created) by the first call that uses it, not by the
+    constructor: the session's first call runs in a worker thread while the server is
+    asked (opening takes a few milliseconds, and an fsync of the folder when it is new).
+    """
 
     def __init__(self, path: Path) -> None:
+        self.path = path
+        self._connection: sqlite3.Connection | None = None
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            self._connection = self._open(self.path)
+        return self._connection
+
+    @staticmethod
+    def _open(path: Path) -> sqlite3.Connection:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         created = not path.exists()
-        self.path = path
         # isolation_level=None: we issue BEGIN/COMMIT ourselves. check_same_thread=False:
         # the session calls us through asyncio.to_thread, one call at a time.
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")  # fsync the WAL at every commit
-        self._db.execute("PRAGMA busy_timeout = 10000")  # someone reading it with sqlite3
-        self._db.executescript(_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
-        for column, kind in _ADDED_COLUMNS.items():
-            if column not in columns:  # a journal written before fingerprints existed
-                self._db.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
-        if created:
-            fsync_directory(path.parent)  # the new file's name must survive a crash too
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")  # fsync the WAL at every commit
+            db.execute("PRAGMA busy_timeout = 10000")  # someone reading it with sqlite3
+            db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in columns:  # a journal written before fingerprints existed
+                    db.execute(f"ALTER TABLE messages ADD COLUMN {column} {kind}")
+            if created:
+                fsync_directory(path.parent)  # the new file's name must survive a crash too
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
-        self._db.close()
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def __enter__(self) -> Journal:
         return self
@@ -227,10 +249,17 @@ class Journal:
 
     def record_deleted(self, uidls: Iterable[str], now: float) -> None:
         """QUIT was answered ``+OK``: these deletions are committed on the server."""
-        self._write(
-            "UPDATE messages SET delete_pending = 0, deleted_at = ? WHERE uidl = ?",
-            [(now, u) for u in uidls],
-        )
+        deleted = list(uidls)
+        with self._transaction() as db:
+            # A hundred rows per statement, as in record_delivered_many.
+            for start in range(0, len(deleted), _ROWS_PER_INSERT):
+                chunk = deleted[start : start + _ROWS_PER_INSERT]
+                marks = ", ".join(["?"] * len(chunk))
+                db.execute(
+                    "UPDATE messages SET delete_pending = 0, deleted_at = ? "  # noqa: S608
+                    f"WHERE uidl IN ({marks})",
+                    (now, *chunk),
+                )
 
     def import_delivered(self, uids: Mapping[str, float | None], now: float) -> None:
         """Record ids another fetcher already fetched, keeping the earliest first-seen."""

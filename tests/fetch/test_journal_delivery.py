@@ -21,8 +21,9 @@ from postoffice.storage.wire import wire_size
 
 def test_journal_is_wal_with_full_sync(tmp_path: Path) -> None:
     path = journal_path(tmp_path / "state", "office")
-    with Journal(path):
-        pass
+    with Journal(path) as journal:
+        assert not path.parent.exists(), "opened by the first call, not the constructor"
+        assert journal.entries() == {}
     db = sqlite3.connect(path)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
@@ -361,3 +362,16 @@ def test_a_large_group_is_journaled_whole_in_one_transaction(tmp_path: Path) -> 
     assert entries["uid-0"].first_seen == 1.0 and entries["uid-249"].first_seen == 5.0
     assert {uidl: entries[uidl].local_name for uidl in uidls} == {u: f"new/{u}" for u in uidls}
     assert by_hash["h249"] == "new/uid-249"
+
+
+def test_deletions_are_recorded_in_statements_of_many_rows(tmp_path: Path) -> None:
+    uidls = [f"u{number}" for number in range(250)]
+    with Journal(journal_path(tmp_path, "a")) as journal:
+        journal.record_listing(uidls, 100.0, complete=True)
+        journal.record_delivered_many(
+            [(uidl, f"n-{uidl}", 10, None) for uidl in uidls], now=110.0, delete=True
+        )
+        journal.record_deleted(uidls[:201], 120.0)
+        entries = journal.entries()
+    assert [entries[uidl].deleted_at for uidl in uidls] == [120.0] * 201 + [None] * 49
+    assert [entries[uidl].delete_pending for uidl in uidls] == [False] * 201 + [True] * 49

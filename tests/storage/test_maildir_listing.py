@@ -217,8 +217,13 @@ def test_a_name_with_a_line_feed_is_one_message(tmp_path: Path) -> None:
         [",S=7,W=6", ",S=5,W=11", ",S=6,W=6"],  # tags that are not believed
     ],
 )
-def test_usual_names_with_any_tag_digits(tmp_path: Path, tags: list[str]) -> None:
-    """S and W of usual names read all at once give the values int() gives."""
+@pytest.mark.parametrize("piece", [1, 2048])
+def test_usual_names_with_any_tag_digits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tags: list[str], piece: int
+) -> None:
+    """S and W of usual names, read a piece at a time, give the values int() gives; a
+    tag not to be believed in any piece has its file counted."""
+    monkeypatch.setattr(maildir_listing, "_PIECE", piece)
     md = tmp_path / "Maildir"
     ensure_maildir(md)
     for i, tag in enumerate(tags):

@@ -336,14 +336,12 @@ class _MaildirMessage:
         "_name",
         "_nameless",
         "_size",
-        "_tmp",
     )
 
     def __init__(self, maildir: str, key: str, *, nameless: bool = False) -> None:
         self._maildir = maildir
         self._key = key
         self._nameless = nameless
-        self._tmp = os.path.join(maildir, "tmp", key)
         self._name: str | None = None  # in new/, once published
         self._chunks: list[bytes] = []
         self._fd: int | None = None
@@ -353,6 +351,11 @@ class _MaildirMessage:
         self._size = WireSizeCounter()  # of what is stored: the name's S= and W=
         self._held_cr = False
         self._done = False
+
+    @property
+    def _tmp(self) -> str:
+        """The file's name in ``tmp/`` (when files there have names)."""
+        return os.path.join(self._maildir, "tmp", self._key)
 
     def _open(self) -> int:
         if self._nameless:

@@ -134,15 +134,22 @@ def _unfolded(found: re.Match[bytes] | None) -> str | None:
 class HeaderCollector:
     """Keeps the header of a streamed RETR body, up to the blank line, within a bound."""
 
-    __slots__ = ("_data", "done")
+    __slots__ = ("_data", "_header", "done")
 
     def __init__(self) -> None:
         self._data = bytearray()
+        self._header: bytes | None = None  # when it came whole in the first chunk
         self.done = False
 
     def feed(self, chunk: bytes) -> None:
         if self.done:
             return
+        if not self._data:
+            end = chunk.find(_END, 0, MAX_HEADER)
+            if end >= 0:  # the usual case: the whole header in the first chunk, kept as is
+                self._header = chunk[: end + len(_END)]
+                self.done = True
+                return
         start = max(0, len(self._data) - 3)  # the blank line may straddle two chunks
         self._data += chunk
         end = self._data.find(_END, start)
@@ -154,6 +161,8 @@ class HeaderCollector:
             self.done = True  # too long to be worth matching
 
     def fingerprint(self) -> Fingerprint | None:
+        if self._header is not None:
+            return fingerprint_of(self._header)
         return fingerprint_of(bytes(self._data)) if self._data else None
 
 

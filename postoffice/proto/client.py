@@ -292,6 +292,8 @@ class ClientConnection:
 
 def _status(line: str) -> tuple[bool | None, str]:
     """(True, text) for ``+OK``, (False, text) for ``-ERR``, (None, line) otherwise."""
+    if line.startswith("+OK "):  # the usual reply, told at once
+        return True, line[4:]
     for status, ok in (("+OK", True), ("-ERR", False)):
         # RFC 1939 §3 wants upper case; some servers do not, and it costs nothing to accept.
         if line[: len(status)].upper() == status:

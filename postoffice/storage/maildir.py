@@ -331,7 +331,7 @@ class MaildirMaildrop:
         else:
             messages = list(map(_new_message, zip(keys, uids, wire, strict=True)))
         if file_id is not None:
-            remember(self._path, self._scheme.id, file_id, self._index, messages)
+            self._index = remember(self._path, self._scheme.id, file_id, self._index, messages)
         return messages
 
     def _dir_state(self) -> DirState:

@@ -31,11 +31,12 @@ import contextlib
 import hashlib
 import itertools
 import logging
+import operator
 import os
 import secrets
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from postoffice.storage.base import StoredMessage
@@ -78,9 +79,11 @@ def _magic(scheme: str) -> bytes:
 
 
 class Index:
-    """The cache in memory: columns as loaded (cheap), or a dict once it is changed."""
+    """The cache in memory: columns as loaded (cheap), or a dict once it is changed, or
+    (remembered small maildrops) the snapshot's messages and an array of disk sizes, from
+    which the columns are made when asked for."""
 
-    __slots__ = ("_columns", "_entries", "dirs", "listed_ns", "pinned")
+    __slots__ = ("_columns", "_derived", "_entries", "dirs", "listed_ns", "pinned")
 
     def __init__(
         self,
@@ -89,6 +92,7 @@ class Index:
         listed_ns: int,
         entries: dict[str, Entry] | None = None,
         columns: Columns | None = None,
+        derived: tuple[Sequence[StoredMessage], array.array[int]] | None = None,
         pinned: bool = False,
     ) -> None:
         self.dirs = dirs
@@ -98,6 +102,7 @@ class Index:
         """Holds a UIDL a rebuild might not give back: written with fsync (module docstring)."""
         self._entries = entries
         self._columns = columns
+        self._derived = derived
 
     def trusted(self, dirs: DirState) -> bool:
         """Both directories unchanged, and listed more than 2 s after their last change."""
@@ -123,13 +128,21 @@ class Index:
         if self._entries is None:
             keys, disk, wire, uids = self.columns()
             self._entries = dict(zip(keys, zip(disk, wire, uids, strict=True), strict=True))
-            self._columns = None  # the lists may be shared with other sessions
+            self._columns = self._derived = None  # may be shared with other sessions
         return self._entries
 
     def columns(self) -> Columns:
         """(keys, disk sizes, wire sizes, uids); never change these lists in place."""
         if self._columns is not None:
             return self._columns
+        if self._derived is not None:
+            messages, disk = self._derived
+            return (
+                list(map(_KEY, messages)),
+                disk.tolist(),
+                list(map(_SIZE, messages)),
+                list(map(_UID, messages)),
+            )
         entries = self._entries or {}
         return (
             list(entries),
@@ -144,8 +157,14 @@ class Index:
             listed_ns=self.listed_ns,
             entries=None if self._entries is None else dict(self._entries),
             columns=self._columns,
+            derived=self._derived,
             pinned=self.pinned,
         )
+
+
+_KEY = operator.attrgetter("key")
+_UID = operator.attrgetter("uid")
+_SIZE = operator.attrgetter("size")
 
 
 _UIDL_OCTETS = bytes(range(0x21, 0x7F))
@@ -336,15 +355,29 @@ def _file_id(st: os.stat_result) -> FileId:
 _memo: dict[tuple[Path, str], tuple[FileId, Index, list[StoredMessage]]] = {}
 _memo_lock = threading.Lock()
 _MEMO_MESSAGES = 300_000
+_DERIVED_BELOW = 1_000
+"""A remembered maildrop with fewer messages keeps no columns of its own, only its messages
+and an array of disk sizes: ~70 octets a message less, for the many small maildrops of
+idle sessions. Larger ones keep their columns: a listing against them needs them at once."""
 _memo_total = 0  # messages in _memo, kept as it changes (summing costs O(maildrops))
 
 
 def remember(
     path: Path, scheme: str, file_id: FileId, index: Index, messages: list[StoredMessage]
-) -> None:
-    frozen = Index(
-        dirs=index.dirs, listed_ns=index.listed_ns, columns=index.columns(), pinned=index.pinned
-    )
+) -> Index:
+    """Keep ``index`` and its snapshot ``messages`` (made from its columns, in order) for
+    ``recall``; returns a copy of what is kept, for the caller to use instead of ``index``
+    (it may hold less memory)."""
+    columns = index.columns()
+    if len(messages) < _DERIVED_BELOW and columns[0] == list(map(_KEY, messages)):
+        derived = (messages, array.array(_SIZE_CODE, columns[1]))
+        frozen = Index(
+            dirs=index.dirs, listed_ns=index.listed_ns, derived=derived, pinned=index.pinned
+        )
+    else:
+        frozen = Index(
+            dirs=index.dirs, listed_ns=index.listed_ns, columns=columns, pinned=index.pinned
+        )
     global _memo_total
     key = (path, scheme)
     with _memo_lock:
@@ -356,6 +389,7 @@ def remember(
         while _memo_total > _MEMO_MESSAGES and len(_memo) > 1:
             oldest = next(iter(_memo))
             _memo_total -= len(_memo.pop(oldest)[2])
+    return frozen.copy()
 
 
 def recall(

@@ -593,3 +593,59 @@ def test_failed_unlink_counts_as_not_removed(md: Path, monkeypatch: pytest.Monke
     assert (result.removed, result.not_removed, result.remaining) == (1, 1, 1)
     monkeypatch.undo()
     assert [m.key for m in snap(md)] == ["new/1.a"]
+
+
+def test_a_small_remembered_maildrop_keeps_its_messages_not_columns(md: Path) -> None:
+    """Below the threshold the memory keeps the messages and an array of disk sizes; the
+    columns made from them are the ones the listing gave."""
+    for i in range(5):
+        put(md, f"cur/{1000 + i}.M1P1.host,S=5,W=6:2,S", b"body\n")
+    put(md, "new/2000.M1P1.host", b"two\nlines\n")  # counted: a size of its own
+    age_directories(md)
+    maildrop = MaildirMaildrop(md)
+    messages = maildrop.snapshot()
+    maildir_index.forget_all()
+    loaded = load_index(md)
+    assert loaded is not None
+    stat_new, stat_cur = os.stat(md / "new"), os.stat(md / "cur")
+    dirs = ((stat_new.st_ino, stat_new.st_mtime_ns), (stat_cur.st_ino, stat_cur.st_mtime_ns))
+    file_id = maildir_index._file_id(os.stat(md / INDEX_NAME))
+    kept = maildir_index.remember(md, "postoffice", file_id, loaded, messages)
+    assert kept._columns is None and kept._derived is not None
+    assert kept.columns() == loaded.columns()
+    assert kept.entries == loaded.entries
+    recalled = maildir_index.recall(md, "postoffice", dirs)
+    assert recalled is not None
+    assert recalled[0].columns() == loaded.columns() and recalled[1] == messages
+
+
+@pytest.mark.parametrize("derived_below", [0, 1_000], ids=["columns", "messages"])
+def test_remembered_maildrop_either_way_lists_delivers_and_deletes_alike(
+    md: Path, monkeypatch: pytest.MonkeyPatch, derived_below: int
+) -> None:
+    """Logins, a delivery, a deletion and a size correction through the memory give what
+    cold listings give, whichever way the memory keeps the maildrop."""
+    monkeypatch.setattr(maildir_index, "_DERIVED_BELOW", derived_below)
+    for i in range(20):
+        put(md, f"cur/{1000 + i}.M1P1.host,S=5,W=6:2,S", b"body\n")
+    put(md, "cur/1500.M1P1.host:2,S", b"a\nb\n")
+    age_directories(md)
+    first = snap(md)
+    assert snap(md) == first
+    put(md, "new/2000.M1P1.host,S=5,W=6", b"body\n")
+    listed = snap(md)
+    assert listed[:-1] == first and listed[-1].key == "new/2000.M1P1.host,S=5,W=6"
+    maildrop = MaildirMaildrop(md)
+    maildrop.lock()
+    messages = maildrop.snapshot()
+    result = maildrop.commit(deleted=[messages[3], messages[-1]], retrieved=[])
+    maildrop.unlock()
+    assert (result.removed, result.remaining) == (2, 20)
+    age_directories(md)
+    remembered = snap(md)
+    assert [m.key for m in remembered] == [
+        m.key for m in listed if m not in (listed[3], listed[-1])
+    ]
+    maildir_index.forget_all()
+    (md / INDEX_NAME).unlink()
+    assert snap(md) == remembered

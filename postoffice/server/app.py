@@ -31,6 +31,7 @@ from postoffice.delivery import lmtp
 from postoffice.errors import AuthError, ConfigError
 from postoffice.listening import bind_tcp
 from postoffice.server.context import ServerContext
+from postoffice.server.index_news import IndexNews
 from postoffice.server.limits import ConnectionLimits
 from postoffice.server.session import Pop3Session
 from postoffice.server.socket_transport import SocketListener
@@ -58,6 +59,8 @@ class Pop3Server:
     """LMTP listening sockets bound by a parent process, or None: ``start`` binds them."""
     lmtp_addresses: list[tuple[str, int] | str] = field(default_factory=list)
     """LMTP (host, port) pairs, or Unix socket paths."""
+    index_news: IndexNews | None = None
+    """This worker's end of the news between worker processes, or None (one process)."""
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -115,6 +118,8 @@ class Pop3Server:
             pair = (str(bound[0]), int(bound[1]))
             (self.tls_addresses if implicit_tls else self.addresses).append(pair)
         await self._serve_lmtp()
+        if self.index_news is not None:
+            self.index_news.start(loop)
         for server in self.servers:
             await server.start_serving()
 
@@ -152,6 +157,8 @@ class Pop3Server:
                 await asyncio.wait(pending, timeout=5)
         for server in self.servers:
             await server.wait_closed()
+        if self.index_news is not None:
+            self.index_news.close()
         self.context.authenticator.close()
         log.info("stopped")
 

@@ -32,6 +32,7 @@ from postoffice.auth.passwd_file import PasswdFile
 from postoffice.auth.schemes import dummy_hash
 from postoffice.config import Config
 from postoffice.delivery import lmtp
+from postoffice.server import index_news
 from postoffice.server.app import (
     Pop3Server,
     bind_pop3_listeners,
@@ -74,6 +75,8 @@ def run(config: Config, workers: int) -> int:
     users = open_user_database(config)
     read_user_database(users)
     dummy_hash()  # made once for all workers (it costs a quarter of a second)
+    # Made before any worker, kept by the parent: a restarted worker reads the same inbox.
+    news = index_news.channels(workers) if workers > 1 else []
     children: dict[int, int] = {}  # pid -> worker number
     stopping = False
 
@@ -86,7 +89,7 @@ def run(config: Config, workers: int) -> int:
         if pid == 0:
             status = 1
             try:
-                status = _child(config, bound, lmtp_sockets, tls, users, number)
+                status = _child(config, bound, lmtp_sockets, tls, users, number, news)
             finally:
                 logging.shutdown()
                 os._exit(status)
@@ -125,6 +128,9 @@ def run(config: Config, workers: int) -> int:
         sock.close()
     for sock in lmtp_sockets:
         sock.close()
+    for pair in news:
+        for sock in pair:
+            sock.close()
     log.info("stopped")
     return 0
 
@@ -136,6 +142,7 @@ def _child(
     tls: ListenerContexts | None,
     users: PasswdFile,
     number: int,
+    news: list[tuple[socket.socket, socket.socket]],
 ) -> int:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -148,9 +155,23 @@ def _child(
     loop = new_event_loop()
     asyncio.set_event_loop(loop)
 
+    news_end = None
+    if news:
+        news_end = index_news.IndexNews(
+            news[number][0],
+            [address for other, (_, address) in enumerate(news) if other != number],
+            uidl_format=config.mail.uidl_format,
+            flag_updates=not config.mail.no_flag_updates,
+        )
+
     async def main() -> None:
         server = Pop3Server(
-            config, bound=bound, lmtp_sockets=lmtp_sockets, tls_loaded=tls, users=users
+            config,
+            bound=bound,
+            lmtp_sockets=lmtp_sockets,
+            tls_loaded=tls,
+            users=users,
+            index_news=news_end,
         )
         await server.start()
         loop.add_signal_handler(signal.SIGTERM, server.request_stop)

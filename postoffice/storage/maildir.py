@@ -198,6 +198,11 @@ class MaildirMaildrop:
     def path(self) -> Path:
         return self._path
 
+    @property
+    def scheme_id(self) -> str:
+        """The UIDL scheme's name, as the index file and the memory of snapshots key it."""
+        return self._scheme.id
+
     def _create_missing(self, exc: FileNotFoundError) -> None:
         """After ``exc`` (the maildir or a part of it is missing): create it, or refuse.
 
@@ -333,6 +338,21 @@ class MaildirMaildrop:
         if file_id is not None:
             self._index = remember(self._path, self._scheme.id, file_id, self._index, messages)
         return messages
+
+    def remember_index_file(self) -> bool:
+        """Read the index file into this process's memory of snapshots, as a login would
+        before listing, without the lock (the file is replaced atomically) and without
+        listing or writing anything: another process has just written it, and the next
+        login here starts from memory. False when there is no usable file."""
+        with _collector_paused():
+            loaded = load_index(os.path.join(self._path, INDEX_NAME), self._scheme.id)
+            if loaded is None:
+                return False
+            index, file_id = loaded
+            keys, _, wire, uids = index.columns()
+            messages = list(map(_new_message, zip(keys, uids, wire, strict=True)))
+            remember(self._path, self._scheme.id, file_id, index, messages)
+        return True
 
     def _dir_state(self) -> DirState:
         new = os.stat(os.path.join(self._path, NEW))

@@ -36,7 +36,7 @@ import os
 import secrets
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from postoffice.storage.base import StoredMessage
@@ -309,7 +309,23 @@ def write_index(maildir: Path, index: Index, scheme: str = DEFAULT_SCHEME) -> Fi
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         return None
+    hook = _written_hook
+    if hook is not None:
+        try:
+            hook(maildir, scheme)
+        except Exception:  # news for other processes: never a reason to fail here
+            logger.exception("index-written hook failed for %s", maildir)
     return written
+
+
+_written_hook: Callable[[Path, str], None] | None = None
+
+
+def on_index_written(hook: Callable[[Path, str], None] | None) -> None:
+    """Call ``hook(maildir, scheme)`` after each index file this process writes (the
+    server tells its other worker processes; ``server/index_news.py``). None: no hook."""
+    global _written_hook
+    _written_hook = hook
 
 
 def _write(tmp: Path, scheme: str, index: Index, dirs: DirState | None, columns: Columns) -> FileId:
@@ -390,6 +406,12 @@ def remember(
             oldest = next(iter(_memo))
             _memo_total -= len(_memo.pop(oldest)[2])
     return frozen.copy()
+
+
+def remembers(path: Path, scheme: str) -> bool:
+    """Whether this process keeps a snapshot of the maildrop at ``path`` (of any age)."""
+    with _memo_lock:
+        return (path, scheme) in _memo
 
 
 def recall(

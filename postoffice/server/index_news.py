@@ -1,0 +1,130 @@
+"""Index news between worker processes.
+
+Each worker remembers the snapshots it took (``storage/maildir_index.py``), and a login
+that lands on the worker which listed the maildrop last costs a few ``stat`` calls; on
+another worker it first reads the index file that one wrote (about 10 ms for 10,000
+messages, 100 ms for 100,000). The kernel picks the worker for each connection, so a
+user's next login went to either at random. Now a worker that writes a maildrop's index
+tells the others over a datagram socket, and they read the file into their memory
+straight away, so the next login finds it remembered wherever it lands: a large file
+(in a thread), and a small one only by a worker that remembers an earlier version (it
+has served that maildrop), so that N workers do not each read every small file.
+
+Reading is all they do: no lock, no listing, no write, and so no news back. The memory
+is checked against the file and the directories at every login as before, so news that
+arrives late or out of order costs time, never correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from pathlib import Path
+
+from postoffice.storage import maildir_index
+from postoffice.storage.maildir import MaildirMaildrop
+
+log = logging.getLogger(__name__)
+
+THREAD_FROM_OCTETS = 512 * 1024
+"""An index file larger than this (about 5,000 messages) is read in a thread, not on the
+event loop, so the sessions of this worker are not held up by it."""
+_NEWS_OCTETS = 65536  # a datagram: a scheme name and a path
+
+
+def channels(workers: int) -> list[tuple[socket.socket, socket.socket]]:
+    """One (inbox, address) datagram pair per worker, made before the workers are forked:
+    worker ``i`` reads ``inbox`` of pair ``i`` and sends to ``address`` of the others."""
+    pairs = []
+    for _ in range(workers):
+        inbox, address = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        inbox.setblocking(False)
+        address.setblocking(False)
+        pairs.append((inbox, address))
+    return pairs
+
+
+class IndexNews:
+    """This worker's end: tells the others of the index files it writes, and reads the
+    files they tell it of."""
+
+    def __init__(
+        self,
+        inbox: socket.socket,
+        others: list[socket.socket],
+        *,
+        uidl_format: str,
+        flag_updates: bool,
+    ) -> None:
+        self._inbox = inbox
+        self._others = others
+        self._uidl_format = uidl_format
+        self._flag_updates = flag_updates
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading: set[tuple[str, str]] = set()  # (path, scheme) being read in a thread
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_reader(self._inbox.fileno(), self._receive)
+        maildir_index.on_index_written(self.announce)
+
+    def close(self) -> None:
+        maildir_index.on_index_written(None)
+        if self._loop is not None:
+            self._loop.remove_reader(self._inbox.fileno())
+            self._loop = None
+
+    def announce(self, maildir: Path, scheme: str) -> None:
+        """Tell the other workers (any thread may call this; a full inbox loses the news,
+        which only costs the next login there the reading of the file)."""
+        news = scheme.encode("utf-8", "surrogateescape") + b"\0" + os.fsencode(maildir)
+        for other in self._others:
+            with contextlib.suppress(OSError):
+                other.send(news)
+
+    def _receive(self) -> None:
+        for _ in range(64):  # the rest at the next wake-up
+            try:
+                news = self._inbox.recv(_NEWS_OCTETS)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                log.warning("index news: %s", error)
+                return
+            scheme_raw, separator, path_raw = news.partition(b"\0")
+            if not separator or not path_raw:
+                continue
+            self._read(os.fsdecode(path_raw), scheme_raw.decode("utf-8", "surrogateescape"))
+
+    def _read(self, path: str, scheme: str) -> None:
+        maildrop = MaildirMaildrop(
+            Path(path), uidl_format=self._uidl_format, flag_updates=self._flag_updates
+        )
+        if maildrop.scheme_id != scheme:
+            return  # written under another UIDL scheme: not what logins here would use
+        try:
+            size = os.stat(os.path.join(path, maildir_index.INDEX_NAME)).st_size
+        except OSError:
+            return
+        if size <= THREAD_FROM_OCTETS:
+            # A small maildrop this worker has not served costs its first login here a few
+            # milliseconds: not worth every worker reading every file.
+            if maildir_index.remembers(maildrop.path, scheme):
+                self._remember(maildrop)
+            return
+        key = (path, scheme)
+        if key in self._reading or self._loop is None:
+            return
+        self._reading.add(key)
+        future = self._loop.run_in_executor(None, self._remember, maildrop)
+        future.add_done_callback(lambda _future: self._reading.discard(key))
+
+    @staticmethod
+    def _remember(maildrop: MaildirMaildrop) -> None:
+        try:
+            maildrop.remember_index_file()
+        except Exception:  # a cache warmed ahead of time: the next login reads the file
+            log.exception("index news: cannot read the index of %s", maildrop.path)

@@ -18,6 +18,7 @@ Message numbers, sizes and UIDLs are fixed at login from the snapshot the driver
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -99,6 +100,12 @@ class LoginFailure:
     CANCELLED = err("authentication cancelled")
 
 
+@functools.lru_cache(maxsize=8)
+def _greeting_line(greeting: str) -> bytes:
+    """The greeting without an APOP timestamp: the same line for every session."""
+    return ok(replies.printable(greeting))
+
+
 _NONE_MARKED: Mapping[int, None] = MappingProxyType({})
 
 
@@ -174,10 +181,11 @@ class ServerConnection(Generic[MessageT]):
         self._sasl = False  # an AUTH exchange is under way
         self._awaiting_sasl_response = False  # the next line answers a challenge
         self.discarded_octets = 0
-        greeting = self.settings.greeting
-        if self.settings.apop_timestamp is not None:
-            greeting = f"{greeting} {self.settings.apop_timestamp}"
-        self._out.append(ok(replies.printable(greeting)))
+        timestamp = self.settings.apop_timestamp
+        if timestamp is None:
+            self._out.append(_greeting_line(self.settings.greeting))
+        else:
+            self._out.append(ok(replies.printable(f"{self.settings.greeting} {timestamp}")))
 
     # -- input and output ------------------------------------------------------------
 

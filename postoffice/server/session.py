@@ -237,16 +237,18 @@ class Pop3Session(asyncio.BufferedProtocol):
         """Take a connection slot, evicting the oldest connection not logged in if full."""
         limits = self.context.limits
         cap = limits.connection_cap_reached(self.peer_ip)
-        if cap is not None:
-            waiting = [
-                session
-                for session in self.context.sessions
-                if session.user is None
-                and session._admitted
-                and (cap == "total" or session.peer_ip == self.peer_ip)
-            ]
-            if waiting:
-                min(waiting, key=lambda session: session._started).evict()
+        if cap is None:
+            limits.take_connection(self.peer_ip)
+            return True
+        waiting = [
+            session
+            for session in self.context.sessions
+            if session.user is None
+            and session._admitted
+            and (cap == "total" or session.peer_ip == self.peer_ip)
+        ]
+        if waiting:
+            min(waiting, key=lambda session: session._started).evict()
         return limits.admit_connection(self.peer_ip)
 
     def evict(self) -> None:

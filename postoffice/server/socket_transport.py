@@ -482,7 +482,18 @@ class SocketListener(asyncio.AbstractServer):
         self._batch = batch
         self._serving = False
         self._retry: asyncio.TimerHandle | None = None
-        self._tcp = sock.family in (socket.AF_INET, socket.AF_INET6)
+        # Plain ints: socket.accept() converts both to enums on every call.
+        self._family, self._kind, self._proto = int(sock.family), int(sock.type), sock.proto
+        # Replies are whole writes; Nagle would only delay the next one. Set on the
+        # listening socket, accepted ones inherit it (Linux does; checked on the first).
+        self._nodelay: bool | None = None  # every connection has it; None until checked
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                self._nodelay = False
+        else:
+            self._nodelay = True  # nothing to set
         sock.setblocking(False)
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
@@ -523,7 +534,8 @@ class SocketListener(asyncio.AbstractServer):
             if listening is None:
                 return
             try:
-                connection, address = listening.accept()
+                # What socket.accept() does, without its two enum conversions per call.
+                fd, address = listening._accept()  # type: ignore[attr-defined]
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return  # nothing (more) waiting, or it was gone before we took it
             except OSError as error:
@@ -531,12 +543,20 @@ class SocketListener(asyncio.AbstractServer):
                     continue
                 self._accept_failed(error)
                 return
+            connection = socket.socket(self._family, self._kind, self._proto, fd)
             connection.setblocking(False)
-            if self._tcp:
-                # Replies are whole writes; Nagle would only delay the next one.
-                with contextlib.suppress(OSError):
-                    connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if not self._nodelay:
+                self._set_nodelay(connection)
             self._connect(connection, address)
+
+    def _set_nodelay(self, connection: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            if self._nodelay is None:  # the first connection: inherited from the listener?
+                inherited = connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                self._nodelay = bool(inherited)
+                if inherited:
+                    return
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _connect(self, connection: socket.socket, address: Any) -> None:
         transport: SocketTransport | None = None

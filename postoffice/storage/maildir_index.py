@@ -430,7 +430,7 @@ def recall(
         return None
     file_id, index, messages = hit
     try:
-        current = _file_id(os.stat(os.path.join(path, INDEX_NAME)))  # no Path: a hot path
+        current = _file_id(os.stat(f"{path}/{INDEX_NAME}"))  # no join: a login's hot path
     except OSError:
         return None
     if current != file_id:

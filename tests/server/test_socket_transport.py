@@ -333,11 +333,11 @@ class _OutOfDescriptorsOnce(socket.socket):
 
     failed = False
 
-    def accept(self) -> tuple[socket.socket, Any]:
+    def _accept(self) -> tuple[int, Any]:
         if not self.failed:
             self.failed = True
             raise OSError(errno.EMFILE, "Too many open files")
-        return super().accept()
+        return super()._accept()  # type: ignore[misc,no-any-return]
 
 
 async def test_the_listener_pauses_after_running_out_of_descriptors(
@@ -431,3 +431,30 @@ async def test_a_failing_connection_does_not_stop_the_others_of_its_wake_up() ->
     await asyncio.wait_for(healthy.lost, 5)
     broken_theirs.close()
     healthy_theirs.close()
+
+
+async def test_accepted_connections_send_without_delay() -> None:
+    """TCP_NODELAY on every accepted connection, whether inherited from the listening
+    socket (as on Linux) or set on each when it is not."""
+    listening = socket.create_server(("127.0.0.1", 0))
+    made, factory = _recorders()
+    listener = SocketListener(asyncio.get_running_loop(), listening, factory)
+    await listener.start_serving()
+    clients = [socket.create_connection(listening.getsockname()) for _ in range(3)]
+    await _eventually(lambda: len(made) == 3)
+    assert listener._nodelay is True  # inherited, checked once
+    # As where accepted sockets do not inherit it: found out, then set on each one.
+    listening.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
+    listener._nodelay = None
+    clients += [socket.create_connection(listening.getsockname()) for _ in range(2)]
+    await _eventually(lambda: len(made) == 5)
+    assert listener._nodelay is False
+    for recorder in made:
+        assert recorder.transport is not None
+        sock = recorder.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        assert sock.gettimeout() == 0.0  # non-blocking
+        recorder.transport.close()
+    listener.close()
+    for client in clients:
+        client.close()

@@ -20,8 +20,8 @@ socket straight to its transport.
 ``SocketTransport`` is an ``asyncio.Transport`` with the semantics sessions rely on:
 
 - reading feeds a ``BufferedProtocol`` (``get_buffer``/``buffer_updated``) or a plain
-  one (``data_received``); ``pause_reading``/``resume_reading`` add and remove the
-  loop's reader; the end of input calls ``eof_received``, and a true answer keeps the
+  one (``data_received``); ``pause_reading``/``resume_reading`` stop and start watching
+  the socket for input; the end of input calls ``eof_received``, and a true answer keeps the
   write side open (a half-closed client still gets its replies);
 - ``write`` sends at once and buffers only what the socket did not take, with
   ``pause_writing``/``resume_writing`` at the high and low water marks;
@@ -78,15 +78,17 @@ class ConnectionPoller:
     """The sockets of many transports in one epoll set, watched by the loop as one reader.
 
     Level-triggered, like the loop's own selector: a socket stays ready until its
-    transport has read (or written) what there is. The epoll set exists while it holds a
-    socket; an idle server keeps no descriptor for it."""
+    transport has read (or written) what there is. The epoll set is made with the first
+    socket and kept, so that connections one after another do not each make and register
+    a new one; ``close`` ends it once its last socket has left."""
 
-    __slots__ = ("_epoll", "_loop", "_watched")
+    __slots__ = ("_closing", "_epoll", "_loop", "_watched")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._epoll: select.epoll | None = None
         self._watched: dict[int, SocketTransport] = {}
+        self._closing = False
 
     def __len__(self) -> int:
         return len(self._watched)
@@ -112,11 +114,21 @@ class ConnectionPoller:
             del self._watched[fd]
             with contextlib.suppress(OSError):  # closed behind the transport's back
                 epoll.unregister(fd)
-            if not self._watched:
-                self._loop.remove_reader(epoll.fileno())
-                epoll.close()
-                self._epoll = None
+            if self._closing and not self._watched:
+                self._close_epoll()
         transport._events = events
+
+    def close(self) -> None:
+        """Close the epoll set when no socket is left in it (now, if none is)."""
+        self._closing = True
+        if not self._watched:
+            self._close_epoll()
+
+    def _close_epoll(self) -> None:
+        epoll, self._epoll = self._epoll, None
+        if epoll is not None:
+            self._loop.remove_reader(epoll.fileno())
+            epoll.close()
 
     def _poll(self) -> None:
         epoll = self._epoll
@@ -509,12 +521,14 @@ class SocketListener(asyncio.AbstractServer):
         self._loop.add_reader(self._sock.fileno(), self._accept)
 
     def close(self) -> None:
-        """Stop accepting and close the listening socket; connections carry on."""
+        """Stop accepting and close the listening socket; connections carry on (their
+        epoll set is closed after the last of them)."""
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
         if self._sock is None:
             return
+        self._poller.close()
         if self._serving:
             self._loop.remove_reader(self._sock.fileno())
             self._serving = False

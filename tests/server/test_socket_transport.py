@@ -75,14 +75,21 @@ def _recorders() -> tuple[list[Recorder], Callable[[], Recorder]]:
 
 
 async def _pair(
-    protocol: asyncio.BaseProtocol, flush_timeout: float | None = None
+    protocol: asyncio.BaseProtocol,
+    flush_timeout: float | None = None,
+    poller: ConnectionPoller | None = None,
 ) -> tuple[SocketTransport, socket.socket]:
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
     theirs.setblocking(False)
     loop = asyncio.get_running_loop()
     transport = SocketTransport(
-        loop, ours, protocol, "peer", ConnectionPoller(loop), flush_timeout=flush_timeout
+        loop,
+        ours,
+        protocol,
+        "peer",
+        poller if poller is not None else ConnectionPoller(loop),
+        flush_timeout=flush_timeout,
     )
     transport.start()
     return transport, theirs
@@ -362,7 +369,7 @@ async def test_the_listener_pauses_after_running_out_of_descriptors(
     client.close()
 
 
-async def test_the_poller_serves_many_sockets_and_keeps_no_descriptor_when_idle() -> None:
+async def test_the_poller_serves_many_sockets_and_keeps_its_epoll_set_until_closed() -> None:
     loop = asyncio.get_running_loop()
     poller = ConnectionPoller(loop)
     pairs = []
@@ -395,9 +402,38 @@ async def test_the_poller_serves_many_sockets_and_keeps_no_descriptor_when_idle(
         recorder.transport.close()
         await asyncio.wait_for(recorder.lost, 5)
         theirs.close()
-    assert len(poller) == 0 and poller._epoll is None
+    # Kept for the next connection (not made and registered again for each one) ...
+    assert len(poller) == 0 and poller._epoll is not None
+    os.fstat(descriptor)
+    poller.close()  # ... until closed, with no socket left in it
+    assert poller._epoll is None
     with pytest.raises(OSError):
-        os.fstat(descriptor)  # the epoll set was closed with its last socket
+        os.fstat(descriptor)
+
+
+async def test_a_closed_poller_ends_its_epoll_set_after_the_last_socket() -> None:
+    loop = asyncio.get_running_loop()
+    poller = ConnectionPoller(loop)
+    transports, peers = [], []
+    for _ in range(2):
+        recorder = Recorder()
+        transport, peer = await _pair(recorder, poller=poller)
+        transports.append((transport, recorder))
+        peers.append(peer)
+    assert poller._epoll is not None
+    descriptor = poller._epoll.fileno()
+    poller.close()  # as the listener does: its connections carry on
+    peers[1].send(b"NOOP\r\n")
+    await _eventually(lambda: transports[1][1].received == b"NOOP\r\n")
+    for transport, recorder in transports:
+        os.fstat(descriptor)  # still open while a socket is in it
+        transport.close()
+        await asyncio.wait_for(recorder.lost, 5)
+    assert poller._epoll is None
+    with pytest.raises(OSError):
+        os.fstat(descriptor)
+    for peer in peers:
+        peer.close()
 
 
 class _BrokenTransport(SocketTransport):

@@ -57,12 +57,10 @@ class IndexNews:
         others: list[socket.socket],
         *,
         uidl_format: str,
-        flag_updates: bool,
     ) -> None:
         self._inbox = inbox
         self._others = others
         self._uidl_format = uidl_format
-        self._flag_updates = flag_updates
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading: set[tuple[str, str]] = set()  # (path, scheme) being read in a thread
 
@@ -100,9 +98,7 @@ class IndexNews:
             self._read(os.fsdecode(path_raw), scheme_raw.decode("utf-8", "surrogateescape"))
 
     def _read(self, path: str, scheme: str) -> None:
-        maildrop = MaildirMaildrop(
-            Path(path), uidl_format=self._uidl_format, flag_updates=self._flag_updates
-        )
+        maildrop = MaildirMaildrop(Path(path), uidl_format=self._uidl_format)
         if maildrop.scheme_id != scheme:
             return  # written under another UIDL scheme: not what logins here would use
         try:

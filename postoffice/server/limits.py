@@ -30,13 +30,9 @@ class ConnectionLimits:
     def admit_connection(self, ip: str) -> bool:
         if self.connection_cap_reached(ip) is not None:
             return False
-        self.take_connection(ip)
-        return True
-
-    def take_connection(self, ip: str) -> None:
-        """Count a connection that ``connection_cap_reached`` has just let in."""
         self.total += 1
         self.per_ip[ip] += 1
+        return True
 
     def release_connection(self, ip: str) -> None:
         self.total -= 1

@@ -236,10 +236,9 @@ class Pop3Session(asyncio.BufferedProtocol):
     def _admit(self) -> bool:
         """Take a connection slot, evicting the oldest connection not logged in if full."""
         limits = self.context.limits
-        cap = limits.connection_cap_reached(self.peer_ip)
-        if cap is None:
-            limits.take_connection(self.peer_ip)
+        if limits.admit_connection(self.peer_ip):
             return True
+        cap = limits.connection_cap_reached(self.peer_ip)
         waiting = [
             session
             for session in self.context.sessions

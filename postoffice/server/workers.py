@@ -161,7 +161,6 @@ def _child(
             news[number][0],
             [address for other, (_, address) in enumerate(news) if other != number],
             uidl_format=config.mail.uidl_format,
-            flag_updates=not config.mail.no_flag_updates,
         )
 
     async def main() -> None:

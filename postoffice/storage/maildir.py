@@ -110,6 +110,14 @@ _new_message = cast(
 )
 
 
+def _messages(index: Index, start: int = 0) -> Iterator[StoredMessage]:
+    """The snapshot's messages made from ``index``'s columns, from position ``start``."""
+    keys, _, wire, uids = index.columns()
+    if start:
+        keys, wire, uids = keys[start:], wire[start:], uids[start:]
+    return map(_new_message, zip(keys, uids, wire, strict=True))
+
+
 @contextlib.contextmanager
 def _collector_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while a snapshot is built.
@@ -293,11 +301,7 @@ class MaildirMaildrop:
         that file found), untrusted, its messages and the file's identity: the file is not
         read again, and the messages are reused while the listing keeps them in front.
         """
-        loaded = (
-            (remembered[0], remembered[2])
-            if remembered is not None
-            else load_index(f"{self._dir}/{INDEX_NAME}", self._scheme.id)
-        )
+        loaded = (remembered[0], remembered[2]) if remembered is not None else self._load_index()
         file_id: FileId | None
         if loaded is not None and remembered is None and loaded[0].trusted(dirs):
             self._index, file_id = loaded
@@ -326,17 +330,12 @@ class MaildirMaildrop:
                 file_id = loaded[1]
             else:
                 file_id = self._write_index()
-        keys, _, wire, uids = self._index.columns()
         if remembered is not None and _starts_with(self._index, remembered[0]):
             # Newcomers after every remembered message (the usual delivery): those
             # messages stay as they were, only the newcomers are made.
-            n = len(remembered[1])
-            messages = [
-                *remembered[1],
-                *map(_new_message, zip(keys[n:], uids[n:], wire[n:], strict=True)),
-            ]
+            messages = [*remembered[1], *_messages(self._index, len(remembered[1]))]
         else:
-            messages = list(map(_new_message, zip(keys, uids, wire, strict=True)))
+            messages = list(_messages(self._index))
         if file_id is not None:
             self._index = remember(self._path, self._scheme.id, file_id, self._index, messages)
         return messages
@@ -347,14 +346,15 @@ class MaildirMaildrop:
         listing or writing anything: another process has just written it, and the next
         login here starts from memory. False when there is no usable file."""
         with _collector_paused():
-            loaded = load_index(f"{self._dir}/{INDEX_NAME}", self._scheme.id)
+            loaded = self._load_index()
             if loaded is None:
                 return False
             index, file_id = loaded
-            keys, _, wire, uids = index.columns()
-            messages = list(map(_new_message, zip(keys, uids, wire, strict=True)))
-            remember(self._path, self._scheme.id, file_id, index, messages)
+            remember(self._path, self._scheme.id, file_id, index, list(_messages(index)))
         return True
+
+    def _load_index(self) -> tuple[Index, FileId] | None:
+        return load_index(f"{self._dir}/{INDEX_NAME}", self._scheme.id)
 
     def _dir_state(self) -> DirState:
         new = os.stat(f"{self._dir}/{NEW}")

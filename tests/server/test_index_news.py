@@ -52,7 +52,6 @@ def pair() -> Iterator[list[IndexNews]]:
             channels[number][0],
             [channels[1 - number][1]],
             uidl_format="postoffice",
-            flag_updates=True,
         )
         for number in (0, 1)
     ]

@@ -125,8 +125,10 @@ def serve(config_path: Path | None, verbose: bool) -> None:
     config = _load(config_path)
     _setup_logging(config, verbose=verbose)
     config.data_dir.mkdir(parents=True, exist_ok=True)
-    users = (
-        passwd_file.list_users(config.auth.passwd_file) if config.auth.passwd_file.exists() else []
+    users = (  # quietly: the server reports the file's problems as it reads it
+        passwd_file.list_users(config.auth.passwd_file, report=False)
+        if config.auth.passwd_file.exists()
+        else []
     )
     config_hint = f" --config {config_path}" if config_path else ""
     listen = config.pop3.listen[0]

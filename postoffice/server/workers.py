@@ -71,9 +71,11 @@ def run(config: Config, workers: int) -> int:
         )
         tls.load()
     drop_privileges(config)
-    # Read once here and shared with every worker (copy-on-write), as the code is.
+    # Read here, so a problem with the file is reported once and at start; each worker
+    # parses the same bytes into records of its own as it starts (see release_records).
     users = open_user_database(config)
     read_user_database(users)
+    users.release_records()
     dummy_hash()  # made once for all workers (it costs a quarter of a second)
     # Made before any worker, kept by the parent: a restarted worker reads the same inbox.
     news = index_news.channels(workers) if workers > 1 else []

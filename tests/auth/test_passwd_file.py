@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from postoffice.auth.base import UserRecord
+from postoffice.auth.base import NOT_CURRENT, UserRecord
 from postoffice.auth.passwd_file import (
     PasswdFile,
     add_user,
@@ -402,3 +402,32 @@ def test_lookup_sees_cli_edits(tmp_path: Path) -> None:
 def test_list_users_of_missing_file_is_empty(tmp_path: Path) -> None:
     """list_users of a missing file is an empty list."""
     assert list_users(tmp_path / "nope") == []
+
+
+def test_released_records_are_parsed_again_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After ``release_records`` the same users come back as new objects (a worker's own,
+    not pages shared with its parent) without reporting the file's problems a second time;
+    until then ``lookup_if_current`` sends the caller to ``lookup``. A file changed in the
+    meantime is read and reported as usual."""
+    path = tmp_path / "passwd"
+    _write(path, b"alice:{PLAIN}a\nnot a user line\nbob:" + HASH.encode() + b"\n", age=10)
+    caplog.set_level(logging.WARNING, logger="postoffice.auth.passwd_file")
+    db = PasswdFile(path, warn_weak_schemes=True)
+    before = db.lookup("alice")
+    assert before is not None
+    assert caplog.text.count("malformed") == 1 and caplog.text.count("weak schemes") == 1
+    typical = db.typical_hash
+    db.release_records()
+    assert db.lookup_if_current("alice") is NOT_CURRENT
+    after = db.lookup("alice")
+    assert after == before and after is not before
+    assert db.lookup_if_current("bob") == UserRecord(name="bob", password_hash=HASH)
+    assert db.typical_hash == typical
+    assert caplog.text.count("malformed") == 1 and caplog.text.count("weak schemes") == 1
+    db.release_records()
+    _write(path, b"carol:{PLAIN}c\nstill not a user\n", age=10)
+    assert db.lookup("alice") is None
+    assert db.lookup("carol") is not None
+    assert caplog.text.count("malformed") == 2 and caplog.text.count("weak schemes") == 2

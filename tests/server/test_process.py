@@ -184,3 +184,31 @@ def test_user_commands_and_deliver(tmp_path: Path) -> None:
     assert unknown.returncode == 67
     assert run("user", "del", "carol").returncode == 0
     assert run("user", "list").stdout == b""
+
+
+def test_workers_read_the_users_themselves_and_report_once(tmp_path: Path) -> None:
+    """With two workers, the passwd-file's problems are reported once, by the parent at
+    start, though each worker parses the file again for itself; both serve every user, and
+    a change to the file reaches both."""
+    passwd = tmp_path / "var" / "passwd"
+    passwd.parent.mkdir()
+    passwd.write_bytes(b"alice:{PLAIN}secret\nthis line is not a user\n")
+    server = ServerProcess(tmp_path, "[process]\nworkers = 2\n")
+    try:
+        server.start()
+        for _ in range(8):  # new connections, spread over the workers by the kernel
+            pop = login(server.port)
+            assert pop.stat() == (0, 0)
+            pop.quit()
+        log = server.log.read_text()
+        assert "started 2 worker processes" in log
+        assert log.count("is malformed") == 1, log
+        assert log.count("weak schemes") == 1, log
+        passwd_file.add_user(passwd, "bob", "{PLAIN}bob-secret")
+        for _ in range(8):
+            pop = poplib.POP3("127.0.0.1", server.port, timeout=10)
+            pop.user("bob")
+            assert pop.pass_("bob-secret").startswith(b"+OK")
+            pop.quit()
+    finally:
+        server.stop()

@@ -18,6 +18,8 @@ from postoffice.server.limits import ConnectionLimits
 from postoffice.tls import ListenerContexts
 
 if TYPE_CHECKING:
+    from postoffice.auth.base import UserRecord
+    from postoffice.server.login import MaildropPlace
     from postoffice.server.session import Pop3Session
 
 
@@ -38,6 +40,8 @@ class ServerContext:
     _settings: dict[tuple[bool, bool, bool], ServerSettings] = field(default_factory=dict)
     read_buffer: memoryview = field(default_factory=lambda: memoryview(bytearray(READ_OCTETS)))
     """Where sessions receive into (``Pop3Session.get_buffer``): one for the whole server."""
+    maildrop_places: dict[UserRecord, MaildropPlace] = field(default_factory=dict)
+    """Each user's maildrop path and how it opened last (``login.py``), by user record."""
 
     def __post_init__(self) -> None:
         oauth = self.config.oauth

@@ -108,28 +108,27 @@ class Authorizer:
     async def open_maildrop(self, record: UserRecord) -> OpenedMaildrop | bytes:
         """Lock and list the user's maildrop, or the ``LoginFailure`` line to send."""
         config = self.context.config
-        try:
-            key = (config.mail.maildir, config.data_dir, record)
-            path = _maildir_paths.get(key)
-            if path is None:
-                if len(_maildir_paths) >= _MAILDIR_PATHS_KEPT:
-                    _maildir_paths.clear()
-                path = _maildir_paths[key] = maildir_for(
-                    config.mail.maildir, data_dir=config.data_dir, user=record
-                )
-        except PostofficeError as error:
-            self.log.error("no maildrop for %r: %s", record.name, error)
-            return LoginFailure.PERMANENT
+        places = self.context.maildrop_places
+        place = places.get(record)
+        if place is None:
+            try:
+                path = maildir_for(config.mail.maildir, data_dir=config.data_dir, user=record)
+            except PostofficeError as error:
+                self.log.error("no maildrop for %r: %s", record.name, error)
+                return LoginFailure.PERMANENT
+            if len(places) >= _PLACES_KEPT:
+                places.clear()
+            place = places[record] = MaildropPlace(path)
         maildrop = MaildirMaildrop(
-            path,
+            place.path,
             flag_updates=not config.mail.no_flag_updates,
             uidl_format=config.mail.uidl_format,
         )
         try:
-            if _cheap_to_open(path):
-                messages = _lock_and_list(maildrop, config)
+            if _cheap_to_open(place):
+                messages = _lock_and_list(maildrop, config, place)
             else:
-                messages = await asyncio.to_thread(_lock_and_list, maildrop, config)
+                messages = await asyncio.to_thread(_lock_and_list, maildrop, config, place)
         except MaildropInUseError:
             self.log.info("maildrop of %r is in use", record.name)
             return LoginFailure.IN_USE
@@ -143,9 +142,20 @@ class Authorizer:
         return OpenedMaildrop(maildrop=maildrop, messages=messages)
 
 
-# A user's maildir path, by the template and the record it was made from.
-_maildir_paths: dict[tuple[str, Path, UserRecord], Path] = {}
-_MAILDIR_PATHS_KEPT = 100_000
+class MaildropPlace:
+    """Where a user's maildrop is, and whether it opened quickly last time: kept per user
+    record (``ServerContext.maildrop_places``), so a login makes no path."""
+
+    __slots__ = ("opens_quickly", "path")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.opens_quickly: bool | None = None
+        """Whether its last lock and listing took under INLINE_OPEN_SECONDS; None: not
+        opened yet."""
+
+
+_PLACES_KEPT = 100_000
 
 
 class _LoginTooSoon(Exception):
@@ -155,19 +165,17 @@ class _LoginTooSoon(Exception):
 INLINE_OPEN_SECONDS = 0.002
 """A maildrop whose last lock and listing took less than this is opened on the event loop
 (a thread trip costs more); after a slow one, in a thread (see ``_cheap_to_open``)."""
-_open_costs: dict[Path, float] = {}
 SMALL_DIRECTORIES_OCTETS = 16384
 """new/ and cur/ together no larger than this (a few hundred names): cheap the first time."""
-_OPEN_COSTS_KEPT = 100_000
 
 
-def _cheap_to_open(path: Path) -> bool:
-    """Whether locking and listing ``path`` costs less than a trip to a thread: it did last
-    time, or (first time) its new/ and cur/ are small directories. A directory's size
+def _cheap_to_open(place: MaildropPlace) -> bool:
+    """Whether locking and listing the maildrop costs less than a trip to a thread: it did
+    last time, or (first time) its new/ and cur/ are small directories. A directory's size
     grows with its entries on every common filesystem, and a stat is cheap."""
-    cost = _open_costs.get(path)
-    if cost is not None:
-        return cost < INLINE_OPEN_SECONDS
+    if place.opens_quickly is not None:
+        return place.opens_quickly
+    path = place.path
     try:
         # String joins: a first login's hot path (a Path per join costs more than the stat).
         size = (
@@ -178,14 +186,14 @@ def _cheap_to_open(path: Path) -> bool:
     return size <= SMALL_DIRECTORIES_OCTETS
 
 
-def _lock_and_list(maildrop: MaildirMaildrop, config: Config) -> list[StoredMessage]:
+def _lock_and_list(
+    maildrop: MaildirMaildrop, config: Config, place: MaildropPlace
+) -> list[StoredMessage]:
     started = time.perf_counter()
     try:
         return _lock_and_list_now(maildrop, config)
     finally:
-        if len(_open_costs) >= _OPEN_COSTS_KEPT:
-            _open_costs.clear()
-        _open_costs[maildrop.path] = time.perf_counter() - started
+        place.opens_quickly = time.perf_counter() - started < INLINE_OPEN_SECONDS
 
 
 def _lock_and_list_now(maildrop: MaildirMaildrop, config: Config) -> list[StoredMessage]:

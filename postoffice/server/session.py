@@ -131,8 +131,9 @@ class Pop3Session(asyncio.BufferedProtocol):
         "_finished",
         "_inside_tls_handshake",
         "_loop",
+        "_number",
         "_octets_out",
-        "_peer_text",
+        "_peer",
         "_reading_paused",
         "_sasl_exchange",
         "_started",
@@ -149,7 +150,6 @@ class Pop3Session(asyncio.BufferedProtocol):
         "implicit_tls",
         "maildrop",
         "peer_ip",
-        "session_id",
         "stopping",
         "tls_active",
         "transport",
@@ -164,8 +164,8 @@ class Pop3Session(asyncio.BufferedProtocol):
         self.connection: ServerConnection[StoredMessage]
         self.transport: asyncio.Transport | None = None
         self.peer_ip = "?"
-        self._peer_text = "?"
-        self.session_id = f"{random.getrandbits(32):08x}"  # for log lines, not a secret
+        self._peer: object = None  # the transport's peername (the object it keeps)
+        self._number = random.getrandbits(32)  # for log lines, not a secret
         self._authorizer: Authorizer | None = None
         self.maildrop: Maildrop | None = None
         self.user: str | None = None
@@ -191,10 +191,22 @@ class Pop3Session(asyncio.BufferedProtocol):
         self._closed_waiter: asyncio.Future[None] | None = None
         self.stopping = False
 
+    # The session's id and its peer as log lines show them: made when a line is logged,
+    # not kept, so idle sessions stay small.
+
+    @property
+    def session_id(self) -> str:
+        return f"{self._number:08x}"
+
+    @property
+    def peer_text(self) -> str:
+        """``[address]:port``, or ``local`` (a Unix socket), or ``?`` before the connection."""
+        peer = self._peer
+        return f"[{peer[0]}]:{peer[1]}" if isinstance(peer, tuple) else self.peer_ip
+
     @property
     def log(self) -> SessionLog:
-        """Made when something is logged (rarely), not kept: idle sessions stay small."""
-        return SessionLog(log, {"session": self.session_id, "peer": self._peer_text})
+        return SessionLog(log, {"session": self.session_id, "peer": self.peer_text})
 
     @property
     def authorizer(self) -> Authorizer:
@@ -208,11 +220,8 @@ class Pop3Session(asyncio.BufferedProtocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            self.peer_ip = str(peer[0])
-            self._peer_text = f"[{self.peer_ip}]:{peer[1]}"
-        else:
-            self.peer_ip = self._peer_text = "local"
+        self._peer = peer
+        self.peer_ip = str(peer[0]) if isinstance(peer, tuple) else "local"
         if not self._admit():
             self._finished = True
             self.log.warning("refused: too many connections")
@@ -800,7 +809,7 @@ class Pop3Session(asyncio.BufferedProtocol):
             "session=%s peer=%s end user=%r reason=%s tls=%s commands=%d retrieved=%d top=%d "
             "deleted=%d octets_out=%d seconds=%.3f",
             self.session_id,
-            self._peer_text,
+            self.peer_text,
             self.user,
             self._end_reason,
             "yes" if self.tls_active else "no",

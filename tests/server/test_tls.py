@@ -62,6 +62,35 @@ def test_pop3s_with_poplib(tls_server: ServerHarness, authority: trustme.CA) -> 
     pop.quit()
 
 
+def test_the_end_line_names_the_peer_of_a_tls_session(
+    tls_server: ServerHarness, authority: trustme.CA, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each session's last log line names the client's address and port, also when the
+    client of a POP3S session just goes away (the TLS layer has let go of the connection
+    by the time the line is written)."""
+    caplog.set_level(logging.INFO)
+
+    def end_line(port: int) -> list[str]:
+        wanted = f"peer=[127.0.0.1]:{port} end user='alice'"
+        return [r.getMessage() for r in caplog.records if wanted in r.getMessage()]
+
+    context = client_context(authority)
+    quitting = poplib.POP3_SSL("127.0.0.1", tls_server.tls_port, context=context, timeout=10)
+    port = quitting.sock.getsockname()[1]
+    quitting.user("alice")
+    quitting.pass_("secret")
+    quitting.quit()
+    wait_until(lambda: bool(end_line(port)))
+    assert "reason=quit tls=yes" in end_line(port)[0]
+    leaving = poplib.POP3_SSL("127.0.0.1", tls_server.tls_port, context=context, timeout=10)
+    port = leaving.sock.getsockname()[1]
+    leaving.user("alice")
+    leaving.pass_("secret")
+    leaving.close()  # no QUIT, no TLS close_notify
+    wait_until(lambda: bool(end_line(port)))
+    assert "reason=closed by client tls=yes" in end_line(port)[0]
+
+
 def test_stls_then_login_with_poplib(tls_server: ServerHarness, authority: trustme.CA) -> None:
     pop = poplib.POP3("127.0.0.1", tls_server.port, timeout=10)
     before = pop.capa()

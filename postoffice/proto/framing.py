@@ -71,40 +71,39 @@ class LineBuffer:
     """Lines starting with this (any case) may be ``long_line_octets`` long."""
     long_line_octets: int = 0
     _buffer: bytearray | None = None
+    """None when empty: an idle session (the usual state) keeps no buffer."""
     _scanned: int = 0
     _discarding: int = 0  # octets dropped of the current over-long line; 0 when not dropping
 
-    def __post_init__(self) -> None:
-        self._buffer = bytearray()
-
     def feed(self, data: bytes | memoryview) -> None:
-        assert self._buffer is not None
-        self._buffer += data
+        if self._buffer is None:
+            self._buffer = bytearray(data)
+        else:
+            self._buffer += data
 
     @property
     def buffered(self) -> int:
         """Octets received but not yet returned as lines."""
-        assert self._buffer is not None
-        return len(self._buffer)
+        return 0 if self._buffer is None else len(self._buffer)
 
     def take_unread(self) -> bytes:
         """Everything buffered and not yet returned, emptying the buffer."""
-        assert self._buffer is not None
-        unread = bytes(self._buffer)
-        self._buffer.clear()
+        unread = b"" if self._buffer is None else bytes(self._buffer)
+        self._buffer = None
         self._scanned = 0
         return unread
 
     def next_line(self) -> bytes | LineProblem | None:
         """The next line without its line end, a problem, or None when more data is needed."""
         buffer = self._buffer
-        assert buffer is not None
+        if buffer is None:
+            return None
         end = buffer.find(b"\n", self._scanned)
         if end < 0:
             size = len(buffer)
             if self._discarding or (size > self.max_line_octets and size > self._limit(buffer)):
                 self._discarding += len(buffer)
-                buffer.clear()
+                self._buffer = None
                 self._scanned = 0
                 if self._discarding > self.max_discard_octets:
                     self._discarding = 0
@@ -113,7 +112,10 @@ class LineBuffer:
                 self._scanned = len(buffer)
             return None
         line = bytes(buffer[:end])
-        del buffer[: end + 1]
+        if end + 1 == len(buffer):
+            self._buffer = None
+        else:
+            del buffer[: end + 1]
         self._scanned = 0
         if self._discarding:
             self._discarding = 0

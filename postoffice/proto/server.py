@@ -168,7 +168,7 @@ class ServerConnection(Generic[MessageT]):
             long_prefix=b"AUTH ",
             long_line_octets=self.settings.max_sasl_line_octets,
         )
-        self._out: list[bytes] = []
+        self._out: list[bytes] | None = None  # replies not yet taken; None: none
         self._messages: Sequence[MessageT] = ()
         # 0-based indexes marked by DELE, and those sent whole by RETR: dicts, made when the
         # first one is marked (most sessions never mark one; an idle session keeps neither).
@@ -183,9 +183,9 @@ class ServerConnection(Generic[MessageT]):
         self.discarded_octets = 0
         timestamp = self.settings.apop_timestamp
         if timestamp is None:
-            self._out.append(_greeting_line(self.settings.greeting))
+            self._reply(_greeting_line(self.settings.greeting))
         else:
-            self._out.append(ok(replies.printable(f"{self.settings.greeting} {timestamp}")))
+            self._reply(ok(replies.printable(f"{self.settings.greeting} {timestamp}")))
 
     # -- input and output ------------------------------------------------------------
 
@@ -205,11 +205,17 @@ class ServerConnection(Generic[MessageT]):
 
     def data_to_send(self) -> bytes:
         """Everything queued for the peer since the last call."""
-        if not self._out:
+        out = self._out
+        if out is None:
             return b""
-        data = b"".join(self._out)
-        self._out.clear()
-        return data
+        self._out = None
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def _reply(self, line: bytes) -> None:
+        if self._out is None:
+            self._out = [line]
+        else:
+            self._out.append(line)
 
     def next_event(self) -> Event[MessageT]:
         """Process buffered commands until one needs the driver or more data is needed."""
@@ -222,7 +228,7 @@ class ServerConnection(Generic[MessageT]):
             if line is None:
                 return NEED_DATA
             if line is LineProblem.FLOOD:
-                self._out.append(err("line too long, closing connection"))
+                self._reply(err("line too long, closing connection"))
                 self._close("line flood")
                 continue
             if self._awaiting_sasl_response and line is LineProblem.TOO_LONG:
@@ -252,7 +258,7 @@ class ServerConnection(Generic[MessageT]):
         self.state = State.TRANSACTION
         self._user_given = None
         count, octets = self._totals()
-        self._out.append(ok(f"maildrop has {count} messages ({octets} octets)"))
+        self._reply(ok(f"maildrop has {count} messages ({octets} octets)"))
 
     def login_rejected(self, failure: bytes = LoginFailure.BAD_CREDENTIALS) -> None:
         """The login failed; ``failure`` is one of the ``LoginFailure`` lines."""
@@ -261,11 +267,11 @@ class ServerConnection(Generic[MessageT]):
         self._sasl = False
         self._user_given = None
         self.username = None
-        self._out.append(failure)
+        self._reply(failure)
         if failure in (LoginFailure.BAD_CREDENTIALS, LoginFailure.NOT_ALLOWED):
             self.counters.login_failures += 1
             if self.counters.login_failures >= self.settings.max_login_failures:
-                self._out.append(err("too many failed logins, closing connection"))
+                self._reply(err("too many failed logins, closing connection"))
                 self._close("too many failed logins")
 
     def sasl_challenge(self, data: bytes) -> None:
@@ -276,7 +282,7 @@ class ServerConnection(Generic[MessageT]):
         self.pending = Pending.NOTHING
         self._awaiting_sasl_response = True
         self._lines.max_line_octets = self.settings.max_sasl_line_octets
-        self._out.append(challenge_line(data))
+        self._reply(challenge_line(data))
 
     def tls_started(
         self, *, plaintext_allowed: bool, sasl_mechanisms: tuple[str, ...] | None = None
@@ -300,9 +306,9 @@ class ServerConnection(Generic[MessageT]):
         """Queue the ``+OK`` line of RETR/TOP; the driver sends the encoded body after it."""
         request = self._require_message()
         if request.body_lines is None:
-            self._out.append(ok(f"{request.message.size} octets"))
+            self._reply(ok(f"{request.message.size} octets"))
         else:
-            self._out.append(ok("top of message follows"))
+            self._reply(ok("top of message follows"))
 
     def message_sent(self) -> None:
         """The driver has sent the whole body including its terminating ``.`` line."""
@@ -320,7 +326,7 @@ class ServerConnection(Generic[MessageT]):
         self._require_message()
         self.pending = Pending.NOTHING
         self._pending_request = None
-        self._out.append(err("message could not be read", ResponseCode.SYS_TEMP))
+        self._reply(err("message could not be read", ResponseCode.SYS_TEMP))
 
     def update_done(self, *, removed_all: bool, remaining: int) -> None:
         """UPDATE finished (RFC 1939 §6); the session then closes."""
@@ -328,9 +334,9 @@ class ServerConnection(Generic[MessageT]):
         self.pending = Pending.NOTHING
         if removed_all:
             left = "maildrop empty" if remaining == 0 else _count(remaining, "message") + " left"
-            self._out.append(ok(f"{self.settings.signoff} ({left})"))
+            self._reply(ok(f"{self.settings.signoff} ({left})"))
         else:
-            self._out.append(err("some deleted messages not removed", ResponseCode.SYS_TEMP))
+            self._reply(err("some deleted messages not removed", ResponseCode.SYS_TEMP))
         self._close("quit")
 
     # -- internals -------------------------------------------------------------------
@@ -351,10 +357,10 @@ class ServerConnection(Generic[MessageT]):
         self._close_reason = reason
 
     def _bad_command(self, reply: bytes) -> None:
-        self._out.append(reply)
+        self._reply(reply)
         self.counters.bad_commands += 1
         if self.counters.bad_commands >= self.settings.max_bad_commands:
-            self._out.append(err("too many bad commands, closing connection"))
+            self._reply(err("too many bad commands, closing connection"))
             self._close("too many bad commands")
 
     def _handle_line(self, line: bytes) -> Event[MessageT] | None:
@@ -384,7 +390,7 @@ class ServerConnection(Generic[MessageT]):
         arguments = command.arguments
         if keyword == "CAPA":
             _no_arguments(arguments)
-            self._out.append(multiline(ok("capability list follows"), self._capabilities()))
+            self._reply(multiline(ok("capability list follows"), self._capabilities()))
         elif keyword == "QUIT":
             _no_arguments(arguments)
             return self._quit()
@@ -402,7 +408,7 @@ class ServerConnection(Generic[MessageT]):
         elif keyword == "STAT":
             _no_arguments(arguments)
             count, octets = self._totals()
-            self._out.append(ok(f"{count} {octets}"))
+            self._reply(ok(f"{count} {octets}"))
         elif keyword == "LIST":
             self._listing(arguments, uid=False)
         elif keyword == "UIDL":
@@ -420,17 +426,17 @@ class ServerConnection(Generic[MessageT]):
                 self._deleted = _marked(self._deleted, index)
                 self._count -= 1
                 self._octets -= self._messages[index].size
-                self._out.append(ok(f"message {index + 1} deleted"))
+                self._reply(ok(f"message {index + 1} deleted"))
         elif keyword == "RSET":
             _no_arguments(arguments)
             self._deleted = _NONE_MARKED
             self._count = len(self._messages)
             self._octets = sum(map(_SIZE, self._messages))
             count, octets = self._totals()
-            self._out.append(ok(f"maildrop has {count} messages ({octets} octets)"))
+            self._reply(ok(f"maildrop has {count} messages ({octets} octets)"))
         elif keyword == "NOOP":
             _no_arguments(arguments)
-            self._out.append(ok())
+            self._reply(ok())
         else:  # pragma: no cover - COMMAND_STATES and this dispatch list must agree
             raise LocalProtocolError(f"no handler for {keyword}")
         return None
@@ -455,7 +461,7 @@ class ServerConnection(Generic[MessageT]):
 
     def _quit(self) -> Event[MessageT] | None:
         if self.state is State.AUTHORIZATION:
-            self._out.append(ok(self.settings.signoff))
+            self._reply(ok(self.settings.signoff))
             self._close("quit")
             return None
         self.state = State.UPDATE
@@ -472,7 +478,7 @@ class ServerConnection(Generic[MessageT]):
         # Always +OK (even where plaintext login is refused: PASS says so, after the same
         # work as a wrong password): a different answer for unknown names would reveal which exist.
         self._user_given = argument.decode("utf-8", "replace")
-        self._out.append(ok("send PASS"))
+        self._reply(ok("send PASS"))
 
     def _pass(self, arguments: tuple[bytes, ...]) -> Event[MessageT] | None:
         (argument,) = _arguments(arguments, 1)
@@ -513,7 +519,7 @@ class ServerConnection(Generic[MessageT]):
         if not self.settings.stls:
             self._bad_command(err("STLS is not available"))
             return None
-        self._out.append(ok("begin TLS negotiation"))
+        self._reply(ok("begin TLS negotiation"))
         discarded = len(self._lines.take_unread())
         self.discarded_octets += discarded
         self.pending = Pending.TLS
@@ -523,7 +529,7 @@ class ServerConnection(Generic[MessageT]):
         if not arguments:
             # RFC 1734-style discovery, still used by Outlook.
             names = [name.encode("ascii") for name in self._visible_mechanisms()]
-            self._out.append(multiline(ok("supported mechanisms follow"), names))
+            self._reply(multiline(ok("supported mechanisms follow"), names))
             return None
         if len(arguments) > 2:
             raise CommandSyntaxError("takes a mechanism and an optional initial response")
@@ -553,12 +559,12 @@ class ServerConnection(Generic[MessageT]):
                 decoded = None
             if decoded is CANCEL:
                 self._sasl = False
-                self._out.append(LoginFailure.CANCELLED)
+                self._reply(LoginFailure.CANCELLED)
                 return SaslCancelled(reason="cancelled by client")
             response = decoded if isinstance(decoded, bytes) else None
         if response is None:
             self._sasl = False
-            self._out.append(err("malformed SASL response"))
+            self._reply(err("malformed SASL response"))
             self.counters.bad_commands += 1
             return SaslCancelled(reason="malformed response")
         self.pending = Pending.LOGIN
@@ -571,10 +577,10 @@ class ServerConnection(Generic[MessageT]):
         """The 0-based index for a message-number argument, or None after queuing -ERR."""
         number = parse_number(argument, minimum=0)
         if not 1 <= number <= len(self._messages):
-            self._out.append(err("no such message"))
+            self._reply(err("no such message"))
             return None
         if number - 1 in self._deleted:
-            self._out.append(err(f"message {number} already deleted"))
+            self._reply(err(f"message {number} already deleted"))
             return None
         return number - 1
 
@@ -586,7 +592,7 @@ class ServerConnection(Generic[MessageT]):
             if index is not None:
                 message = self._messages[index]
                 value = message.uid if uid else str(message.size)
-                self._out.append(ok(f"{index + 1} {value}"))
+                self._reply(ok(f"{index + 1} {value}"))
             return
         # Numbers never start with ".": the body needs no dot-stuffing.
         if uid:
@@ -596,7 +602,7 @@ class ServerConnection(Generic[MessageT]):
             body = scan_listing_body(tuple(map(_SIZE, self._messages)), self._deleted)
             count, octets = self._totals()
             first = ok(f"{count} messages ({octets} octets)")
-        self._out.append(first + body + b".\r\n")
+        self._reply(first + body + b".\r\n")
 
     def _request(self, argument: bytes, body_lines: int | None) -> Event[MessageT] | None:
         index = self._message_index(argument)

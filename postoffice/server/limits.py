@@ -40,20 +40,28 @@ class ConnectionLimits:
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
 
+    @property
+    def counts_user_ip(self) -> bool:
+        """Whether the per-user+address cap can bind before the per-user one (not with the
+        defaults, 10 and 10): only then is it counted, which costs a key per session."""
+        return self.max_connections_per_user_ip < self.max_sessions_per_user
+
     def admit_user(self, user: str, ip: str) -> bool:
-        if (
-            self.per_user[user] >= self.max_sessions_per_user
-            or self.per_user_ip[user, ip] >= self.max_connections_per_user_ip
+        by_ip = self.counts_user_ip
+        if self.per_user[user] >= self.max_sessions_per_user or (
+            by_ip and self.per_user_ip[user, ip] >= self.max_connections_per_user_ip
         ):
             return False
         self.per_user[user] += 1
-        self.per_user_ip[user, ip] += 1
+        if by_ip:
+            self.per_user_ip[user, ip] += 1
         return True
 
     def release_user(self, user: str, ip: str) -> None:
         self.per_user[user] -= 1
         if self.per_user[user] <= 0:
             del self.per_user[user]
-        self.per_user_ip[user, ip] -= 1
-        if self.per_user_ip[user, ip] <= 0:
-            del self.per_user_ip[user, ip]
+        if self.counts_user_ip:
+            self.per_user_ip[user, ip] -= 1
+            if self.per_user_ip[user, ip] <= 0:
+                del self.per_user_ip[user, ip]

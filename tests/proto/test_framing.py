@@ -223,6 +223,24 @@ def test_line_buffer_feeding_in_pieces_equals_feeding_whole(data: bytes, cuts: l
         assert line is LineProblem.TOO_LONG or (isinstance(line, bytes) and len(line) < 40)
 
 
+@given(st.binary(max_size=2000), st.lists(st.integers(min_value=0), max_size=10))
+def test_line_buffer_matches_a_plain_split(data: bytes, cuts: list[int]) -> None:
+    """Within the length limit: the lines are the LF-separated pieces without one trailing
+    CR, the rest is what ``buffered`` counts and ``take_unread`` hands over, after which
+    the buffer is empty."""
+    buffer = LineBuffer(max_line_octets=4000)
+    lines: list[bytes | LineProblem] = []
+    for piece in split(data, cuts):
+        buffer.feed(piece)
+        while (line := buffer.next_line()) is not None:
+            lines.append(line)
+    *complete, rest = data.split(b"\n")
+    assert lines == [line.removesuffix(b"\r") for line in complete]
+    assert buffer.buffered == len(rest)
+    assert buffer.take_unread() == rest
+    assert buffer.buffered == 0 and buffer.take_unread() == b"" and buffer.next_line() is None
+
+
 @given(st.integers(min_value=0, max_value=5), st.lists(st.integers(min_value=0), max_size=6))
 def test_top_filter_cuts_after_n_body_lines(lines: int, cuts: list[int]) -> None:
     message = b"A: 1\r\nB: 2\r\n\r\nl1\r\nl2\nl3\r\n.l4\r\nl5"

@@ -52,46 +52,100 @@ The client side is simpler: ``start()`` gives the initial response (or None),
 
 from __future__ import annotations
 
-from postoffice.sasl.channel import ChannelBinding, tls_server_end_point
-from postoffice.sasl.errors import (
-    MalformedSaslError,
-    SaslStateError,
-    ServerProofError,
-    UnknownMechanismError,
-)
-from postoffice.sasl.events import (
-    NO_CREDENTIALS,
-    Answer,
-    Challenge,
-    Failure,
-    FailureReason,
-    LookupScram,
-    NoCredentials,
-    PasswordVerdict,
-    ScramCredentials,
-    ServerStep,
-    Success,
-    TokenAccepted,
-    TokenRejected,
-    ValidateToken,
-    VerifyPassword,
-)
-from postoffice.sasl.framing import CANCEL, challenge_line, decode_response
-from postoffice.sasl.mechanism import (
-    ClientCredentials,
-    ClientMechanism,
-    ServerMechanism,
-    ServerOptions,
-)
-from postoffice.sasl.registry import (
-    MECHANISMS,
-    PLAINTEXT_MECHANISMS,
-    advertised_mechanisms,
-    choose_client_mechanism,
-    client_mechanism,
-    enabled_mechanisms,
-    server_mechanism,
-)
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from postoffice.sasl.channel import ChannelBinding, tls_server_end_point
+    from postoffice.sasl.errors import (
+        MalformedSaslError,
+        SaslStateError,
+        ServerProofError,
+        UnknownMechanismError,
+    )
+    from postoffice.sasl.events import (
+        NO_CREDENTIALS,
+        Answer,
+        Challenge,
+        Failure,
+        FailureReason,
+        LookupScram,
+        NoCredentials,
+        PasswordVerdict,
+        ScramCredentials,
+        ServerStep,
+        Success,
+        TokenAccepted,
+        TokenRejected,
+        ValidateToken,
+        VerifyPassword,
+    )
+    from postoffice.sasl.framing import CANCEL, challenge_line, decode_response
+    from postoffice.sasl.mechanism import (
+        ClientCredentials,
+        ClientMechanism,
+        ServerMechanism,
+        ServerOptions,
+    )
+    from postoffice.sasl.registry import (
+        MECHANISMS,
+        PLAINTEXT_MECHANISMS,
+        advertised_mechanisms,
+        choose_client_mechanism,
+        client_mechanism,
+        enabled_mechanisms,
+        server_mechanism,
+    )
+
+# Each name is imported from its module at first use, so that importing one module of the
+# package (the fetcher's login imports ``registry``) does not import every other one.
+_LAZY = {
+    "ChannelBinding": "channel",
+    "tls_server_end_point": "channel",
+    "MalformedSaslError": "errors",
+    "SaslStateError": "errors",
+    "ServerProofError": "errors",
+    "UnknownMechanismError": "errors",
+    "Answer": "events",
+    "Challenge": "events",
+    "Failure": "events",
+    "FailureReason": "events",
+    "LookupScram": "events",
+    "NO_CREDENTIALS": "events",
+    "NoCredentials": "events",
+    "PasswordVerdict": "events",
+    "ScramCredentials": "events",
+    "ServerStep": "events",
+    "Success": "events",
+    "TokenAccepted": "events",
+    "TokenRejected": "events",
+    "ValidateToken": "events",
+    "VerifyPassword": "events",
+    "CANCEL": "framing",
+    "challenge_line": "framing",
+    "decode_response": "framing",
+    "ClientCredentials": "mechanism",
+    "ClientMechanism": "mechanism",
+    "ServerMechanism": "mechanism",
+    "ServerOptions": "mechanism",
+    "MECHANISMS": "registry",
+    "PLAINTEXT_MECHANISMS": "registry",
+    "advertised_mechanisms": "registry",
+    "choose_client_mechanism": "registry",
+    "client_mechanism": "registry",
+    "enabled_mechanisms": "registry",
+    "server_mechanism": "registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CANCEL",

@@ -1,5 +1,8 @@
 """Mechanism names to machines, and which names a connection offers.
 
+The machines' modules are imported when a machine is first made: a client logging in with
+PLAIN needs neither SCRAM nor the bearer-token mechanisms (and their ``json``).
+
 Every mechanism carries two flags. ``plaintext``: the secret itself crosses the wire (PLAIN,
 LOGIN, and the bearer-token mechanisms, since a token is replayable like a password,
 RFC 7628 §5), so the server hides it where plaintext login is not allowed, before TLS.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from importlib import import_module
 from types import MappingProxyType
 
 from postoffice.errors import ConfigError
@@ -20,14 +24,26 @@ from postoffice.sasl.mechanism import (
     ServerMechanism,
     ServerOptions,
 )
-from postoffice.sasl.oauth import (
-    OAuthBearerClient,
-    OAuthBearerServer,
-    XOAuth2Client,
-    XOAuth2Server,
-)
-from postoffice.sasl.plain import LoginClient, LoginServer, PlainClient, PlainServer
-from postoffice.sasl.scram import ScramClient, ScramPlusClient, ScramPlusServer, ScramServer
+
+
+def _server(module: str, name: str) -> Callable[[ServerOptions], ServerMechanism]:
+    """Makes the server machine ``name`` of ``postoffice.sasl.<module>``."""
+
+    def make(options: ServerOptions) -> ServerMechanism:
+        machine: type[ServerMechanism] = getattr(import_module(f"postoffice.sasl.{module}"), name)
+        return machine(options)
+
+    return make
+
+
+def _client(module: str, name: str) -> Callable[[ClientCredentials], ClientMechanism]:
+    """Makes the client machine ``name`` of ``postoffice.sasl.<module>``."""
+
+    def make(credentials: ClientCredentials) -> ClientMechanism:
+        machine: type[ClientMechanism] = getattr(import_module(f"postoffice.sasl.{module}"), name)
+        return machine(credentials)
+
+    return make
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,48 +63,48 @@ _ALL = (
     # Strongest first: a client picks the first one it can use.
     MechanismInfo(
         name="SCRAM-SHA-256-PLUS",
-        server=ScramPlusServer,
-        client=ScramPlusClient,
+        server=_server("scram", "ScramPlusServer"),
+        client=_client("scram", "ScramPlusClient"),
         plaintext=False,
         channel_binding=True,
         credential="password",
     ),
     MechanismInfo(
         name="SCRAM-SHA-256",
-        server=ScramServer,
-        client=ScramClient,
+        server=_server("scram", "ScramServer"),
+        client=_client("scram", "ScramClient"),
         plaintext=False,
         channel_binding=False,
         credential="password",
     ),
     MechanismInfo(
         name="OAUTHBEARER",
-        server=OAuthBearerServer,
-        client=OAuthBearerClient,
+        server=_server("oauth", "OAuthBearerServer"),
+        client=_client("oauth", "OAuthBearerClient"),
         plaintext=True,
         channel_binding=False,
         credential="token",
     ),
     MechanismInfo(
         name="XOAUTH2",
-        server=XOAuth2Server,
-        client=XOAuth2Client,
+        server=_server("oauth", "XOAuth2Server"),
+        client=_client("oauth", "XOAuth2Client"),
         plaintext=True,
         channel_binding=False,
         credential="token",
     ),
     MechanismInfo(
         name="PLAIN",
-        server=PlainServer,
-        client=PlainClient,
+        server=_server("plain", "PlainServer"),
+        client=_client("plain", "PlainClient"),
         plaintext=True,
         channel_binding=False,
         credential="password",
     ),
     MechanismInfo(
         name="LOGIN",
-        server=LoginServer,
-        client=LoginClient,
+        server=_server("plain", "LoginServer"),
+        client=_client("plain", "LoginClient"),
         plaintext=True,
         channel_binding=False,
         credential="password",

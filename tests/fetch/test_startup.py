@@ -27,6 +27,17 @@ def test_the_fetch_command_starts_without_the_sasl_machines() -> None:
     assert not {name for name in loaded if name.startswith("postoffice.sasl")}
 
 
+def test_a_plain_login_imports_only_the_plain_machine() -> None:
+    loaded = _loaded_after(
+        "from postoffice.sasl.registry import client_mechanism\n"
+        "from postoffice.sasl.mechanism import ClientCredentials\n"
+        "from postoffice.secret import Secret\n"
+        "client_mechanism('PLAIN', ClientCredentials(username='a', password=Secret('p')))"
+    )
+    assert "postoffice.sasl.plain" in loaded
+    assert not {"postoffice.sasl.scram", "postoffice.sasl.oauth", "json"} & loaded
+
+
 class _Account:
     def __init__(self, auth: AuthMethod) -> None:
         self.auth = auth

@@ -24,6 +24,24 @@ ALL = ("PLAIN", "LOGIN", "SCRAM-SHA-256", "SCRAM-SHA-256-PLUS", "OAUTHBEARER", "
 EXPORTER = ChannelBinding(type="tls-exporter", data=b"\x01" * 32)
 
 
+def test_every_name_the_package_exports_is_there() -> None:
+    import postoffice.sasl
+
+    for name in postoffice.sasl.__all__:
+        assert getattr(postoffice.sasl, name) is not None
+    with pytest.raises(AttributeError):
+        postoffice.sasl.no_such_name  # noqa: B018
+
+
+def test_every_mechanism_makes_its_machines() -> None:
+    credentials = ClientCredentials(
+        username="alice", password=Secret("pw"), token=Secret("t"), channel_binding=EXPORTER
+    )
+    for info in MECHANISMS.values():
+        assert info.server(ServerOptions()).name == info.name
+        assert info.client(credentials).name == info.name
+
+
 def test_every_mechanism_is_registered_under_its_own_name() -> None:
     assert set(MECHANISMS) == set(ALL)
     for name, info in MECHANISMS.items():

@@ -52,8 +52,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import functools
 import gc
+import itertools
 import logging
 import operator
 import os
@@ -104,9 +104,10 @@ _FEW_READ = 64
 
 
 _KEY = operator.attrgetter("key")
-# StoredMessage._make without its Python frame: a snapshot makes 100,000 of them at once.
+# StoredMessage._make without its Python frame, called by map with the class as its first
+# argument (not through a partial): a snapshot makes 100,000 of them at once.
 _new_message = cast(
-    Callable[[tuple[str, str, int]], StoredMessage], functools.partial(tuple.__new__, StoredMessage)
+    Callable[[type[StoredMessage], tuple[str, str, int]], StoredMessage], tuple.__new__
 )
 
 
@@ -115,7 +116,7 @@ def _messages(index: Index, start: int = 0) -> Iterator[StoredMessage]:
     keys, _, wire, uids = index.columns()
     if start:
         keys, wire, uids = keys[start:], wire[start:], uids[start:]
-    return map(_new_message, zip(keys, uids, wire, strict=True))
+    return map(_new_message, itertools.repeat(StoredMessage), zip(keys, uids, wire, strict=True))
 
 
 @contextlib.contextmanager

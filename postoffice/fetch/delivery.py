@@ -372,18 +372,23 @@ class _MaildirMessage:
         if data.endswith(b"\r"):
             data = data[:-1]  # the LF that may follow is in the next chunk
             self._held_cr = True
-        lines = data.split(b"\r\n")
-        if len(lines) > 1:
-            data = b"\n".join(lines)
-            between = b"".join(lines)
-            if self._size.last != 0x0D and b"\r" not in between and b"\n" not in between:
-                # Every line end was CRLF: no CR is stored and each LF stored is bare, so
-                # nothing is left to count (split, join and check: about 0.18 s per 100 MB;
-                # a lone-CR search, deleting the CRs and counting the LFs: 0.20 s).
-                self._size.counted(len(data), len(lines) - 1, data[-1])
-            else:
-                self._size.update(data)
+        if not data:
+            return
+        # Split at every line end (CRLF, or a lone CR or LF) and joined with LF. Each CRLF
+        # shrinks the data by one octet and a lone CR or LF by none, so the lengths tell
+        # whether every line end was CRLF without another pass over the octets; then no
+        # CR is stored and every LF stored is bare (about 0.12 s per 100 MB; splitting at
+        # CRLF and searching what is between for a CR or LF took 0.17 s).
+        lines = data.splitlines()
+        if data[-1] in b"\r\n":
+            lines.append(b"")  # splitlines drops the last line end
+        ends = len(lines) - 1
+        joined = b"\n".join(lines) if ends else data
+        if self._size.last != 0x0D and len(data) - len(joined) == ends:
+            data = joined
+            self._size.counted(len(data), ends, data[-1])
         else:
+            data = b"\n".join(data.split(b"\r\n"))  # only CRLF becomes LF
             self._size.update(data)
         if self._fd is not None:
             _write_all(self._fd, data)

@@ -21,12 +21,12 @@ on the digit strings) and joined, ``sub/`` before each, a few thousand at a time
 one key a line (``_Keys``). When every line has the usual shape, one ``split`` by a
 regular expression gives a flat list holding, per line, the key itself and its fields,
 whose slices are the columns: no tuple per name, no separate pass to make the keys; S
-and W are read by one ``json.loads`` call. Working piece by piece, what a piece drops is
-reused by the next instead of new pages being faulted in (about 14,000 page faults for
-such a listing, not 17,600). Tags are checked column-wise. Only listings with a name of
-another shape take the general pattern (``findall``), and only such names a per-name
-path. A few new names among many known ones are inserted by bisection into copies of
-the known columns.
+and W are read by one ``json.loads`` call; microseconds are read only if two neighbours
+share a second. Working piece by piece, what a piece drops is reused by the next instead
+of new pages being faulted in (about 12,700 page faults for such a listing, not 17,600).
+Tags are checked column-wise. Only listings with a name of another shape take the general
+pattern (``findall``), and only such names a per-name path. A few new names among many
+known ones are inserted by bisection into copies of the known columns.
 
 A file that exists but cannot be read raises (the snapshot fails rather than hide mail);
 a file that vanishes while we list is skipped.
@@ -81,16 +81,19 @@ _KEY_LINE = re.compile(
 )
 
 # The usual shape alone (microseconds and both tags present, a unique part of characters a
-# UIDL may hold), for ``split``: per line the whole key, then the groups of the first
-# alternative of _KEY_LINE but the last, S and W in one ("S,W=W"); between two lines "\n"
-# (a cached one-character string). A flat list of strings, not a tuple per line, and the
-# key made by the same pass (module docstring).
+# UIDL may hold), for ``split``: per line the whole key, then the unique part, the seconds,
+# and S and W in one ("S,W=W"); between two lines "\n" (a cached one-character string). A
+# flat list of strings, not a tuple per line, and the key made by the same pass (module
+# docstring). The microseconds are not taken: only neighbours in one second need them
+# (_USUAL_MICROS).
 _USUAL_KEY_LINE = re.compile(
-    r"^((?:new|cur)/((\d{1,18}+)\.M(\d{1,6}+)(?!\d)[\x21-\x2b\x2d-\x39\x3b-\x7e]*+)"
+    r"^((?:new|cur)/((\d{1,18}+)\.M\d{1,6}+(?!\d)[\x21-\x2b\x2d-\x39\x3b-\x7e]*+)"
     r",S=(\d{1,18}+,W=\d{1,18}+)(?::[^\n]*+)?)$",
     re.MULTILINE | re.ASCII,
 )
-_USUAL_GROUPS = 5
+_USUAL_GROUPS = 4
+# The microseconds of keys of the usual shape, one match a key (a line).
+_USUAL_MICROS = re.compile(r"(?:new|cur)/\d++\.M(\d++)[^\n]*+", re.ASCII)
 
 _UIDL_OCTETS = bytes(range(0x21, 0x7F))  # RFC 1939 §7
 
@@ -202,19 +205,18 @@ def _read_keys(path: Path, unchanged: tuple[bool, bool]) -> _Keys:
 _PIECE = 2048
 
 
-_UsualColumns = tuple[list[str], list[str], list[str], list[str], list[int]]
+_UsualColumns = tuple[list[str], list[str], list[str], list[int]]
 
 
 def _split_usual(listed: _Keys) -> _UsualColumns | None:
-    """Key, unique part, seconds and microseconds of every key, if every key has the
-    usual shape (``_USUAL_KEY_LINE``), and the flat S and W values; else None."""
+    """Key, unique part and seconds of every key, if every key has the usual shape
+    (``_USUAL_KEY_LINE``), and the flat S and W values; else None."""
     step = _USUAL_GROUPS + 1
     # Made whole first and filled in place: grown piece by piece, each would be copied
     # again and again.
     keys = [""] * listed.count
     uids = keys.copy()
     seconds = keys.copy()
-    micros = keys.copy()
     values = [0] * (2 * listed.count)
     at = 0
     for text, n in listed.pieces():
@@ -232,10 +234,9 @@ def _split_usual(listed: _Keys) -> _UsualColumns | None:
         keys[at : at + n] = parts[1::step]
         uids[at : at + n] = parts[2::step]
         seconds[at : at + n] = parts[3::step]
-        micros[at : at + n] = parts[4::step]
-        values[2 * at : 2 * (at + n)] = _tag_values(parts[5::step])
+        values[2 * at : 2 * (at + n)] = _tag_values(parts[4::step])
         at += n
-    return keys, uids, seconds, micros, values
+    return keys, uids, seconds, values
 
 
 def _sizes(tags: list[str]) -> list[int]:
@@ -278,8 +279,9 @@ class _Parsed:
         usual = _split_usual(listed) if n else None
         others: list[str] = []
         is_usual = usual is not None
+        self._micros: list[str] | None = None  # for usual names, read when first needed
         if usual is not None:
-            self.keys, uids, self._seconds, self._micros, values = usual
+            self.keys, uids, self._seconds, values = usual
             self.s, self.w = values[0::2], values[1::2]
             del usual, values
         else:
@@ -311,10 +313,26 @@ class _Parsed:
             self.s[i], self.w[i] = tags if tags is not None else (0, 0)
 
     @property
+    def micros(self) -> list[str]:
+        """The microseconds of each key ("" for none)."""
+        if self._micros is None:
+            keys, micros = self.keys, []
+            for start in range(0, len(keys), _PIECE):  # a piece at a time, as they were split
+                micros += _USUAL_MICROS.findall("\n".join(keys[start : start + _PIECE]))
+            self._micros = micros
+        return self._micros
+
+    def _micros_at(self, i: int) -> str:
+        if self._micros is not None:
+            return self._micros[i]
+        usual = _USUAL_MICROS.match(self.keys[i])
+        return "" if usual is None else usual[1]
+
+    @property
     def times(self) -> list[int]:
         """Delivery times (see ``_TICKS``), computed when first needed."""
         if self._times is None:
-            seconds, micros = self._seconds, self._micros
+            seconds, micros = self._seconds, self.micros
             times = map(_TICKS.__mul__, map(int, seconds))
             if all(micros):
                 self._times = list(map(operator.add, times, map((1).__add__, map(int, micros))))
@@ -333,17 +351,18 @@ class _Parsed:
         whose time prefixes have one length sort by name as by seconds; only neighbours in
         the same second compare microseconds, and the last cur/ name the first new/ one.
         """
-        seconds, micros, keys = self._seconds, self._micros, self.keys
+        seconds, keys = self._seconds, self.keys
         if self._odd or len(set(map(len, seconds))) > 1:
             return False
         boundary = bisect.bisect_left(keys, f"{NEW}/") - 1  # the last cur/ key
         same = map(operator.eq, seconds, itertools.islice(seconds, 1, None))
         for i in itertools.compress(itertools.count(), same):
+            micros = self.micros
             if not (micros[i] and micros[i + 1] and int(micros[i]) < int(micros[i + 1])):
                 return False
         if 0 <= boundary < len(keys) - 1:
-            at = (int(seconds[boundary]), int(micros[boundary] or -1))
-            after = (int(seconds[boundary + 1]), int(micros[boundary + 1] or -1))
+            at = (int(seconds[boundary]), int(self._micros_at(boundary) or -1))
+            after = (int(seconds[boundary + 1]), int(self._micros_at(boundary + 1) or -1))
             return at < after
         return True
 
@@ -356,7 +375,7 @@ class _Parsed:
         quick. The usual case of names of the usual shape not in time order: microseconds
         of unequal length within one second (Dovecot does not pad them).
         """
-        seconds, micros = self._seconds, self._micros
+        seconds, micros = self._seconds, self.micros
         if self._odd or not all(micros) or len(set(map(len, seconds))) > 1:
             return None
         stamps = list(map(operator.add, seconds, map(str.zfill, micros, itertools.repeat(6))))
@@ -412,7 +431,8 @@ class _Parsed:
         self._odd = {}
         for name in ("keys", "s", "uids", "w", "_seconds", "_micros"):
             column = getattr(self, name)
-            setattr(self, name, list(map(column.__getitem__, positions)))
+            if column is not None:  # _micros of usual names, before they are read
+                setattr(self, name, list(map(column.__getitem__, positions)))
 
     def rows(self) -> list[_Row]:
         return list(

@@ -128,6 +128,32 @@ def test_file_gone_while_measured_is_left_out(
     ]
 
 
+def test_usual_file_gone_while_measured_is_left_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Among names of the usual shape, one within a second, a file whose tags are not
+    believed and that vanishes before it is read is not listed; the others keep the
+    order their microseconds give them."""
+    md = tmp_path / "Maildir"
+    ensure_maildir(md)
+    gone = "1700000001.M50P1.h,S=9,W=5:2,S"
+    for name in ["1700000001.M100P1.h,S=5,W=6:2,S", gone, "1700000001.M7P1.h,S=5,W=6:2,S"]:
+        (md / "cur" / name).write_bytes(b"abcd\n")
+    (md / "new" / "1700000001.M99P1.h,S=5,W=6").write_bytes(b"abcd\n")
+    real_count = maildir_listing.count_file
+
+    def count_file(path: Path) -> tuple[int, int] | None:
+        return None if path.name == gone else real_count(path)
+
+    monkeypatch.setattr(maildir_listing, "count_file", count_file)
+    keys = [m.key for m in MaildirMaildrop(md).snapshot()]
+    assert keys == [
+        "cur/1700000001.M7P1.h,S=5,W=6:2,S",
+        "new/1700000001.M99P1.h,S=5,W=6",
+        "cur/1700000001.M100P1.h,S=5,W=6:2,S",
+    ]
+
+
 _usual = st.builds(
     lambda seconds, micros, n, info: f"{seconds}.{micros}P{n}.host,S=5,W=6{info}",
     st.sampled_from(["1700000000", "1700000001", "1700000002"]),

@@ -15,8 +15,8 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from postoffice.auth.base import NotCurrent, UserRecord
 from postoffice.config import Config
@@ -37,7 +37,7 @@ _FINGERPRINT_KEY = secrets.token_bytes(32)  # so failed-password fingerprints me
 @dataclass(slots=True)
 class OpenedMaildrop:
     maildrop: MaildirMaildrop
-    messages: list[StoredMessage]
+    messages: Sequence[StoredMessage]
 
 
 class Authorizer:
@@ -118,7 +118,7 @@ class Authorizer:
                 return LoginFailure.PERMANENT
             if len(places) >= _PLACES_KEPT:
                 places.clear()
-            place = places[record] = MaildropPlace(path)
+            place = places[record] = MaildropPlace(str(path))
         maildrop = MaildirMaildrop(
             place.path,
             flag_updates=not config.mail.no_flag_updates,
@@ -148,8 +148,8 @@ class MaildropPlace:
 
     __slots__ = ("opens_quickly", "path")
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: str) -> None:
+        self.path = path  # a string: a Path with its parts would cost ~400 octets a user
         self.opens_quickly: bool | None = None
         """Whether its last lock and listing took under INLINE_OPEN_SECONDS; None: not
         opened yet."""
@@ -188,7 +188,7 @@ def _cheap_to_open(place: MaildropPlace) -> bool:
 
 def _lock_and_list(
     maildrop: MaildirMaildrop, config: Config, place: MaildropPlace
-) -> list[StoredMessage]:
+) -> Sequence[StoredMessage]:
     started = time.perf_counter()
     try:
         return _lock_and_list_now(maildrop, config)
@@ -196,7 +196,7 @@ def _lock_and_list(
         place.opens_quickly = time.perf_counter() - started < INLINE_OPEN_SECONDS
 
 
-def _lock_and_list_now(maildrop: MaildirMaildrop, config: Config) -> list[StoredMessage]:
+def _lock_and_list_now(maildrop: MaildirMaildrop, config: Config) -> Sequence[StoredMessage]:
     maildrop.lock()
     delay = config.pop3.login_delay
     if delay:

@@ -68,7 +68,7 @@ class Maildrop(Protocol):
     def unlock(self) -> None:
         """Release the lock if held. Safe to call more than once."""
 
-    def snapshot(self) -> list[StoredMessage]:
+    def snapshot(self) -> Sequence[StoredMessage]:
         """List the complete messages now in the maildrop, in a stable order (oldest first)."""
 
     def open(self, message: StoredMessage) -> BinaryIO:

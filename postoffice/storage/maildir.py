@@ -84,6 +84,7 @@ from postoffice.storage.maildir_names import (
     seen_name,
     valid_key,
 )
+from postoffice.storage.packed import PackedMessages
 from postoffice.storage.uidl import UidlScheme, parse_uidl_format
 
 __all__ = ["INDEX_NAME", "LOCK_NAME", "MaildirMaildrop", "ensure_maildir"]
@@ -173,9 +174,23 @@ class _Relocator:
 class MaildirMaildrop:
     """One user's Maildir, opened for one POP3 session (see the module docstring)."""
 
+    __slots__ = (
+        "_by_key",
+        "_corrected",
+        "_create",
+        "_dir",
+        "_flag_updates",
+        "_index",
+        "_lock_fd",
+        "_moved",
+        "_save_index",
+        "_scheme",
+        "_snapshot",
+    )
+
     def __init__(
         self,
-        path: Path,
+        path: Path | str,
         *,
         create: bool = True,
         flag_updates: bool = True,
@@ -184,11 +199,10 @@ class MaildirMaildrop:
     ) -> None:
         """``uidl_format``: see ``uidl.py``; ``save_index=False`` never writes the index
         (for tools that only look, such as ``postoffice migrate check``)."""
-        # The caller's Path is kept as it is: it caches its string form and hash, which
-        # every login uses (the lock's path, the memory of snapshots), and a copy would not.
-        self._path = path if isinstance(path, Path) else Path(path)
-        # Paths inside it by concatenation: a login's hot path (os.path.join costs ~1 us).
-        self._dir = str(self._path)
+        # Kept as a string, a Path made only where one is needed (``_path``): an idle
+        # session holds its maildrop, and a Path with its parts costs ~400 octets. Paths
+        # inside it by concatenation: a login's hot path (os.path.join costs ~1 us).
+        self._dir = os.fspath(path)
         self._create = create
         self._flag_updates = flag_updates
         self._scheme = (
@@ -196,18 +210,24 @@ class MaildirMaildrop:
         )
         self._save_index = save_index
         self._lock_fd: int | None = None
-        self._snapshot: list[StoredMessage] = []
+        self._snapshot: Sequence[StoredMessage] = ()
         self._by_key: dict[str, StoredMessage] | None = None  # built when first needed
         self._index = Index(dirs=None, listed_ns=0, entries={})
-        self._moved: dict[str, str] = {}  # snapshot key -> where open() found it since
+        self._moved: dict[str, str] | None = None  # snapshot key -> where found since
         self._corrected = False  # correct_size was called: commit must keep that in the index
 
     def __repr__(self) -> str:
-        return f"MaildirMaildrop({str(self._path)!r})"
+        return f"MaildirMaildrop({self._dir!r})"
 
     @property
     def path(self) -> Path:
-        return self._path
+        return Path(self._dir)
+
+    _path = path
+
+    def _current(self, key: str) -> str:
+        """Where the message of snapshot key ``key`` was last found."""
+        return key if self._moved is None else self._moved.get(key, key)
 
     @property
     def scheme_id(self) -> str:
@@ -266,7 +286,7 @@ class MaildirMaildrop:
 
     # snapshot --------------------------------------------------------------------------
 
-    def snapshot(self) -> list[StoredMessage]:
+    def snapshot(self) -> Sequence[StoredMessage]:
         """The complete messages in ``new/`` and ``cur/``, oldest first, with UIDL and size."""
         listed_ns = time.time_ns()  # before the stat: see the module docstring
         try:
@@ -275,7 +295,7 @@ class MaildirMaildrop:
             except FileNotFoundError as exc:
                 self._create_missing(exc)
                 dirs = self._dir_state()
-            recalled = recall(self._path, self._scheme.id, dirs)
+            recalled = recall(self._dir, self._scheme.id, dirs)
             if recalled is not None and recalled[3]:
                 self._index, messages = recalled[0], recalled[1]
             else:
@@ -287,15 +307,16 @@ class MaildirMaildrop:
             raise StorageError(f"cannot list maildir {self._path}: {exc}") from exc
         self._snapshot = messages
         self._by_key = None
-        self._moved = {}
-        return list(messages)
+        self._moved = None
+        # Packed messages are immutable and shared as they are; a list is the caller's own.
+        return messages if isinstance(messages, PackedMessages) else list(messages)
 
     def _from_index_or_listing(
         self,
         dirs: DirState,
         listed_ns: int,
-        remembered: tuple[Index, list[StoredMessage], FileId, bool] | None,
-    ) -> list[StoredMessage]:
+        remembered: tuple[Index, Sequence[StoredMessage], FileId, bool] | None,
+    ) -> Sequence[StoredMessage]:
         """From the index file if trusted, else by listing against what is known.
 
         ``remembered``: this process's copy of the index file (or of what a listing against
@@ -334,11 +355,16 @@ class MaildirMaildrop:
         if remembered is not None and _starts_with(self._index, remembered[0]):
             # Newcomers after every remembered message (the usual delivery): those
             # messages stay as they were, only the newcomers are made.
-            messages = [*remembered[1], *_messages(self._index, len(remembered[1]))]
+            messages: Sequence[StoredMessage] = [
+                *remembered[1],
+                *_messages(self._index, len(remembered[1])),
+            ]
         else:
             messages = list(_messages(self._index))
         if file_id is not None:
-            self._index = remember(self._path, self._scheme.id, file_id, self._index, messages)
+            self._index, messages = remember(
+                self._dir, self._scheme.id, file_id, self._index, messages
+            )
         return messages
 
     def remember_index_file(self) -> bool:
@@ -351,7 +377,7 @@ class MaildirMaildrop:
             if loaded is None:
                 return False
             index, file_id = loaded
-            remember(self._path, self._scheme.id, file_id, index, list(_messages(index)))
+            remember(self._dir, self._scheme.id, file_id, index, list(_messages(index)))
         return True
 
     def _load_index(self) -> tuple[Index, FileId] | None:
@@ -360,7 +386,7 @@ class MaildirMaildrop:
     def _dir_state(self) -> DirState:
         new = os.stat(f"{self._dir}/{NEW}")
         cur = os.stat(f"{self._dir}/{CUR}")
-        return ((new.st_ino, new.st_mtime_ns), (cur.st_ino, cur.st_mtime_ns))
+        return (new.st_ino, new.st_mtime_ns, cur.st_ino, cur.st_mtime_ns)
 
     def _write_index(self) -> FileId | None:
         if not self._save_index:
@@ -386,7 +412,7 @@ class MaildirMaildrop:
     def open(self, message: StoredMessage) -> BinaryIO:
         """Open a message of the snapshot, following a move by another program."""
         self._check_member([message])
-        key = self._moved.get(message.key, message.key)
+        key = self._current(message.key)
         try:
             try:
                 return self._open_key(key)
@@ -399,6 +425,8 @@ class MaildirMaildrop:
                 except FileNotFoundError:
                     pass
                 else:
+                    if self._moved is None:
+                        self._moved = {}
                     self._moved[message.key] = found
                     return opened
         except OSError as exc:
@@ -408,7 +436,7 @@ class MaildirMaildrop:
     def _file(self, key: str) -> str:
         if not valid_key(key):  # only a forged index could bring such a key
             raise StorageError(f"invalid message key {key!r}")
-        return os.path.join(self._path, key)
+        return f"{self._dir}/{key}"
 
     def _open_key(self, key: str) -> BinaryIO:
         fd = os.open(self._file(key), READ_FLAGS)
@@ -509,7 +537,7 @@ class MaildirMaildrop:
         )
 
     def _unlink(self, key: str, relocator: _Relocator) -> None:
-        current = self._moved.get(key, key)
+        current = self._current(key)
         try:
             os.unlink(self._file(current))
             return
@@ -523,7 +551,7 @@ class MaildirMaildrop:
 
     def _mark_seen(self, key: str, relocator: _Relocator) -> str | None:
         """Move to cur/ with the S flag; return the new key if we renamed the file."""
-        current = self._moved.get(key, key)
+        current = self._current(key)
         if not os.path.exists(self._file(current)):
             found = relocator.find(base_name(key[4:]))
             if found is None:

@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import itertools
 import logging
-import operator
 import os
 import secrets
 import sys
@@ -40,6 +39,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from postoffice.storage.base import StoredMessage
+from postoffice.storage.packed import PackedMessages
 
 __all__ = [
     "INDEX_NAME",
@@ -63,8 +63,9 @@ DEFAULT_SCHEME = "postoffice"
 
 # Per key: (disk size, wire size, uid).
 Entry = tuple[int, int, str]
-# Per directory (new/, cur/): (inode, mtime in ns).
-DirState = tuple[tuple[int, int], tuple[int, int]]
+# The directories: (new/ inode, new/ mtime in ns, cur/ inode, cur/ mtime in ns); flat, as
+# a remembered maildrop keeps one per user.
+DirState = tuple[int, int, int, int]
 # A file's (inode, mtime in ns, size).
 FileId = tuple[int, int, int]
 # (keys, disk sizes, wire sizes, uids)
@@ -80,7 +81,7 @@ def _magic(scheme: str) -> bytes:
 
 class Index:
     """The cache in memory: columns as loaded (cheap), or a dict once it is changed, or
-    (remembered small maildrops) the snapshot's messages and an array of disk sizes, from
+    (remembered small maildrops) the snapshot's messages packed with their disk sizes, from
     which the columns are made when asked for."""
 
     __slots__ = ("_columns", "_derived", "_entries", "dirs", "listed_ns", "pinned")
@@ -92,7 +93,7 @@ class Index:
         listed_ns: int,
         entries: dict[str, Entry] | None = None,
         columns: Columns | None = None,
-        derived: tuple[Sequence[StoredMessage], array.array[int]] | None = None,
+        derived: PackedMessages | None = None,
         pinned: bool = False,
     ) -> None:
         self.dirs = dirs
@@ -116,9 +117,12 @@ class Index:
         """
         if self.dirs is None:
             return (False, False)
+        known, listed_ns = self.dirs, self.listed_ns
         new, cur = (
-            self.dirs[i] == dirs[i] and self.listed_ns - dirs[i][1] > _MTIME_MARGIN_NS
-            for i in (0, 1)
+            known[i] == dirs[i]
+            and known[i + 1] == dirs[i + 1]
+            and listed_ns - dirs[i + 1] > _MTIME_MARGIN_NS
+            for i in (0, 2)
         )
         return (new, cur)
 
@@ -136,13 +140,8 @@ class Index:
         if self._columns is not None:
             return self._columns
         if self._derived is not None:
-            messages, disk = self._derived
-            return (
-                list(map(_KEY, messages)),
-                disk.tolist(),
-                list(map(_SIZE, messages)),
-                list(map(_UID, messages)),
-            )
+            packed = self._derived
+            return (packed.keys(), packed.disk_sizes(), packed.sizes(), packed.uids())
         entries = self._entries or {}
         return (
             list(entries),
@@ -160,11 +159,6 @@ class Index:
             derived=self._derived,
             pinned=self.pinned,
         )
-
-
-_KEY = operator.attrgetter("key")
-_UID = operator.attrgetter("uid")
-_SIZE = operator.attrgetter("size")
 
 
 _UIDL_OCTETS = bytes(range(0x21, 0x7F))
@@ -260,7 +254,7 @@ def load_index(path: Path | str, scheme: str = DEFAULT_SCHEME) -> tuple[Index, F
         listed_ns, n, pinned = int(head[4]), int(head[5]), head[6] == "1"
         dirs: DirState | None = None
         if head[0] != "-":
-            dirs = ((int(head[0]), int(head[1])), (int(head[2]), int(head[3])))
+            dirs = (int(head[0]), int(head[1]), int(head[2]), int(head[3]))
         sizes_end = text_start + 2 * n * _SIZE_OCTETS
         if n < 0 or sizes_end > len(raw):
             return None
@@ -335,7 +329,7 @@ def _write(tmp: Path, scheme: str, index: Index, dirs: DirState | None, columns:
     placeholder of its length is written first and overwritten at the end.
     """
     keys, disk, wire, uids = columns
-    head = "- - - -" if dirs is None else f"{dirs[0][0]} {dirs[0][1]} {dirs[1][0]} {dirs[1][1]}"
+    head = "- - - -" if dirs is None else " ".join(map(str, dirs))
     magic = _magic(scheme)
     checksum = hashlib.sha256()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -368,34 +362,45 @@ def _file_id(st: os.stat_result) -> FileId:
 
 # Snapshots recently taken in this process, reused while the index file and directories
 # are unchanged, so a repeated login on a large maildrop costs a few stat calls.
-_memo: dict[tuple[Path, str], tuple[FileId, Index, list[StoredMessage]]] = {}
+_memo: dict[tuple[str, str], tuple[FileId, Index, Sequence[StoredMessage]]] = {}  # by dir
 _memo_lock = threading.Lock()
 _MEMO_MESSAGES = 300_000
 _DERIVED_BELOW = 1_000
 """A remembered maildrop with fewer messages keeps no columns of its own, only its messages
-and an array of disk sizes: ~70 octets a message less, for the many small maildrops of
-idle sessions. Larger ones keep their columns: a listing against them needs them at once."""
+packed with their disk sizes (``packed.py``): about half the memory, for the many small
+maildrops of idle sessions. Larger ones keep their columns and messages: a listing
+against them needs them at once."""
 _memo_total = 0  # messages in _memo, kept as it changes (summing costs O(maildrops))
 
 
 def remember(
-    path: Path, scheme: str, file_id: FileId, index: Index, messages: list[StoredMessage]
-) -> Index:
+    path: Path | str,
+    scheme: str,
+    file_id: FileId,
+    index: Index,
+    messages: Sequence[StoredMessage],
+) -> tuple[Index, Sequence[StoredMessage]]:
     """Keep ``index`` and its snapshot ``messages`` (made from its columns, in order) for
-    ``recall``; returns a copy of what is kept, for the caller to use instead of ``index``
-    (it may hold less memory)."""
+    ``recall``; returns copies of what is kept, for the caller to use instead of ``index``
+    and ``messages`` (they may hold less memory)."""
     columns = index.columns()
-    if len(messages) < _DERIVED_BELOW and columns[0] == list(map(_KEY, messages)):
-        derived = (messages, array.array(_SIZE_CODE, columns[1]))
-        frozen = Index(
-            dirs=index.dirs, listed_ns=index.listed_ns, derived=derived, pinned=index.pinned
-        )
-    else:
+    frozen = None
+    if len(messages) < _DERIVED_BELOW:
+        try:
+            packed = PackedMessages(columns[0], columns[3], columns[2], columns[1])
+        except ValueError:  # a NUL in a key: only a forged index file holds one
+            pass
+        else:
+            frozen = Index(
+                dirs=index.dirs, listed_ns=index.listed_ns, derived=packed, pinned=index.pinned
+            )
+            messages = packed
+    if frozen is None:
         frozen = Index(
             dirs=index.dirs, listed_ns=index.listed_ns, columns=columns, pinned=index.pinned
         )
     global _memo_total
-    key = (path, scheme)
+    key = (os.fspath(path), scheme)
     with _memo_lock:
         previous = _memo.pop(key, None)
         if previous is not None:
@@ -405,18 +410,18 @@ def remember(
         while _memo_total > _MEMO_MESSAGES and len(_memo) > 1:
             oldest = next(iter(_memo))
             _memo_total -= len(_memo.pop(oldest)[2])
-    return frozen.copy()
+    return frozen.copy(), messages
 
 
-def remembers(path: Path, scheme: str) -> bool:
+def remembers(path: Path | str, scheme: str) -> bool:
     """Whether this process keeps a snapshot of the maildrop at ``path`` (of any age)."""
     with _memo_lock:
-        return (path, scheme) in _memo
+        return (os.fspath(path), scheme) in _memo
 
 
 def recall(
-    path: Path, scheme: str, dirs: DirState
-) -> tuple[Index, list[StoredMessage], FileId, bool] | None:
+    path: Path | str, scheme: str, dirs: DirState
+) -> tuple[Index, Sequence[StoredMessage], FileId, bool] | None:
     """The remembered snapshot while the index file is still the one it came from.
 
     (index, its messages, the file's identity, whether the directories pass the trust
@@ -425,7 +430,7 @@ def recall(
     Never change the list in place.
     """
     with _memo_lock:
-        hit = _memo.get((path, scheme))
+        hit = _memo.get((os.fspath(path), scheme))
     if hit is None:
         return None
     file_id, index, messages = hit

@@ -32,7 +32,7 @@ def _maildrop_with_index(tmp_path: Path, messages: int = 30) -> Path:
 
 def _dirs(path: Path) -> maildir_index.DirState:
     new, cur = os.stat(path / "new"), os.stat(path / "cur")
-    return ((new.st_ino, new.st_mtime_ns), (cur.st_ino, cur.st_mtime_ns))
+    return (new.st_ino, new.st_mtime_ns, cur.st_ino, cur.st_mtime_ns)
 
 
 async def _eventually(condition: Callable[[], bool]) -> None:
@@ -67,12 +67,12 @@ async def test_a_worker_that_served_the_maildrop_rereads_a_small_index_it_is_tol
     tmp_path: Path, pair: list[IndexNews], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = _maildrop_with_index(tmp_path)
-    older = maildir_index._memo[(path, "postoffice")]  # what this worker saw last time
+    older = maildir_index._memo[(str(path), "postoffice")]  # what this worker saw last time
     (path / "new" / "2000.M1P1.host").write_bytes(b"body\n")  # no tags: the file changes
     past = time.time_ns() - 50 * 1_000_000_000
     os.utime(path / "new", ns=(past, past))
     listed = MaildirMaildrop(path).snapshot()  # another worker lists and writes the file
-    maildir_index._memo[(path, "postoffice")] = older
+    maildir_index._memo[(str(path), "postoffice")] = older
     assert maildir_index.recall(path, "postoffice", _dirs(path)) is None  # stale
     pair[1].start(asyncio.get_running_loop())
     pair[0].announce(path, "postoffice")

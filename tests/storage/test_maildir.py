@@ -22,6 +22,7 @@ from postoffice.errors import MaildropInUseError, StorageError
 from postoffice.storage import maildir_index
 from postoffice.storage.base import StoredMessage
 from postoffice.storage.maildir import INDEX_NAME, MaildirMaildrop, ensure_maildir
+from postoffice.storage.packed import PackedMessages
 from postoffice.storage.wire import wire_size
 
 UID_RE = re.compile(r"[\x21-\x7e]{1,70}")
@@ -377,16 +378,25 @@ def test_few_newcomers_among_many_known_list_like_a_cold_listing(md: Path) -> No
     assert incremental == snap(md)
 
 
-def test_newer_delivery_reuses_the_remembered_messages(md: Path) -> None:
+@pytest.mark.parametrize("packed", [True, False])
+def test_newer_delivery_reuses_the_remembered_messages(
+    md: Path, packed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A delivery newer than every known message: the remembered messages are reused as
-    they are and the snapshot equals a cold listing."""
+    they are (or, packed, the same again) and the snapshot equals a cold listing."""
+    if not packed:
+        monkeypatch.setattr(maildir_index, "_DERIVED_BELOW", 0)
     for i in range(30):
         put(md, f"cur/{1000 + i}.M1P1.host,S=5,W=6:2,S", b"body\n")
     age_directories(md)
     first = snap(md)
+    assert isinstance(first, PackedMessages) is packed
     put(md, "new/2000.M1P1.host,S=5,W=6", b"body\n")
     listed = snap(md)
-    assert all(a is b for a, b in zip(first, listed, strict=False))
+    if packed:
+        assert listed[:30] == list(first)
+    else:
+        assert all(a is b for a, b in zip(first, listed, strict=False))
     assert listed[-1].key == "new/2000.M1P1.host,S=5,W=6"
     maildir_index.forget_all()
     (md / INDEX_NAME).unlink()
@@ -595,9 +605,9 @@ def test_failed_unlink_counts_as_not_removed(md: Path, monkeypatch: pytest.Monke
     assert [m.key for m in snap(md)] == ["new/1.a"]
 
 
-def test_a_small_remembered_maildrop_keeps_its_messages_not_columns(md: Path) -> None:
-    """Below the threshold the memory keeps the messages and an array of disk sizes; the
-    columns made from them are the ones the listing gave."""
+def test_a_small_remembered_maildrop_keeps_its_messages_packed_not_columns(md: Path) -> None:
+    """Below the threshold the memory keeps the messages packed and an array of disk sizes;
+    the columns and messages made from them are the ones the listing gave."""
     for i in range(5):
         put(md, f"cur/{1000 + i}.M1P1.host,S=5,W=6:2,S", b"body\n")
     put(md, "new/2000.M1P1.host", b"two\nlines\n")  # counted: a size of its own
@@ -608,10 +618,11 @@ def test_a_small_remembered_maildrop_keeps_its_messages_not_columns(md: Path) ->
     loaded = load_index(md)
     assert loaded is not None
     stat_new, stat_cur = os.stat(md / "new"), os.stat(md / "cur")
-    dirs = ((stat_new.st_ino, stat_new.st_mtime_ns), (stat_cur.st_ino, stat_cur.st_mtime_ns))
+    dirs = (stat_new.st_ino, stat_new.st_mtime_ns, stat_cur.st_ino, stat_cur.st_mtime_ns)
     file_id = maildir_index._file_id(os.stat(md / INDEX_NAME))
-    kept = maildir_index.remember(md, "postoffice", file_id, loaded, messages)
+    kept, kept_messages = maildir_index.remember(md, "postoffice", file_id, loaded, messages)
     assert kept._columns is None and kept._derived is not None
+    assert isinstance(kept_messages, PackedMessages) and kept_messages == messages
     assert kept.columns() == loaded.columns()
     assert kept.entries == loaded.entries
     recalled = maildir_index.recall(md, "postoffice", dirs)

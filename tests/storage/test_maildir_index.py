@@ -19,15 +19,13 @@ def test_round_trip_keeps_every_column(tmp_path: Path) -> None:
     """Keys, sizes (also beyond 32 bits), UIDs, directory state and the pin come back."""
     keys, disk, wire, uids = columns(5)
     wire[3] = 1 << 40
-    index = Index(
-        dirs=((1, 2), (3, 4)), listed_ns=99, columns=(keys, disk, wire, uids), pinned=True
-    )
+    index = Index(dirs=(1, 2, 3, 4), listed_ns=99, columns=(keys, disk, wire, uids), pinned=True)
     assert write_index(tmp_path, index) is not None
     loaded = load_index(tmp_path / INDEX_NAME)
     assert loaded is not None
     back = loaded[0]
     assert back.columns() == (keys, disk, wire, uids)
-    assert (back.dirs, back.listed_ns, back.pinned) == (((1, 2), (3, 4)), 99, True)
+    assert (back.dirs, back.listed_ns, back.pinned) == ((1, 2, 3, 4), 99, True)
 
 
 def test_empty_index_round_trips(tmp_path: Path) -> None:
@@ -41,7 +39,7 @@ def test_key_with_a_line_feed_is_left_out_and_the_listing_not_trusted(tmp_path: 
     """Such a name cannot be stored, so the next snapshot must list the directories."""
     keys, disk, wire, uids = columns(3)
     keys[1] = "new/1.a\nb"
-    index = Index(dirs=((1, 2), (3, 4)), listed_ns=5, columns=(keys, disk, wire, uids))
+    index = Index(dirs=(1, 2, 3, 4), listed_ns=5, columns=(keys, disk, wire, uids))
     write_index(tmp_path, index)
     loaded = load_index(tmp_path / INDEX_NAME)
     assert loaded is not None
@@ -88,7 +86,7 @@ def whole_file(index: Index, scheme_magic: bytes = b"postoffice-index 4\n") -> b
     """The file as one piece, the way the format is described (maildir_index.py)."""
     keys, disk, wire, uids = index.columns()
     dirs = index.dirs
-    head = "- - - -" if dirs is None else f"{dirs[0][0]} {dirs[0][1]} {dirs[1][0]} {dirs[1][1]}"
+    head = "- - - -" if dirs is None else f"{dirs[0]} {dirs[1]} {dirs[2]} {dirs[3]}"
     body = (
         f"{head} {index.listed_ns} {len(keys)} {int(index.pinned)}\n".encode("ascii")
         + b"".join(size.to_bytes(8, "little") for size in disk)
@@ -104,7 +102,7 @@ def test_file_written_in_pieces_is_the_whole_file(tmp_path: Path) -> None:
     n = 3 * maildir_index._LINES_AT_ONCE + 5
     keys, disk, wire, uids = columns(n)
     keys[n - 2] = "cur/1.caf\udce9:2,S"  # a name that was not UTF-8
-    index = Index(dirs=((1, 2), (3, 4)), listed_ns=7, columns=(keys, disk, wire, uids))
+    index = Index(dirs=(1, 2, 3, 4), listed_ns=7, columns=(keys, disk, wire, uids))
     write_index(tmp_path, index)
     assert (tmp_path / INDEX_NAME).read_bytes() == whole_file(index)
     loaded = load_index(tmp_path / INDEX_NAME)
@@ -117,9 +115,7 @@ def test_line_feed_in_a_later_piece_leaves_that_key_out(tmp_path: Path) -> None:
     n = 2 * maildir_index._LINES_AT_ONCE + 3
     keys, disk, wire, uids = columns(n)
     keys[n - 1] = "new/1.a\nb"
-    write_index(
-        tmp_path, Index(dirs=((1, 2), (3, 4)), listed_ns=5, columns=(keys, disk, wire, uids))
-    )
+    write_index(tmp_path, Index(dirs=(1, 2, 3, 4), listed_ns=5, columns=(keys, disk, wire, uids)))
     expected = Index(dirs=None, listed_ns=5, columns=(keys[:-1], disk[:-1], wire[:-1], uids[:-1]))
     assert (tmp_path / INDEX_NAME).read_bytes() == whole_file(expected)
     assert [p.name for p in tmp_path.iterdir()] == [INDEX_NAME]

@@ -449,6 +449,7 @@ class MaildirMaildrop:
         logger.warning(
             "size of %s was %d, RETR sent %d; index corrected", message.key, message.size, size
         )
+        self._index = self._index.copy()  # it may be the remembered one, shared
         entry = self._index.entries.get(message.key)
         self._corrected = True
         if entry is not None:

@@ -128,7 +128,8 @@ class Index:
 
     @property
     def entries(self) -> dict[str, Entry]:
-        """Key -> (disk size, wire size, uid), in snapshot order; safe to change."""
+        """Key -> (disk size, wire size, uid), in snapshot order; safe to change, but in
+        an index of one's own: ``copy()`` one from ``remember`` or ``recall`` first."""
         if self._entries is None:
             keys, disk, wire, uids = self.columns()
             self._entries = dict(zip(keys, zip(disk, wire, uids, strict=True), strict=True))
@@ -381,8 +382,8 @@ def remember(
     messages: Sequence[StoredMessage],
 ) -> tuple[Index, Sequence[StoredMessage]]:
     """Keep ``index`` and its snapshot ``messages`` (made from its columns, in order) for
-    ``recall``; returns copies of what is kept, for the caller to use instead of ``index``
-    and ``messages`` (they may hold less memory)."""
+    ``recall``; returns what is kept, for the caller to use instead of ``index`` and
+    ``messages`` (they may hold less memory). Both are shared: never change them."""
     columns = index.columns()
     frozen = None
     if len(messages) < _DERIVED_BELOW:
@@ -410,7 +411,7 @@ def remember(
         while _memo_total > _MEMO_MESSAGES and len(_memo) > 1:
             oldest = next(iter(_memo))
             _memo_total -= len(_memo.pop(oldest)[2])
-    return frozen.copy(), messages
+    return frozen, messages
 
 
 def remembers(path: Path | str, scheme: str) -> bool:
@@ -427,7 +428,7 @@ def recall(
     (index, its messages, the file's identity, whether the directories pass the trust
     rule). When they do not, the index is what a listing starts from (the same as loading
     the file, without the cost), and its messages are reused for the entries that stay.
-    Never change the list in place.
+    Both are shared with other sessions: never change them in place.
     """
     with _memo_lock:
         hit = _memo.get((os.fspath(path), scheme))
@@ -440,7 +441,7 @@ def recall(
         return None
     if current != file_id:
         return None
-    return index.copy(), messages, file_id, index.trusted(dirs)
+    return index, messages, file_id, index.trusted(dirs)
 
 
 def forget_all() -> None:

@@ -333,6 +333,24 @@ def test_correct_size_updates_the_cache(md: Path) -> None:
     assert snap(md)[0].size == 42
 
 
+def test_correct_size_leaves_the_shared_remembered_snapshot_alone(md: Path) -> None:
+    """Sessions share the remembered index and messages; one session's correction goes to
+    the file (and so to the next snapshot), never into what other sessions hold."""
+    put(md, "new/1.a", b"one\n")
+    age_directories(md)
+    first = snap(md)
+    maildrop = MaildirMaildrop(md)
+    maildrop.lock()
+    messages = maildrop.snapshot()
+    remembered = maildir_index._memo[(str(md), "postoffice")][1]
+    columns = remembered.columns()
+    assert maildrop._index is remembered  # shared, not copied, by an idle session
+    maildrop.correct_size(messages[0], 42)
+    maildrop.unlock()
+    assert remembered.columns() == columns and messages == first
+    assert snap(md)[0].size == 42
+
+
 def test_unwritable_cache_is_not_fatal(md: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """If the cache cannot be written the snapshot still succeeds and leaves no temp file."""
     put(md, "new/1.a", b"one\n")

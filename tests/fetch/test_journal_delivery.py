@@ -322,8 +322,14 @@ def test_names_whose_second_sync_failed_are_taken_back(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.binary(max_size=12).map(lambda raw: bytes(b"a\r\n."[b % 4] for b in raw))))
+@given(
+    st.lists(
+        st.binary(max_size=12).map(lambda raw: bytes(b"a\r\n.\r\n\x0b\x85"[b % 8] for b in raw))
+    )
+)
 def test_size_tags_match_the_wire_size_of_what_is_stored(chunks: list[bytes]) -> None:
+    """Stored with CRLF made LF and nothing else changed (VT and NEL are no line ends in
+    bytes), in chunks cut anywhere, lone CRs and LFs included."""
     with tempfile.TemporaryDirectory() as folder:
         destination = MaildirDestination(Path(folder) / "Maildir", "office")
         destination.prepare()

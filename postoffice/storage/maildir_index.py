@@ -389,7 +389,7 @@ def remember(
     if len(messages) < _DERIVED_BELOW:
         try:
             packed = PackedMessages(columns[0], columns[3], columns[2], columns[1])
-        except ValueError:  # a NUL in a key: only a forged index file holds one
+        except ValueError:  # a NUL in a key or a size over 64 bits: only a forged index
             pass
         else:
             frozen = Index(

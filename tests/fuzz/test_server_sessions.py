@@ -67,7 +67,7 @@ def test_the_checker_catches_a_reply_out_of_place() -> None:
     def doubled(self: ServerConnection[Message], command: object) -> object:
         result = original(self, command)  # type: ignore[arg-type]
         if getattr(command, "keyword", "") == "NOOP":
-            self._out.append(b"+OK\r\n")
+            self._reply(b"+OK\r\n")
         return result
 
     with pytest.MonkeyPatch.context() as patch:

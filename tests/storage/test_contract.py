@@ -6,7 +6,7 @@ import itertools
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -102,7 +102,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     return BACKENDS[request.param](tmp_path / "Maildir")
 
 
-def open_session(backend: Backend) -> tuple[Maildrop, list[StoredMessage]]:
+def open_session(backend: Backend) -> tuple[Maildrop, Sequence[StoredMessage]]:
     maildrop = backend.session()
     maildrop.lock()
     return maildrop, maildrop.snapshot()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def put(md: Path, key: str, data: bytes = b"Subject: x\n\nbody\n") -> Path:
     return path
 
 
-def snap(md: Path) -> list[StoredMessage]:
+def snap(md: Path) -> Sequence[StoredMessage]:
     return MaildirMaildrop(md).snapshot()
 
 

@@ -45,11 +45,13 @@ def test_packed_messages_behave_as_their_list(
     assert plain.disk_sizes() == plain.sizes() and plain == kept
 
 
-def test_a_nul_cannot_be_packed() -> None:
-    """Only a forged index could hold one; the caller keeps such a maildrop unpacked."""
+def test_a_nul_or_a_bad_size_cannot_be_packed() -> None:
+    """Only a forged index could hold them; the caller keeps such a maildrop unpacked."""
     with pytest.raises(ValueError):
         PackedMessages(["cur/a\0b"], ["uid"], [1])
     with pytest.raises(ValueError):
         PackedMessages(["cur/a"], ["uid"], [1, 2])
     with pytest.raises(ValueError):
         PackedMessages(["cur/a"], ["uid"], [1], [1, 2])
+    with pytest.raises(ValueError):
+        PackedMessages(["cur/a"], ["uid"], [-1])

@@ -234,9 +234,7 @@ def _line_pieces(lines: list[str]) -> Iterator[bytes]:
 def load_index(path: Path | str, scheme: str = DEFAULT_SCHEME) -> tuple[Index, FileId] | None:
     """The index at ``path`` and its identity; None when absent or not to be trusted."""
     try:
-        with open(path, "rb", buffering=0) as f:  # read whole: a buffer would only copy
-            raw = f.read()
-            file_id = _file_id(os.fstat(f.fileno()))
+        raw, file_id = _read_whole(path)
     except OSError:
         return None
     magic = _magic(scheme)
@@ -274,6 +272,29 @@ def load_index(path: Path | str, scheme: str = DEFAULT_SCHEME) -> tuple[Index, F
     # Keys are checked when used (valid_key), not here: that keeps loading cheap.
     index = Index(dirs=dirs, listed_ns=listed_ns, columns=(keys, disk, wire, uids), pinned=pinned)
     return index, file_id
+
+
+def _read_whole(path: Path | str) -> tuple[bytes, FileId]:
+    """The file's octets and identity: one fstat and, as the file is replaced rather than
+    changed, one read of the size it gave (no file object: a login on a maildrop new to
+    this process reads its index so)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        raw = os.read(fd, st.st_size + 1)
+        if len(raw) > st.st_size:  # grew after all: read to the end
+            pieces = [raw]
+            while piece := os.read(fd, 1 << 20):
+                pieces.append(piece)
+            raw = b"".join(pieces)
+        elif len(raw) < st.st_size:  # a short read: read to the end
+            pieces = [raw]
+            while piece := os.read(fd, st.st_size):
+                pieces.append(piece)
+            raw = b"".join(pieces)
+        return raw, _file_id(st)
+    finally:
+        os.close(fd)
 
 
 def write_index(maildir: Path, index: Index, scheme: str = DEFAULT_SCHEME) -> FileId | None:

@@ -679,3 +679,21 @@ def test_remembered_maildrop_either_way_lists_delivers_and_deletes_alike(
     maildir_index.forget_all()
     (md / INDEX_NAME).unlink()
     assert snap(md) == remembered
+
+
+def test_the_collector_is_paused_while_a_snapshot_is_built_and_restored_after() -> None:
+    """Enabled again after the snapshot, even one that failed; left off if it was off."""
+    from postoffice.storage.maildir import _CollectorPaused
+
+    assert gc.isenabled()
+    with pytest.raises(OSError), _CollectorPaused():
+        assert not gc.isenabled()
+        raise OSError("listing failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _CollectorPaused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

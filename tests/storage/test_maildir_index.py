@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
+
+import pytest
 
 from postoffice.storage import maildir_index
 from postoffice.storage.maildir_index import INDEX_NAME, Index, load_index, write_index
@@ -119,3 +122,13 @@ def test_line_feed_in_a_later_piece_leaves_that_key_out(tmp_path: Path) -> None:
     expected = Index(dirs=None, listed_ns=5, columns=(keys[:-1], disk[:-1], wire[:-1], uids[:-1]))
     assert (tmp_path / INDEX_NAME).read_bytes() == whole_file(expected)
     assert [p.name for p in tmp_path.iterdir()] == [INDEX_NAME]
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096, 3 << 20])
+def test_a_file_is_read_whole_with_its_identity(tmp_path: Path, size: int) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "file"
+    path.write_bytes(data)
+    raw, file_id = maildir_index._read_whole(path)
+    st = os.stat(path)
+    assert raw == data and file_id == (st.st_ino, st.st_mtime_ns, st.st_size)

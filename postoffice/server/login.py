@@ -26,7 +26,7 @@ from postoffice.secret import Secret
 from postoffice.server.context import ServerContext
 from postoffice.storage.base import StoredMessage
 from postoffice.storage.maildir import MaildirMaildrop
-from postoffice.storage.paths import maildir_for
+from postoffice.storage.paths import maildir_path_for
 
 LAST_LOGIN_FILE = "postoffice-last-login"
 LOGIN_DELAY_ALLOWANCE = 0.1
@@ -112,13 +112,13 @@ class Authorizer:
         place = places.get(record)
         if place is None:
             try:
-                path = maildir_for(config.mail.maildir, data_dir=config.data_dir, user=record)
+                path = maildir_path_for(config.mail.maildir, data_dir=config.data_dir, user=record)
             except PostofficeError as error:
                 self.log.error("no maildrop for %r: %s", record.name, error)
                 return LoginFailure.PERMANENT
             if len(places) >= _PLACES_KEPT:
                 places.clear()
-            place = places[record] = MaildropPlace(str(path))
+            place = places[record] = MaildropPlace(path)
         maildrop = MaildirMaildrop(
             place.path,
             flag_updates=not config.mail.no_flag_updates,

@@ -13,7 +13,9 @@ stays cheap.
 
 from __future__ import annotations
 
+import functools
 import itertools
+import operator
 import struct
 from collections.abc import Iterator, Sequence
 from typing import overload
@@ -26,6 +28,12 @@ _OCTETS_A_MESSAGE = 24  # two 32-bit ends, two 64-bit sizes
 _TWO_ENDS = struct.Struct("<II")
 _THREE_ENDS = struct.Struct("<III")
 _SIZE = struct.Struct("<Q")
+
+
+@functools.lru_cache(maxsize=64)
+def _numbers(count: int) -> struct.Struct:
+    """The layout of the numbers of ``count`` messages."""
+    return struct.Struct(f"<{2 * count}I{2 * count}Q")
 
 
 class PackedMessages(Sequence[StoredMessage]):
@@ -52,15 +60,14 @@ class PackedMessages(Sequence[StoredMessage]):
         count = len(keys)
         if not count == len(uids) == len(sizes) == len(disk_sizes):
             raise ValueError("keys, uids and sizes differ in length")
-        fields = [field for pair in zip(keys, uids, strict=True) for field in pair]
+        fields = list(itertools.chain.from_iterable(zip(keys, uids, strict=True)))
         text = _SEPARATOR.join(fields)
         if text.count(_SEPARATOR) != max(len(fields) - 1, 0):
             raise ValueError("a key or UIDL holds a NUL")
-        ends = list(itertools.accumulate(len(field) + 1 for field in fields))
+        # Field j ends at the NUL after it: the lengths before it and its own, plus j NULs.
+        ends = map(operator.add, itertools.accumulate(map(len, fields)), itertools.count())
         try:
-            self._numbers = struct.pack(
-                f"<{2 * count}I{2 * count}Q", *(end - 1 for end in ends), *sizes, *disk_sizes
-            )
+            self._numbers = _numbers(count).pack(*ends, *sizes, *disk_sizes)
         except struct.error as error:  # a negative or huge size
             raise ValueError(str(error)) from None
         self._text = text

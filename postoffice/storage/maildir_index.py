@@ -20,7 +20,10 @@ the inode and mtime of ``new/`` and ``cur/`` and the time the directories were l
 - ``remember``/``recall`` keep the last snapshots of this process in memory and hand one
   back while the index file (inode, mtime, size) is the one it came from and the
   directories pass the trust rule. A snapshot may hold more than its file: what a listing
-  against that file found in a few names and left unwritten (``maildir.py``).
+  against that file found in a few names and left unwritten (``maildir.py``). What they
+  hand back is shared by every session on that maildrop (idle sessions hold it for as
+  long as they last): small maildrops are kept packed (``packed.py``), and nothing handed
+  back is changed in place.
 """
 
 from __future__ import annotations

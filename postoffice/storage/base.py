@@ -69,7 +69,9 @@ class Maildrop(Protocol):
         """Release the lock if held. Safe to call more than once."""
 
     def snapshot(self) -> Sequence[StoredMessage]:
-        """List the complete messages now in the maildrop, in a stable order (oldest first)."""
+        """List the complete messages now in the maildrop, in a stable order (oldest first).
+
+        The sequence may be shared with other sessions: never change it."""
 
     def open(self, message: StoredMessage) -> BinaryIO:
         """Open a message of the snapshot for reading; ``MessageVanishedError`` if it is gone."""

@@ -53,14 +53,13 @@ import contextlib
 import errno
 import fcntl
 import gc
-import itertools
 import logging
 import operator
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO
 
 from postoffice.durable import fsync_directory
 from postoffice.errors import MaildropInUseError, MessageVanishedError, StorageError
@@ -84,7 +83,6 @@ from postoffice.storage.maildir_names import (
     seen_name,
     valid_key,
 )
-from postoffice.storage.packed import PackedMessages
 from postoffice.storage.uidl import UidlScheme, parse_uidl_format
 
 __all__ = ["INDEX_NAME", "LOCK_NAME", "MaildirMaildrop", "ensure_maildir"]
@@ -105,19 +103,8 @@ _FEW_READ = 64
 
 
 _KEY = operator.attrgetter("key")
-# StoredMessage._make without its Python frame, called by map with the class as its first
-# argument (not through a partial): a snapshot makes 100,000 of them at once.
-_new_message = cast(
-    Callable[[type[StoredMessage], tuple[str, str, int]], StoredMessage], tuple.__new__
-)
-
-
-def _messages(index: Index, start: int = 0) -> Iterator[StoredMessage]:
-    """The snapshot's messages made from ``index``'s columns, from position ``start``."""
-    keys, _, wire, uids = index.columns()
-    if start:
-        keys, wire, uids = keys[start:], wire[start:], uids[start:]
-    return map(_new_message, itertools.repeat(StoredMessage), zip(keys, uids, wire, strict=True))
+# Before the first snapshot (shared: an index is copied before it is changed).
+_NO_INDEX = Index(dirs=None, listed_ns=0, columns=([], [], [], []))
 
 
 class _CollectorPaused:
@@ -214,7 +201,7 @@ class MaildirMaildrop:
         self._lock_fd: int | None = None
         self._snapshot: Sequence[StoredMessage] = ()
         self._by_key: dict[str, StoredMessage] | None = None  # built when first needed
-        self._index = Index(dirs=None, listed_ns=0, entries={})
+        self._index = _NO_INDEX
         self._moved: dict[str, str] | None = None  # snapshot key -> where found since
         self._corrected = False  # correct_size was called: commit must keep that in the index
 
@@ -310,8 +297,7 @@ class MaildirMaildrop:
         self._snapshot = messages
         self._by_key = None
         self._moved = None
-        # Packed messages are immutable and shared as they are; a list is the caller's own.
-        return messages if isinstance(messages, PackedMessages) else list(messages)
+        return messages  # shared with the memory of snapshots: never changed in place
 
     def _from_index_or_listing(
         self,
@@ -354,19 +340,14 @@ class MaildirMaildrop:
                 file_id = loaded[1]
             else:
                 file_id = self._write_index()
+        # Newcomers after every remembered message (the usual delivery): those messages
+        # stay as they were, only the newcomers are made.
+        reused: Sequence[StoredMessage] = ()
         if remembered is not None and _starts_with(self._index, remembered[0]):
-            # Newcomers after every remembered message (the usual delivery): those
-            # messages stay as they were, only the newcomers are made.
-            messages: Sequence[StoredMessage] = [
-                *remembered[1],
-                *_messages(self._index, len(remembered[1])),
-            ]
-        else:
-            messages = list(_messages(self._index))
-        if file_id is not None:
-            self._index, messages = remember(
-                self._dir, self._scheme.id, file_id, self._index, messages
-            )
+            reused = remembered[1]
+        if file_id is None:
+            return self._index.messages(reused)
+        self._index, messages = remember(self._dir, self._scheme.id, file_id, self._index, reused)
         return messages
 
     def remember_index_file(self) -> bool:
@@ -379,7 +360,7 @@ class MaildirMaildrop:
             if loaded is None:
                 return False
             index, file_id = loaded
-            remember(self._dir, self._scheme.id, file_id, index, list(_messages(index)))
+            remember(self._dir, self._scheme.id, file_id, index)
         return True
 
     def _load_index(self) -> tuple[Index, FileId] | None:

@@ -40,9 +40,16 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 from postoffice.storage.base import StoredMessage
 from postoffice.storage.packed import PackedMessages
+
+# StoredMessage._make without its Python frame, called by map with the class as its first
+# argument (not through a partial): a snapshot makes 100,000 of them at once.
+_new_message = cast(
+    Callable[[type[StoredMessage], tuple[str, str, int]], StoredMessage], tuple.__new__
+)
 
 __all__ = [
     "INDEX_NAME",
@@ -87,7 +94,7 @@ class Index:
     (remembered small maildrops) the snapshot's messages packed with their disk sizes, from
     which the columns are made when asked for."""
 
-    __slots__ = ("_columns", "_derived", "_entries", "dirs", "listed_ns", "pinned")
+    __slots__ = ("_columns", "_entries", "_packed", "dirs", "listed_ns", "pinned")
 
     def __init__(
         self,
@@ -96,7 +103,7 @@ class Index:
         listed_ns: int,
         entries: dict[str, Entry] | None = None,
         columns: Columns | None = None,
-        derived: PackedMessages | None = None,
+        packed: PackedMessages | None = None,
         pinned: bool = False,
     ) -> None:
         self.dirs = dirs
@@ -106,7 +113,19 @@ class Index:
         """Holds a UIDL a rebuild might not give back: written with fsync (module docstring)."""
         self._entries = entries
         self._columns = columns
-        self._derived = derived
+        self._packed = packed
+
+    def messages(self, reused: Sequence[StoredMessage] = ()) -> list[StoredMessage]:
+        """The snapshot's messages made from the columns; ``reused``: the first ones, made
+        before (the caller knows the columns start with them)."""
+        keys, _, wire, uids = self.columns()
+        start = len(reused)
+        if start:
+            keys, wire, uids = keys[start:], wire[start:], uids[start:]
+        made = map(
+            _new_message, itertools.repeat(StoredMessage), zip(keys, uids, wire, strict=True)
+        )
+        return [*reused, *made] if start else list(made)
 
     def trusted(self, dirs: DirState) -> bool:
         """Both directories unchanged, and listed more than 2 s after their last change."""
@@ -136,15 +155,15 @@ class Index:
         if self._entries is None:
             keys, disk, wire, uids = self.columns()
             self._entries = dict(zip(keys, zip(disk, wire, uids, strict=True), strict=True))
-            self._columns = self._derived = None  # may be shared with other sessions
+            self._columns = self._packed = None  # may be shared with other sessions
         return self._entries
 
     def columns(self) -> Columns:
         """(keys, disk sizes, wire sizes, uids); never change these lists in place."""
         if self._columns is not None:
             return self._columns
-        if self._derived is not None:
-            packed = self._derived
+        packed = self._packed
+        if packed is not None:
             return (packed.keys(), packed.disk_sizes(), packed.sizes(), packed.uids())
         entries = self._entries or {}
         return (
@@ -160,7 +179,7 @@ class Index:
             listed_ns=self.listed_ns,
             entries=None if self._entries is None else dict(self._entries),
             columns=self._columns,
-            derived=self._derived,
+            packed=self._packed,
             pinned=self.pinned,
         )
 
@@ -285,14 +304,9 @@ def _read_whole(path: Path | str) -> tuple[bytes, FileId]:
     try:
         st = os.fstat(fd)
         raw = os.read(fd, st.st_size + 1)
-        if len(raw) > st.st_size:  # grew after all: read to the end
+        if len(raw) != st.st_size:  # a short read, or it grew after all: read to the end
             pieces = [raw]
             while piece := os.read(fd, 1 << 20):
-                pieces.append(piece)
-            raw = b"".join(pieces)
-        elif len(raw) < st.st_size:  # a short read: read to the end
-            pieces = [raw]
-            while piece := os.read(fd, st.st_size):
                 pieces.append(piece)
             raw = b"".join(pieces)
         return raw, _file_id(st)
@@ -390,7 +404,7 @@ def _file_id(st: os.stat_result) -> FileId:
 _memo: dict[tuple[str, str], tuple[FileId, Index, Sequence[StoredMessage]]] = {}  # by dir
 _memo_lock = threading.Lock()
 _MEMO_MESSAGES = 300_000
-_DERIVED_BELOW = 1_000
+_PACKED_BELOW = 1_000
 """A remembered maildrop with fewer messages keeps no columns of its own, only its messages
 packed with their disk sizes (``packed.py``): about half the memory, for the many small
 maildrops of idle sessions. Larger ones keep their columns and messages: a listing
@@ -403,24 +417,25 @@ def remember(
     scheme: str,
     file_id: FileId,
     index: Index,
-    messages: Sequence[StoredMessage],
+    reused: Sequence[StoredMessage] = (),
 ) -> tuple[Index, Sequence[StoredMessage]]:
-    """Keep ``index`` and its snapshot ``messages`` (made from its columns, in order) for
-    ``recall``; returns what is kept, for the caller to use instead of ``index`` and
-    ``messages`` (they may hold less memory). Both are shared: never change them."""
+    """Keep ``index`` and its snapshot's messages for ``recall``, and return them for the
+    caller to use instead of ``index`` (it may hold less memory). ``reused``: see
+    ``Index.messages``. Both are shared: never change them."""
     columns = index.columns()
-    frozen = None
-    if len(messages) < _DERIVED_BELOW:
-        try:
+    packed = None
+    if len(columns[0]) < _PACKED_BELOW:
+        # ValueError: a NUL in a key or a size over 64 bits, which only a forged index has.
+        with contextlib.suppress(ValueError):
             packed = PackedMessages(columns[0], columns[3], columns[2], columns[1])
-        except ValueError:  # a NUL in a key or a size over 64 bits: only a forged index
-            pass
-        else:
-            frozen = Index(
-                dirs=index.dirs, listed_ns=index.listed_ns, derived=packed, pinned=index.pinned
-            )
-            messages = packed
-    if frozen is None:
+    messages: Sequence[StoredMessage]
+    if packed is not None:
+        messages = packed
+        frozen = Index(
+            dirs=index.dirs, listed_ns=index.listed_ns, packed=packed, pinned=index.pinned
+        )
+    else:
+        messages = index.messages(reused)
         frozen = Index(
             dirs=index.dirs, listed_ns=index.listed_ns, columns=columns, pinned=index.pinned
         )

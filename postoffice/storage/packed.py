@@ -7,7 +7,7 @@ it object headers. An idle session holds its snapshot for as long as it lasts, s
 thousands of them this is most of their memory. Packed, five messages of the benchmark's
 corpus take about 650 octets instead of 1,400. Making a message costs two slices and an
 unpacking of its numbers (about a microsecond); only maildrops below
-``maildir_index._DERIVED_BELOW`` messages are packed, so a listing of the whole snapshot
+``maildir_index._PACKED_BELOW`` messages are packed, so a listing of the whole snapshot
 stays cheap.
 """
 
@@ -103,9 +103,8 @@ class PackedMessages(Sequence[StoredMessage]):
     def __iter__(self) -> Iterator[StoredMessage]:
         if not self._numbers:
             return iter(())
-        count = len(self._numbers) // _OCTETS_A_MESSAGE
-        sizes = struct.unpack_from(f"<{count}Q", self._numbers, 8 * count)
         fields = self._text.split(_SEPARATOR)
+        sizes = self._size_column(1)
         return map(_new_message, zip(fields[0::2], fields[1::2], sizes, strict=True))
 
     def __eq__(self, other: object) -> bool:
@@ -131,9 +130,12 @@ class PackedMessages(Sequence[StoredMessage]):
         return self._text.split(_SEPARATOR)[1::2] if self._numbers else []
 
     def sizes(self) -> list[int]:
-        count = len(self._numbers) // _OCTETS_A_MESSAGE
-        return list(struct.unpack_from(f"<{count}Q", self._numbers, 8 * count))
+        return list(self._size_column(1))
 
     def disk_sizes(self) -> list[int]:
+        return list(self._size_column(2))
+
+    def _size_column(self, column: int) -> tuple[int, ...]:
+        """The sizes (1) or the sizes on disk (2): after the ends, 8 octets a message each."""
         count = len(self)
-        return list(struct.unpack_from(f"<{count}Q", self._numbers, 16 * count))
+        return struct.unpack_from(f"<{count}Q", self._numbers, 8 * count * column)

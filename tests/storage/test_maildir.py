@@ -404,7 +404,7 @@ def test_newer_delivery_reuses_the_remembered_messages(
     """A delivery newer than every known message: the remembered messages are reused as
     they are (or, packed, the same again) and the snapshot equals a cold listing."""
     if not packed:
-        monkeypatch.setattr(maildir_index, "_DERIVED_BELOW", 0)
+        monkeypatch.setattr(maildir_index, "_PACKED_BELOW", 0)
     for i in range(30):
         put(md, f"cur/{1000 + i}.M1P1.host,S=5,W=6:2,S", b"body\n")
     age_directories(md)
@@ -639,8 +639,8 @@ def test_a_small_remembered_maildrop_keeps_its_messages_packed_not_columns(md: P
     stat_new, stat_cur = os.stat(md / "new"), os.stat(md / "cur")
     dirs = (stat_new.st_ino, stat_new.st_mtime_ns, stat_cur.st_ino, stat_cur.st_mtime_ns)
     file_id = maildir_index._file_id(os.stat(md / INDEX_NAME))
-    kept, kept_messages = maildir_index.remember(md, "postoffice", file_id, loaded, messages)
-    assert kept._columns is None and kept._derived is not None
+    kept, kept_messages = maildir_index.remember(md, "postoffice", file_id, loaded)
+    assert kept._columns is None and kept._packed is not None
     assert isinstance(kept_messages, PackedMessages) and kept_messages == messages
     assert kept.columns() == loaded.columns()
     assert kept.entries == loaded.entries
@@ -649,13 +649,13 @@ def test_a_small_remembered_maildrop_keeps_its_messages_packed_not_columns(md: P
     assert recalled[0].columns() == loaded.columns() and recalled[1] == messages
 
 
-@pytest.mark.parametrize("derived_below", [0, 1_000], ids=["columns", "messages"])
+@pytest.mark.parametrize("packed_below", [0, 1_000], ids=["columns", "messages"])
 def test_remembered_maildrop_either_way_lists_delivers_and_deletes_alike(
-    md: Path, monkeypatch: pytest.MonkeyPatch, derived_below: int
+    md: Path, monkeypatch: pytest.MonkeyPatch, packed_below: int
 ) -> None:
     """Logins, a delivery, a deletion and a size correction through the memory give what
     cold listings give, whichever way the memory keeps the maildrop."""
-    monkeypatch.setattr(maildir_index, "_DERIVED_BELOW", derived_below)
+    monkeypatch.setattr(maildir_index, "_PACKED_BELOW", packed_below)
     for i in range(20):
         put(md, f"cur/{1000 + i}.M1P1.host,S=5,W=6:2,S", b"body\n")
     put(md, "cur/1500.M1P1.host:2,S", b"a\nb\n")

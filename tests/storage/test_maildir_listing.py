@@ -105,22 +105,35 @@ def test_many_names_in_random_directory_order(tmp_path: Path, count: int) -> Non
     assert [(m.key, m.uid, m.size) for m in messages] == reference(md)
 
 
+def keys_listed_with_one_file_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_cur: list[str], in_new: str, gone: str
+) -> list[str]:
+    """The keys a snapshot lists when the file ``gone`` vanishes as it is measured."""
+    md = tmp_path / "Maildir"
+    ensure_maildir(md)
+    for name in in_cur:
+        (md / "cur" / name).write_bytes(b"abcd\n")
+    (md / "new" / in_new).write_bytes(b"abcd\n")
+    real_count = maildir_listing.count_file
+
+    def count_file(path: Path) -> tuple[int, int] | None:
+        return None if path.name == gone else real_count(path)
+
+    monkeypatch.setattr(maildir_listing, "count_file", count_file)
+    return [m.key for m in MaildirMaildrop(md).snapshot()]
+
+
 def test_file_gone_while_measured_is_left_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A name without size tags whose file vanishes before it is read is not listed."""
-    md = tmp_path / "Maildir"
-    ensure_maildir(md)
-    for name in ["1700000002.M5P1.h", "1700000001.M5P1.h", "1700000003.M5P1.h,S=5,W=6"]:
-        (md / "cur" / name).write_bytes(b"abcd\n")
-    (md / "new" / "1700000000.M9P1.h,S=5,W=6").write_bytes(b"abcd\n")
-    real_count = maildir_listing.count_file
-
-    def count_file(path: Path) -> tuple[int, int] | None:
-        return None if path.name == "1700000001.M5P1.h" else real_count(path)
-
-    monkeypatch.setattr(maildir_listing, "count_file", count_file)
-    keys = [m.key for m in MaildirMaildrop(md).snapshot()]
+    keys = keys_listed_with_one_file_gone(
+        tmp_path,
+        monkeypatch,
+        ["1700000002.M5P1.h", "1700000001.M5P1.h", "1700000003.M5P1.h,S=5,W=6"],
+        "1700000000.M9P1.h,S=5,W=6",
+        gone="1700000001.M5P1.h",
+    )
     assert keys == [
         "new/1700000000.M9P1.h,S=5,W=6",
         "cur/1700000002.M5P1.h",
@@ -134,19 +147,14 @@ def test_usual_file_gone_while_measured_is_left_out(
     """Among names of the usual shape, one within a second, a file whose tags are not
     believed and that vanishes before it is read is not listed; the others keep the
     order their microseconds give them."""
-    md = tmp_path / "Maildir"
-    ensure_maildir(md)
     gone = "1700000001.M50P1.h,S=9,W=5:2,S"
-    for name in ["1700000001.M100P1.h,S=5,W=6:2,S", gone, "1700000001.M7P1.h,S=5,W=6:2,S"]:
-        (md / "cur" / name).write_bytes(b"abcd\n")
-    (md / "new" / "1700000001.M99P1.h,S=5,W=6").write_bytes(b"abcd\n")
-    real_count = maildir_listing.count_file
-
-    def count_file(path: Path) -> tuple[int, int] | None:
-        return None if path.name == gone else real_count(path)
-
-    monkeypatch.setattr(maildir_listing, "count_file", count_file)
-    keys = [m.key for m in MaildirMaildrop(md).snapshot()]
+    keys = keys_listed_with_one_file_gone(
+        tmp_path,
+        monkeypatch,
+        ["1700000001.M100P1.h,S=5,W=6:2,S", gone, "1700000001.M7P1.h,S=5,W=6:2,S"],
+        "1700000001.M99P1.h,S=5,W=6",
+        gone=gone,
+    )
     assert keys == [
         "cur/1700000001.M7P1.h,S=5,W=6:2,S",
         "new/1700000001.M99P1.h,S=5,W=6",

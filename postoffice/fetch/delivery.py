@@ -11,7 +11,8 @@ Durability order for one message (the session drives it; this module does steps 
    one ``syncfs`` on Linux, else fsyncs from parallel threads that share journal commits);
 3. give it its name in ``new/`` (``commit``);
 4. ``fsync`` the ``new/`` folder, so the name itself survives a power cut (``sync``;
-   one call may cover several messages committed before it);
+   one call may cover several messages committed before it; the next ``commit_group``
+   does it too, by the same ``syncfs`` that makes its own files durable);
 5. (session) append the UIDLs to the journal and make it durable;
 6. (session) only then DELE, QUIT, and wait for ``+OK``.
 
@@ -20,10 +21,11 @@ The file in ``tmp/`` has no name where Linux allows it (``O_TMPFILE``, checked o
 in ``tmp/`` (one folder update, not three), and a crash leaves nothing in ``tmp/``. A
 nameless file is on disk with a link count of 0 until linked, and ``fsync`` of ``new/``
 does not write the linked file's new count on every filesystem (ext4 without a journal),
-so the files of a group are made durable once more after linking: a second ``syncfs``
-(``commit`` of one message: an ``fsync`` of the file, then of ``new/``), which makes the
-names durable too, so step 4 has nothing left to do. If that fails, the new names
-are removed again and the messages count as not delivered. Elsewhere (no
+so the files of a group are made durable once more after linking: by a second ``syncfs``
+(step 4, ``sync``), or by the first one of the next group, which then serves both groups
+(``commit`` of one message: an ``fsync`` of the file, then of ``new/``). That ``syncfs``
+makes the names durable too. If it fails, the names it was to make durable are removed
+again and those messages count as not delivered. Elsewhere (no
 ``O_TMPFILE``, no ``/proc`` to link through, no ``syncfs``) the file is ``tmp/NAME``,
 renamed in step 3.
 
@@ -104,11 +106,15 @@ class Destination(Protocol):
 
     def commit_group(self, sinks: Sequence[MessageSink]) -> list[str | Exception]:
         """``commit`` each of ``sinks`` (begun here), as fast as the store allows: the local
-        name of each, or the error that stopped it (that sink is then aborted). Blocking."""
+        name of each, or the error that stopped it (that sink is then aborted). Blocking.
+
+        First makes every message committed before it durable, names included, as
+        ``sync`` does, and raises ``OSError`` as ``sync`` does (``sinks`` then aborted)."""
         ...
 
     def sync(self) -> None:
-        """Make every committed message durable, names included. Blocking."""
+        """Make every committed message durable, names included. Blocking. Raises
+        ``OSError`` if that failed: those messages' names are then taken back."""
         ...
 
 
@@ -133,6 +139,11 @@ class MaildirDestination:
         self.account = account
         self.nameless = False
         """Files in ``tmp/`` are made without a name (``O_TMPFILE``); set by ``prepare``."""
+        self._unsynced: list[_MaildirMessage] = []
+        """Named in ``new/`` by ``commit_group``, their names (and link counts) not yet
+        durable: the next ``sync`` or ``commit_group`` makes them so."""
+        self._unsynced_fd = -1
+        """``tmp/``, opened before the messages of ``_unsynced`` were written."""
 
     def prepare(self) -> None:
         ensure_maildir(self.path)
@@ -162,8 +173,9 @@ class MaildirDestination:
         return _MaildirMessage(str(self.path), key, nameless=self.nameless)
 
     def commit_group(self, sinks: Sequence[MessageSink]) -> list[str | Exception]:
-        """Write every message into ``tmp/``, make them all durable at once (``_sync_all``),
-        then name each in ``new/`` (and make nameless ones durable once more)."""
+        """Write every message into ``tmp/``, make them all durable at once (``_sync_all``;
+        one ``syncfs`` that also makes the names of the group before durable), then name
+        each in ``new/``; ``sync`` or the next group makes those names durable."""
         outcomes: list[str | Exception | None] = [None] * len(sinks)
         written: list[tuple[int, _MaildirMessage, int]] = []
         # Opened before the writes: syncfs reports the write-back errors seen since then.
@@ -179,43 +191,74 @@ class MaildirDestination:
                 except OSError as write_error:
                     sink.abort()
                     outcomes[index] = write_error
-            errors = _sync_all(tmp, [fd for _, _, fd in written])
-            named: list[tuple[int, _MaildirMessage]] = []
+            fds = [fd for _, _, fd in written]
+            try:
+                if self._unsynced and _syncfs() is not None:
+                    # One syncfs for both: its descriptor was opened before these writes too.
+                    self._sync_names(new, whole_filesystem=True)
+                    errors: list[OSError | None] = [None] * len(fds)
+                else:
+                    self._sync_names(new, whole_filesystem=False)  # renamed: fsync new/
+                    errors = _sync_all(tmp, fds)
+            except OSError:
+                for _, message, _ in written:
+                    message.abort()
+                raise
+            named: list[_MaildirMessage] = []
             for (index, message, _), sync_error in zip(written, errors, strict=True):
                 problem: OSError | None = sync_error
                 if problem is None:
                     try:
                         outcomes[index] = message.publish(new)
-                        named.append((index, message))
+                        named.append(message)
                         continue
                     except OSError as name_error:
                         problem = name_error
                 message.abort()
                 outcomes[index] = problem
-            if self.nameless and named:
-                # The link counts, now 1, and the names: one syncfs makes both durable.
-                syncfs = _syncfs()
-                assert syncfs is not None  # nameless files are used only where it is
-                try:
-                    syncfs(tmp)
-                except OSError as sync_error:
-                    for index, message in named:
-                        message.unpublish(new)
-                        outcomes[index] = sync_error
-                    named = []
-            for _, message in named:
+            for message in named:
                 message.finish()
+            if named:
+                self._unsynced = named
+                # Kept for their syncfs: it reports the write-back errors since their writes.
+                self._unsynced_fd, tmp = tmp, -1
         finally:
             os.close(new)
-            os.close(tmp)
+            if tmp >= 0:
+                os.close(tmp)
         done = [outcome for outcome in outcomes if outcome is not None]
         assert len(done) == len(sinks)
         return done
 
     def sync(self) -> None:
-        if self.nameless:
-            return  # commit and commit_group made the names durable already
-        fsync_directory(self.path / "new")
+        if not self._unsynced:
+            return
+        new = os.open(self.path / "new", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            # Nameless files: their link counts too, which an fsync of new/ may not write.
+            self._sync_names(new, whole_filesystem=self.nameless)
+        finally:
+            os.close(new)
+
+    def _sync_names(self, new: int, *, whole_filesystem: bool) -> None:
+        """Make the names in ``_unsynced`` durable, by a ``syncfs`` or an fsync of the
+        folder ``new``; if that fails, take them back and raise."""
+        unsynced, self._unsynced = self._unsynced, []
+        fd, self._unsynced_fd = self._unsynced_fd, -1
+        if not unsynced:
+            return
+        try:
+            syncfs = _syncfs() if whole_filesystem else None
+            if syncfs is not None:
+                syncfs(fd)
+            else:
+                os.fsync(new)
+        except OSError:
+            for message in unsynced:
+                message.unpublish(new)
+            raise
+        finally:
+            os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

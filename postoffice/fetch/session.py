@@ -15,9 +15,9 @@ every message, is:
 5. at the end QUIT, and only a ``+OK`` marks the DELEs as committed in the journal.
 
 Steps 2 and 3 are group commits, run in worker threads while the next messages arrive
-(``transfer``): the messages received whole so far are fsynced (in parallel) and named,
-then one fsync of ``new/``, then one journal transaction; the order within each message
-is unchanged. If the server goes away, the messages already received whole are still
+(``transfer``): the messages received whole so far are made durable at once and named,
+then their names are made durable (in a Maildir by the next group's ``syncfs``), then one
+journal transaction; the order within each message is unchanged. If the server goes away, the messages already received whole are still
 committed and journaled (without DELE).
 
 A crash or a dropped connection anywhere leaves one of: a tmp file (removed at the next

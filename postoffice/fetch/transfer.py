@@ -13,11 +13,16 @@ A message received whole (its terminating dot read) joins the *pending* list. It
 work is a *group commit*, run in a worker thread while the event loop keeps receiving:
 
 1. every message of the group is written, fsynced and named in ``new/``
-   (``Destination.commit_group``: a Maildir fsyncs the whole group at once from parallel
-   threads, so the fsyncs share the filesystem's journal commits);
-2. ``new/`` is fsynced once (``Destination.sync``);
+   (``Destination.commit_group``: a Maildir makes the whole group durable at once, by one
+   ``syncfs`` or by fsyncs from parallel threads that share the filesystem's commits);
+2. the names are made durable (``Destination.sync``);
 3. the group is journaled in one transaction (``synchronous = FULL``);
 4. back on the event loop, its DELEs are queued (delete mode).
+
+For a Maildir, step 2 of a group is the first step of the next one (``commit_group`` first
+makes the names committed before it durable, with the same ``syncfs`` as its own files),
+so that group is journaled by the next group commit, after that ``syncfs``; the last group
+(or one after which nothing is pending yet) has a step 2 of its own.
 
 Only one group commits at a time, so the journal sees one caller at a time. A group starts
 as soon as the previous one is done and something is pending, so groups grow by
@@ -39,6 +44,7 @@ surfaces here, in the session's own coroutine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -77,6 +83,8 @@ BATCH_OCTETS = 16 << 20
 
 _Received = tuple["ServerMessage", "MessageSink", int, Fingerprint | None]
 """A message received whole: its sink (not yet committed), octets and fingerprint."""
+_Committed = list[tuple[_Received, str]]
+"""Messages committed, with their local names."""
 
 
 class Transfer:
@@ -116,8 +124,12 @@ class Transfer:
         """Received whole, not yet committed and journaled."""
         self.pending_octets = 0
         self.journal_busy = journal_busy
-        self.committing: asyncio.Future[list[str]] | None = None
-        self.committing_batch: list[_Received] = []
+        self.committing: asyncio.Future[tuple[_Committed, _Committed]] | None = None
+        """A group commit in a worker thread: what it journaled, and what it committed
+        without journaling yet (``unjournaled``)."""
+        self.unjournaled: _Committed = []
+        """Committed, names perhaps not yet durable, not journaled: the next group commit
+        (or a ``sync`` once nothing else is pending) makes them durable and journals them."""
         self._received = 0
 
     async def _pump(self) -> None:
@@ -154,7 +166,13 @@ class Transfer:
             await self._journal_free()
             client = self.client
             half = self.window // 2
-            while self.todo or self.in_flight or self.pending or self.committing is not None:
+            while (
+                self.todo
+                or self.in_flight
+                or self.pending
+                or self.committing is not None
+                or self.unjournaled
+            ):
                 self._settle(result)
                 if self.todo and len(self.in_flight) <= half:
                     await self._pump()
@@ -178,7 +196,7 @@ class Transfer:
                     await asyncio.wait((self.committing,))  # nothing on the wire: the disk
         except (FetchConnectionError, FetchTimeoutError, RemoteProtocolError):
             # The server went away: what arrived whole is still good, keep it (no DELE).
-            while self.pending or self.committing is not None:
+            while self.pending or self.committing is not None or self.unjournaled:
                 if self.committing is not None:
                     await asyncio.wait((self.committing,))
                 self._settle(result)
@@ -204,6 +222,11 @@ class Transfer:
             if not self.committing.cancelled():
                 self.committing.exception()  # already raised, or about to be: seen here
             self.committing = None
+        # Names committed but not journaled (after an error): made durable, to be found by
+        # name next time, or taken back. Nothing left to do after a clean run.
+        self.unjournaled = []
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.destination.sync)
         for _, sink, _, _ in self.pending:
             sink.abort()
         self.pending = []
@@ -270,39 +293,61 @@ class Transfer:
             if not committing.done():
                 return
             self.committing = None
-            committing.result()  # raises what the group commit raised
-            batch, self.committing_batch = self.committing_batch, []
-            result.fetched += len(batch)
-            result.octets += sum(entry[2] for entry in batch)
+            # Raises what the group commit raised.
+            journaled, self.unjournaled = committing.result()
+            result.fetched += len(journaled)
+            result.octets += sum(entry[2] for entry, _ in journaled)
             if self.account.mode is Mode.DELETE:
-                self.todo.extendleft(("DELE", entry[0]) for entry in reversed(batch))
+                self.todo.extendleft(("DELE", entry[0]) for entry, _ in reversed(journaled))
+        loop = asyncio.get_running_loop()
+        earlier, self.unjournaled = self.unjournaled, []
         if self.pending:
             batch = self.pending[: self.batch]
             del self.pending[: self.batch]
             self.pending_octets -= sum(entry[2] for entry in batch)
-            self.committing_batch = batch
-            loop = asyncio.get_running_loop()
-            self.committing = loop.run_in_executor(None, self._make_durable, batch)
+            self.committing = loop.run_in_executor(None, self._make_durable, batch, earlier)
+        elif earlier:
+            self.committing = loop.run_in_executor(None, self._journal_synced, earlier)
 
-    def _make_durable(self, batch: list[_Received]) -> list[str]:
-        """In a worker thread: commit the group, fsync the folder, journal the group."""
-        outcomes = self.destination.commit_group([entry[1] for entry in batch])
+    def _make_durable(
+        self, batch: list[_Received], earlier: _Committed
+    ) -> tuple[_Committed, _Committed]:
+        """In a worker thread: commit the group (making the ``earlier`` names durable),
+        journal ``earlier``; for a destination that is not idempotent, also sync and
+        journal the group. Returns what was journaled and what is left to journal."""
+        try:
+            outcomes = self.destination.commit_group([entry[1] for entry in batch])
+        except OSError as error:
+            raise FetchError(f"cannot deliver: {error}") from error
         for outcome in outcomes:
             if isinstance(outcome, FetchError):
                 raise outcome
             if isinstance(outcome, Exception):
                 raise FetchError(f"cannot deliver: {outcome}") from outcome
         names = [outcome for outcome in outcomes if isinstance(outcome, str)]
+        committed = list(zip(batch, names, strict=True))
+        if self.destination.idempotent:
+            self._journal(earlier)
+            return earlier, committed
+        # One at a time, journaled before the next is delivered: at most one duplicate.
+        return self._journal_synced(earlier + committed)
+
+    def _journal_synced(self, committed: _Committed) -> tuple[_Committed, _Committed]:
+        """In a worker thread: make the names of ``committed`` durable, then journal them."""
         try:
             self.destination.sync()
         except OSError as error:
             raise FetchError(f"cannot deliver: {error}") from error
-        self.journal.record_delivered_many(
-            [
-                (message.uidl, name, octets, print_)
-                for (message, _, octets, print_), name in zip(batch, names, strict=True)
-            ],
-            now=self.clock(),
-            delete=self.account.mode is Mode.DELETE,
-        )
-        return names
+        self._journal(committed)
+        return committed, []
+
+    def _journal(self, committed: _Committed) -> None:
+        if committed:
+            self.journal.record_delivered_many(
+                [
+                    (message.uidl, name, octets, print_)
+                    for (message, _, octets, print_), name in committed
+                ],
+                now=self.clock(),
+                delete=self.account.mode is Mode.DELETE,
+            )

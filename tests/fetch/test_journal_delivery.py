@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postoffice.fetch import delivery
-from postoffice.fetch.delivery import SPILL_OCTETS, MaildirDestination, message_key
+from postoffice.fetch.delivery import SPILL_OCTETS, MaildirDestination, MessageSink, message_key
 from postoffice.fetch.fingerprint import Fingerprint
 from postoffice.fetch.journal import FORGET_AFTER, Journal, journal_path
 from postoffice.storage.wire import wire_size
@@ -278,27 +278,53 @@ def _recording_syncfs(
     return seen
 
 
+def _group(destination: MaildirDestination, first: int, count: int) -> list[MessageSink]:
+    sinks = [destination.begin(f"uid-{number}") for number in range(first, first + count)]
+    for sink in sinks:
+        sink.write(b"Subject: x\r\n\r\nbody\r\n")
+    return sinks
+
+
 @pytest.mark.parametrize("count", [1, 5])
 def test_nameless_files_are_durable_before_their_names_and_again_after(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str, count: int
 ) -> None:
-    """Content first (no name in new/ yet), then the names, then the files once more for
-    their link counts and names: only then is the group reported delivered."""
+    """Content first (no name in new/ yet), then the names, then (``sync``) the files once
+    more for their link counts and names."""
     maildir = tmp_path / "Maildir"
     destination = MaildirDestination(maildir, "office")
     destination.prepare()
     seen = _recording_syncfs(monkeypatch, maildir / "new")
-    sinks = [destination.begin(f"uid-{number}") for number in range(count)]
-    for sink in sinks:
-        sink.write(b"Subject: x\r\n\r\nbody\r\n")
-    names = destination.commit_group(sinks)
+    names = destination.commit_group(_group(destination, 0, count))
     assert all(isinstance(name, str) for name in names)
     first: list[list[str]] = [[]] if count > 1 else []  # one message: fsynced instead
+    assert seen == first
+    destination.sync()
     if files == "nameless":
         assert seen == [*first, sorted(str(name) for name in names)]
     else:
-        assert seen == first  # renamed after it; sync() fsyncs new/
+        assert seen == first  # renamed: sync() fsyncs new/
     assert os.listdir(maildir / "tmp") == []
+
+
+def test_one_syncfs_makes_a_group_and_the_names_before_it_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str
+) -> None:
+    """The second group's syncfs, made after the first group's names and before its own
+    names, serves both: three syncfs for two groups, each file's content durable before
+    its name."""
+    maildir = tmp_path / "Maildir"
+    destination = MaildirDestination(maildir, "office")
+    destination.prepare()
+    seen = _recording_syncfs(monkeypatch, maildir / "new")
+    first = sorted(str(name) for name in destination.commit_group(_group(destination, 0, 3)))
+    second = sorted(str(name) for name in destination.commit_group(_group(destination, 3, 4)))
+    destination.sync()
+    if files == "nameless":
+        assert seen == [[], first, sorted(first + second)]
+    else:  # renamed: the same, but the last names need only an fsync of new/
+        assert seen == [[], first]
+    assert sorted(os.listdir(maildir / "new")) == sorted(first + second)
 
 
 def test_names_whose_second_sync_failed_are_taken_back(
@@ -312,13 +338,32 @@ def test_names_whose_second_sync_failed_are_taken_back(
     if not destination.nameless:
         pytest.skip("no O_TMPFILE (or syncfs) here")
     _recording_syncfs(monkeypatch, maildir / "new", fail_at=2)
-    sinks = [destination.begin(f"uid-{number}") for number in range(3)]
-    for sink in sinks:
-        sink.write(b"m\r\n")
-    outcomes = destination.commit_group(sinks)
-    assert all(isinstance(outcome, OSError) for outcome in outcomes)
+    names = destination.commit_group(_group(destination, 0, 3))
+    assert all(isinstance(name, str) for name in names)
+    with pytest.raises(OSError, match="Input/output"):
+        destination.sync()
     for sub in ("tmp", "new", "cur"):
         assert os.listdir(maildir / sub) == []
+
+
+def test_a_failed_syncfs_takes_back_the_names_before_it_and_fails_its_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the syncfs that was to make the first group's names durable fails, in the
+    second group's commit, neither group stays visible and the commit raises."""
+    maildir = tmp_path / "Maildir"
+    destination = MaildirDestination(maildir, "office")
+    destination.prepare()
+    if not destination.nameless:
+        pytest.skip("no O_TMPFILE (or syncfs) here")
+    _recording_syncfs(monkeypatch, maildir / "new", fail_at=2)
+    destination.commit_group(_group(destination, 0, 3))
+    assert len(os.listdir(maildir / "new")) == 3
+    with pytest.raises(OSError, match="Input/output"):
+        destination.commit_group(_group(destination, 3, 2))
+    for sub in ("tmp", "new", "cur"):
+        assert os.listdir(maildir / sub) == []
+    destination.sync()  # nothing left to make durable
 
 
 @settings(max_examples=300, deadline=None)

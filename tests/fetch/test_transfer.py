@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
 
-from postoffice.fetch import transfer
-from postoffice.fetch.delivery import MaildirDestination, MessageSink, commit_each
+from postoffice.fetch import delivery, transfer
+from postoffice.fetch.delivery import MaildirDestination, MessageSink, commit_each, message_key
 from postoffice.fetch.errors import FetchError
 from postoffice.fetch.journal import Delivery, Journal, journal_path
 from postoffice.fetch.runner import fetch_account
@@ -44,8 +45,8 @@ class GroupJournal(Journal):
 
 
 class HeldDestination(MaildirDestination):
-    """A Maildir whose first ``sync`` waits until ``release`` is set (or ``patience`` runs
-    out): the disk is slow while the first group commits."""
+    """A Maildir whose first group commit waits until ``release`` is set (or ``patience``
+    runs out): the disk is slow while the first group commits."""
 
     def __init__(self, path: Path, account: str, *, patience: float) -> None:
         super().__init__(path, account)
@@ -53,10 +54,11 @@ class HeldDestination(MaildirDestination):
         self.patience = patience
         self.released: bool | None = None
 
-    def sync(self) -> None:
+    def commit_group(self, sinks: Sequence[MessageSink]) -> list[str | Exception]:
+        outcomes = super().commit_group(sinks)
         if self.released is None:
             self.released = self.release.wait(self.patience)
-        super().sync()
+        return outcomes
 
 
 class CountingProgress:
@@ -103,6 +105,40 @@ async def test_messages_keep_arriving_while_a_group_commits(
     assert journal.groups == [["uid-1"], ["uid-2", "uid-3", "uid-4", "uid-5"]]
     assert (result.fetched, result.deleted) == (5, 5)
     assert delivered_bodies(account.maildir) == expected_bodies(five_messages())
+
+
+async def test_a_group_is_journaled_only_after_a_syncfs_made_its_names_durable(
+    tmp_path: Path, server: FakePop3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second group's syncfs makes the first group's names durable (then the first
+    group is journaled), and one more after the last group: two for two groups."""
+    real = delivery._syncfs()
+    if real is None:
+        pytest.skip("no syncfs here")
+    account = make_account(tmp_path, server, mode="delete")
+    events: list[str] = []
+
+    def syncfs(fd: int) -> None:
+        events.append("syncfs " + " ".join(sorted(os.listdir(account.maildir / "new"))))
+        real(fd)
+
+    monkeypatch.setattr(delivery, "_syncfs", lambda: syncfs)
+    journal = GroupJournal(journal_path(account.state_dir, account.name), events)
+    destination = HeldDestination(account.maildir, account.name, patience=10)
+    progress = CountingProgress(5, destination.release)
+    try:
+        await run_session(
+            account, journal=journal, destination=destination, options=Options(progress=progress)
+        )
+    finally:
+        journal.close()
+    assert [event.split()[0] for event in events] == ["syncfs", "journal", "syncfs", "journal"]
+    for synced, journaled in ((events[0], events[1]), (events[2], events[3])):
+        for uidl in journaled.split()[1:]:
+            assert message_key(account.name, uidl) in synced
+    assert journal.groups == [["uid-1"], ["uid-2", "uid-3", "uid-4", "uid-5"]]
+    assert delivered_bodies(account.maildir) == expected_bodies(five_messages())
+    assert server.messages == []
 
 
 async def test_receiving_waits_for_the_disk_when_a_batch_is_pending(

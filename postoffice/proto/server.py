@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from types import MappingProxyType
-from typing import Generic
+from typing import Any, Generic
 
 from postoffice.errors import LocalProtocolError
 from postoffice.proto import replies
@@ -59,6 +59,19 @@ _APOP_DIGEST_OCTETS = 32
 # C-speed column reads over the snapshot (100,000 messages: milliseconds).
 _SIZE = attrgetter("size")
 _UID = attrgetter("uid")
+
+
+def _sizes(messages: Sequence[Any]) -> Sequence[int]:
+    """Every message's size, in order. A snapshot may offer them as one column
+    (``sizes()``, as the server's large and packed snapshots do): then no message is made."""
+    column: Callable[[], Sequence[int]] | None = getattr(messages, "sizes", None)
+    return column() if column is not None else tuple(map(_SIZE, messages))
+
+
+def _uids(messages: Sequence[Any]) -> Sequence[str]:
+    """Every message's UIDL, in order; a column (``uids()``) if the snapshot offers one."""
+    column: Callable[[], Sequence[str]] | None = getattr(messages, "uids", None)
+    return column() if column is not None else tuple(map(_UID, messages))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -254,7 +267,7 @@ class ServerConnection(Generic[MessageT]):
             self.username = username
         self._messages = messages
         self._count = len(messages)
-        self._octets = sum(map(_SIZE, messages))
+        self._octets = sum(_sizes(messages))
         self.state = State.TRANSACTION
         self._user_given = None
         count, octets = self._totals()
@@ -431,7 +444,7 @@ class ServerConnection(Generic[MessageT]):
             _no_arguments(arguments)
             self._deleted = _NONE_MARKED
             self._count = len(self._messages)
-            self._octets = sum(map(_SIZE, self._messages))
+            self._octets = sum(_sizes(self._messages))
             count, octets = self._totals()
             self._reply(ok(f"maildrop has {count} messages ({octets} octets)"))
         elif keyword == "NOOP":
@@ -596,10 +609,10 @@ class ServerConnection(Generic[MessageT]):
             return
         # Numbers never start with ".": the body needs no dot-stuffing.
         if uid:
-            body = uid_listing_body(tuple(map(_UID, self._messages)), self._deleted)
+            body = uid_listing_body(_uids(self._messages), self._deleted)
             first = ok("unique-id listing follows")
         else:
-            body = scan_listing_body(tuple(map(_SIZE, self._messages)), self._deleted)
+            body = scan_listing_body(_sizes(self._messages), self._deleted)
             count, octets = self._totals()
             first = ok(f"{count} messages ({octets} octets)")
         self._reply(first + body + b".\r\n")

@@ -129,15 +129,6 @@ class _CollectorPaused:
             gc.enable()
 
 
-def _starts_with(index: Index, prefix: Index) -> bool:
-    """Whether ``index`` holds ``prefix``'s entries first, as ``prefix`` holds them."""
-    keys, _, wire, uids = index.columns()
-    old_keys, _, old_wire, old_uids = prefix.columns()
-    n = len(old_keys)
-    # Equal lists share their strings (the listing copies them): compared by identity.
-    return len(keys) >= n and keys[:n] == old_keys and uids[:n] == old_uids and wire[:n] == old_wire
-
-
 class _Relocator:
     """Finds where a message is now, by base name, listing new/ and cur/ once."""
 
@@ -309,7 +300,7 @@ class MaildirMaildrop:
 
         ``remembered``: this process's copy of the index file (or of what a listing against
         that file found), untrusted, its messages and the file's identity: the file is not
-        read again, and the messages are reused while the listing keeps them in front.
+        read again.
         """
         loaded = (remembered[0], remembered[2]) if remembered is not None else self._load_index()
         file_id: FileId | None
@@ -340,14 +331,9 @@ class MaildirMaildrop:
                 file_id = loaded[1]
             else:
                 file_id = self._write_index()
-        # Newcomers after every remembered message (the usual delivery): those messages
-        # stay as they were, only the newcomers are made.
-        reused: Sequence[StoredMessage] = ()
-        if remembered is not None and _starts_with(self._index, remembered[0]):
-            reused = remembered[1]
         if file_id is None:
-            return self._index.messages(reused)
-        self._index, messages = remember(self._dir, self._scheme.id, file_id, self._index, reused)
+            return self._index.messages()
+        self._index, messages = remember(self._dir, self._scheme.id, file_id, self._index)
         return messages
 
     def remember_index_file(self) -> bool:

@@ -40,16 +40,10 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import cast
 
 from postoffice.storage.base import StoredMessage
+from postoffice.storage.column_messages import ColumnMessages
 from postoffice.storage.packed import PackedMessages
-
-# StoredMessage._make without its Python frame, called by map with the class as its first
-# argument (not through a partial): a snapshot makes 100,000 of them at once.
-_new_message = cast(
-    Callable[[type[StoredMessage], tuple[str, str, int]], StoredMessage], tuple.__new__
-)
 
 __all__ = [
     "INDEX_NAME",
@@ -115,17 +109,10 @@ class Index:
         self._columns = columns
         self._packed = packed
 
-    def messages(self, reused: Sequence[StoredMessage] = ()) -> list[StoredMessage]:
-        """The snapshot's messages made from the columns; ``reused``: the first ones, made
-        before (the caller knows the columns start with them)."""
+    def messages(self) -> ColumnMessages:
+        """The snapshot's messages: a view of the columns (``column_messages.py``)."""
         keys, _, wire, uids = self.columns()
-        start = len(reused)
-        if start:
-            keys, wire, uids = keys[start:], wire[start:], uids[start:]
-        made = map(
-            _new_message, itertools.repeat(StoredMessage), zip(keys, uids, wire, strict=True)
-        )
-        return [*reused, *made] if start else list(made)
+        return ColumnMessages(keys, uids, wire)
 
     def trusted(self, dirs: DirState) -> bool:
         """Both directories unchanged, and listed more than 2 s after their last change."""
@@ -407,8 +394,8 @@ _MEMO_MESSAGES = 300_000
 _PACKED_BELOW = 1_000
 """A remembered maildrop with fewer messages keeps no columns of its own, only its messages
 packed with their disk sizes (``packed.py``): about half the memory, for the many small
-maildrops of idle sessions. Larger ones keep their columns and messages: a listing
-against them needs them at once."""
+maildrops of idle sessions. Larger ones keep their columns (a listing against them needs
+them at once), and their messages are a view of those (``column_messages.py``)."""
 _memo_total = 0  # messages in _memo, kept as it changes (summing costs O(maildrops))
 
 
@@ -417,11 +404,10 @@ def remember(
     scheme: str,
     file_id: FileId,
     index: Index,
-    reused: Sequence[StoredMessage] = (),
 ) -> tuple[Index, Sequence[StoredMessage]]:
     """Keep ``index`` and its snapshot's messages for ``recall``, and return them for the
-    caller to use instead of ``index`` (it may hold less memory). ``reused``: see
-    ``Index.messages``. Both are shared: never change them."""
+    caller to use instead of ``index`` (it may hold less memory). Both are shared: never
+    change them."""
     columns = index.columns()
     packed = None
     if len(columns[0]) < _PACKED_BELOW:
@@ -435,7 +421,7 @@ def remember(
             dirs=index.dirs, listed_ns=index.listed_ns, packed=packed, pinned=index.pinned
         )
     else:
-        messages = index.messages(reused)
+        messages = index.messages()
         frozen = Index(
             dirs=index.dirs, listed_ns=index.listed_ns, columns=columns, pinned=index.pinned
         )
@@ -466,8 +452,8 @@ def recall(
 
     (index, its messages, the file's identity, whether the directories pass the trust
     rule). When they do not, the index is what a listing starts from (the same as loading
-    the file, without the cost), and its messages are reused for the entries that stay.
-    Both are shared with other sessions: never change them in place.
+    the file, without the cost). Both are shared with other sessions: never change them in
+    place.
     """
     with _memo_lock:
         hit = _memo.get((os.fspath(path), scheme))

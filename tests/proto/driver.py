@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from postoffice.proto.events import (
@@ -40,6 +41,8 @@ class Driver:
     committed: list[str] | None = None
     closed: str | None = None
     events: list[object] = field(default_factory=list)
+    snapshot: Callable[[list[Message]], Sequence[Message]] = list
+    """What a login hands the machine, made from the messages."""
 
     def __post_init__(self) -> None:
         self.connection: ServerConnection[Message] = ServerConnection(self.settings)
@@ -63,7 +66,7 @@ class Driver:
                 elif self.locked:
                     connection.login_rejected(LoginFailure.IN_USE)
                 else:
-                    connection.login_accepted(list(self.messages))
+                    connection.login_accepted(self.snapshot(self.messages))
             elif isinstance(event, ApopLogin):
                 connection.login_rejected(LoginFailure.BAD_CREDENTIALS)
             elif isinstance(event, MessageRequest):

@@ -357,3 +357,38 @@ def test_every_reply_line_is_at_most_512_octets() -> None:
     driver = Driver(settings=settings)
     first = driver.feed(b"")
     assert len(first) == 512 and first.endswith(b"\r\n")
+
+
+class ColumnSnapshot(list[Message]):
+    """A snapshot that offers its sizes and UIDLs as columns, as the server's large and
+    packed ones do; it records what was asked for."""
+
+    asked: list[str]
+
+    def sizes(self) -> list[int]:
+        self.asked.append("sizes")
+        return [message.size for message in self]
+
+    def uids(self) -> list[str]:
+        self.asked.append("uids")
+        return [message.uid for message in self]
+
+
+def test_a_snapshot_offering_columns_is_listed_from_them() -> None:
+    """STAT, LIST, UIDL and RSET read the columns, and answer as from a plain list."""
+    snapshots: list[ColumnSnapshot] = []
+
+    def columns(messages: list[Message]) -> ColumnSnapshot:
+        snapshot = ColumnSnapshot(messages)
+        snapshot.asked = []
+        snapshots.append(snapshot)
+        return snapshot
+
+    commands = (b"STAT", b"LIST", b"UIDL", b"DELE 2", b"LIST", b"UIDL", b"RSET", b"STAT")
+    replies = []
+    for make in (list, columns):
+        driver = Driver(messages=three_messages(), snapshot=make)
+        driver.feed(b"")
+        replies.append([login(driver)] + [driver.feed(line + b"\r\n") for line in commands])
+    assert replies[0] == replies[1]
+    assert snapshots[0].asked == ["sizes", "sizes", "uids", "sizes", "uids", "sizes"]

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from postoffice.errors import MaildropInUseError, StorageError
 from postoffice.storage import maildir_index
 from postoffice.storage.base import StoredMessage
+from postoffice.storage.column_messages import ColumnMessages
 from postoffice.storage.maildir import INDEX_NAME, MaildirMaildrop, ensure_maildir
 from postoffice.storage.packed import PackedMessages
 from postoffice.storage.wire import wire_size
@@ -398,24 +399,24 @@ def test_few_newcomers_among_many_known_list_like_a_cold_listing(md: Path) -> No
 
 
 @pytest.mark.parametrize("packed", [True, False])
-def test_newer_delivery_reuses_the_remembered_messages(
+def test_newer_delivery_keeps_the_remembered_messages(
     md: Path, packed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A delivery newer than every known message: the remembered messages are reused as
-    they are (or, packed, the same again) and the snapshot equals a cold listing."""
+    """A delivery newer than every known message: the remembered messages come first, the
+    same again (packed below ``_PACKED_BELOW``, else a view of the index's columns), and
+    the snapshot equals a cold listing."""
     if not packed:
         monkeypatch.setattr(maildir_index, "_PACKED_BELOW", 0)
     for i in range(30):
         put(md, f"cur/{1000 + i}.M1P1.host,S=5,W=6:2,S", b"body\n")
     age_directories(md)
     first = snap(md)
-    assert isinstance(first, PackedMessages) is packed
+    assert isinstance(first, PackedMessages if packed else ColumnMessages)
     put(md, "new/2000.M1P1.host,S=5,W=6", b"body\n")
     listed = snap(md)
-    if packed:
-        assert listed[:30] == list(first)
-    else:
-        assert all(a is b for a, b in zip(first, listed, strict=False))
+    assert isinstance(listed, PackedMessages if packed else ColumnMessages)
+    assert listed[:30] == list(first)
+    assert len(listed) == 31
     assert listed[-1].key == "new/2000.M1P1.host,S=5,W=6"
     maildir_index.forget_all()
     (md / INDEX_NAME).unlink()

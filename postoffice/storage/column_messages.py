@@ -1,0 +1,90 @@
+"""A large maildrop's snapshot as a view of its index's columns: each ``StoredMessage`` made
+when asked for.
+
+As a list, a snapshot of 100,000 messages holds 100,000 tuples (about 7 MB) beside the
+index columns that hold the same keys, UIDLs and sizes, and making them costs tens of
+milliseconds at every first login and every load of the index. The view keeps only the
+columns, shared with the index (never changed by either). The protocol machine takes the
+sizes and UIDLs for STAT, LIST and UIDL column-wise (``sizes``, ``uids``), as it does from
+a small maildrop's packed snapshot (``packed.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from typing import cast, overload
+
+from postoffice.storage.base import StoredMessage
+
+# StoredMessage._make without its Python frame, called by map with the class as its first
+# argument (not through a partial).
+_new_message = cast(
+    Callable[[type[StoredMessage], tuple[str, str, int]], StoredMessage], tuple.__new__
+)
+
+
+class ColumnMessages(Sequence[StoredMessage]):
+    """An immutable snapshot: ``keys[i]``, ``uids[i]`` and ``sizes[i]`` make message i."""
+
+    __slots__ = ("_keys", "_sizes", "_uids")
+
+    def __init__(self, keys: Sequence[str], uids: Sequence[str], sizes: Sequence[int]) -> None:
+        """The columns are kept, not copied: the caller never changes them."""
+        if not len(keys) == len(uids) == len(sizes):
+            raise ValueError("keys, uids and sizes differ in length")
+        self._keys = keys
+        self._uids = uids
+        self._sizes = sizes
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @overload
+    def __getitem__(self, index: int) -> StoredMessage: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[StoredMessage]: ...
+
+    def __getitem__(self, index: int | slice) -> StoredMessage | list[StoredMessage]:
+        if isinstance(index, slice):
+            return list(self._made(self._keys[index], self._uids[index], self._sizes[index]))
+        return StoredMessage(self._keys[index], self._uids[index], self._sizes[index])
+
+    def __iter__(self) -> Iterator[StoredMessage]:
+        return self._made(self._keys, self._uids, self._sizes)
+
+    @staticmethod
+    def _made(
+        keys: Sequence[str], uids: Sequence[str], sizes: Sequence[int]
+    ) -> Iterator[StoredMessage]:
+        return map(
+            _new_message, itertools.repeat(StoredMessage), zip(keys, uids, sizes, strict=True)
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ColumnMessages):
+            return (
+                self._keys == other._keys
+                and self._uids == other._uids
+                and self._sizes == other._sizes
+            )
+        if isinstance(other, list | tuple):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, which do not hash
+
+    def __repr__(self) -> str:
+        return f"ColumnMessages({list(self)!r})"
+
+    def keys(self) -> list[str]:
+        return list(self._keys)
+
+    def uids(self) -> Sequence[str]:
+        """The UIDLs in order (the column itself: never change it)."""
+        return self._uids
+
+    def sizes(self) -> Sequence[int]:
+        """The sizes in order (the column itself: never change it)."""
+        return self._sizes

@@ -163,6 +163,7 @@ class MaildirMaildrop:
         "_index",
         "_lock_fd",
         "_moved",
+        "_recent",
         "_save_index",
         "_scheme",
         "_snapshot",
@@ -192,6 +193,7 @@ class MaildirMaildrop:
         self._lock_fd: int | None = None
         self._snapshot: Sequence[StoredMessage] = ()
         self._by_key: dict[str, StoredMessage] | None = None  # built when first needed
+        self._recent: Sequence[StoredMessage] | None = None  # the newest, made when needed
         self._index = _NO_INDEX
         self._moved: dict[str, str] | None = None  # snapshot key -> where found since
         self._corrected = False  # correct_size was called: commit must keep that in the index
@@ -287,6 +289,7 @@ class MaildirMaildrop:
             raise StorageError(f"cannot list maildir {self._path}: {exc}") from exc
         self._snapshot = messages
         self._by_key = None
+        self._recent = None
         self._moved = None
         return messages  # shared with the memory of snapshots: never changed in place
 
@@ -368,10 +371,13 @@ class MaildirMaildrop:
         messages = list(messages)
         if not messages:
             return
-        if self._by_key is None and all(map(self._snapshot[-_RECENT:].__contains__, messages)):
-            # The newest messages, which a keep-mode client fetches: found without making
-            # a dict of the whole snapshot.
-            return
+        if self._by_key is None:
+            if self._recent is None:  # made once: a large snapshot makes them when sliced
+                self._recent = self._snapshot[-_RECENT:]
+            if all(map(self._recent.__contains__, messages)):
+                # The newest messages, which a keep-mode client fetches: found without
+                # making a dict of the whole snapshot.
+                return
         if self._by_key is None:
             self._by_key = dict(zip(map(_KEY, self._snapshot), self._snapshot, strict=True))
         for message in messages:

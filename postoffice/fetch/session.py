@@ -17,8 +17,9 @@ every message, is:
 Steps 2 and 3 are group commits, run in worker threads while the next messages arrive
 (``transfer``): the messages received whole so far are made durable at once and named,
 then their names are made durable (in a Maildir by the next group's ``syncfs``), then one
-journal transaction; the order within each message is unchanged. If the server goes away, the messages already received whole are still
-committed and journaled (without DELE).
+journal transaction; the order within each message is unchanged. If the server goes
+away, the messages already received whole are still committed and journaled (without
+DELE).
 
 A crash or a dropped connection anywhere leaves one of: a tmp file (removed at the next
 start), a file in ``new/`` not yet journaled (found by its name, derived from (account,

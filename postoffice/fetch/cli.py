@@ -34,6 +34,9 @@ from postoffice.fetch.session import Options
 
 __all__ = ["fetch"]
 
+_GC_THRESHOLD = 50_000
+"""Container allocations between collections of the youngest generation (default 700)."""
+
 
 def _setup_logging(quiet: bool, verbose: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
@@ -136,6 +139,11 @@ def fetch(
     (others may have been fetched; also when another fetcher holds an account's lock);
     3 the account file (or the choice of options) is wrong.
     """
+    # What is imported now lives until the exit (freeze: no collection visits it again),
+    # and a fetch makes many short-lived containers but little cyclic garbage: a
+    # collection every 700 of them cost 7-10 ms CPU in a fetch of 2,000 messages.
+    gc.freeze()
+    gc.set_threshold(_GC_THRESHOLD)
     _setup_logging(quiet, verbose)
     path = config_path or default_config_path()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from collections.abc import AsyncIterator, Iterator
 
@@ -39,6 +40,16 @@ def threaded_server() -> Iterator[FakePop3Server]:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
         loop.close()
+
+
+@pytest.fixture(autouse=True)
+def collector_restored() -> Iterator[None]:
+    """The ``fetch`` command tunes the collector for a process of its own; a test that
+    runs it in this one gets the collector back as it was."""
+    threshold = gc.get_threshold()
+    yield
+    gc.set_threshold(*threshold)
+    gc.unfreeze()
 
 
 TRIAL_REPORTS: list[str] = []

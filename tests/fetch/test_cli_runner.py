@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,16 @@ maildir = "mail/office"
 def run(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(fetch, list(args))
     return result.exit_code, result.output
+
+
+def test_the_command_collects_rarely_and_never_visits_what_was_imported(
+    tmp_path: Path, threaded_server: FakePop3Server
+) -> None:
+    config = write_config(tmp_path, threaded_server.port)
+    before = gc.get_freeze_count()
+    assert run("--config", str(config), "-q")[0] == EXIT_FETCHED
+    assert gc.get_threshold()[0] == 50_000
+    assert gc.get_freeze_count() > before
 
 
 def test_fetch_then_nothing_new(tmp_path: Path, threaded_server: FakePop3Server) -> None:

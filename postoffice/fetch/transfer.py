@@ -319,6 +319,8 @@ class Transfer:
             outcomes = self.destination.commit_group([entry[1] for entry in batch])
         except OSError as error:
             raise FetchError(f"cannot deliver: {error}") from error
+        if self.destination.idempotent:
+            self._journal(earlier)  # durable now, even if this group failed
         for outcome in outcomes:
             if isinstance(outcome, FetchError):
                 raise outcome
@@ -327,7 +329,6 @@ class Transfer:
         names = [outcome for outcome in outcomes if isinstance(outcome, str)]
         committed = list(zip(batch, names, strict=True))
         if self.destination.idempotent:
-            self._journal(earlier)
             return earlier, committed
         # One at a time, journaled before the next is delivered: at most one duplicate.
         return self._journal_synced(earlier + committed)

@@ -253,6 +253,46 @@ class _FailingSink:
         self.sink.abort()
 
 
+class HeldFailingDestination(HeldDestination):
+    """``HeldDestination`` where committing ``uidl`` fails, as with a full disk."""
+
+    def __init__(self, path: Path, account: str, uidl: str) -> None:
+        super().__init__(path, account, patience=10)
+        self.failing = uidl
+
+    def begin(self, uidl: str) -> MessageSink:
+        sink = super().begin(uidl)
+        return _FailingSink(sink) if uidl == self.failing else sink
+
+
+async def test_a_failed_group_still_journals_the_group_its_syncfs_made_durable(
+    tmp_path: Path, server: FakePop3Server
+) -> None:
+    """The first group's names are made durable by the second group's commit, which then
+    fails on one message: the first group is journaled all the same, the rest of the
+    second is found on disk by the next session, and nothing is deleted before that."""
+    account = make_account(tmp_path, server, mode="delete")
+    journal = GroupJournal(journal_path(account.state_dir, account.name), [])
+    destination = HeldFailingDestination(account.maildir, account.name, "uid-4")
+    progress = CountingProgress(5, destination.release)
+    try:
+        with pytest.raises(FetchError, match="No space left"):
+            await run_session(
+                account,
+                journal=journal,
+                destination=destination,
+                options=Options(progress=progress),
+            )
+        assert journal.groups == [["uid-1"]]
+    finally:
+        journal.close()
+    assert len(server.messages) == 5
+    result = await fetch_account(account)
+    assert result.fetched == 1  # uid-4; uid-2, 3 and 5 were found on disk
+    assert delivered_bodies(account.maildir) == expected_bodies(five_messages())
+    assert server.messages == []
+
+
 async def test_a_failed_commit_in_a_group_loses_and_duplicates_nothing(
     tmp_path: Path, server: FakePop3Server
 ) -> None:

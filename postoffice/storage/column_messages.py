@@ -1,18 +1,19 @@
 """A large maildrop's snapshot as a view of its index's columns: each ``StoredMessage`` made
 when asked for.
 
-As a list, a snapshot of 100,000 messages holds 100,000 tuples (about 7 MB) beside the
+As a list, a snapshot of 100,000 messages holds 100,000 tuples (8 MB by tracemalloc) beside the
 index columns that hold the same keys, UIDLs and sizes, and making them costs tens of
 milliseconds at every first login and every load of the index. The view keeps only the
 columns, shared with the index (never changed by either). The protocol machine takes the
 sizes and UIDLs for STAT, LIST and UIDL column-wise (``sizes``, ``uids``), as it does from
-a small maildrop's packed snapshot (``packed.py``).
+a small maildrop's packed snapshot (``packed.py``); both are ``SnapshotColumns``, which
+makes their messages and compares them.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import cast, overload
 
 from postoffice.storage.base import StoredMessage
@@ -24,8 +25,53 @@ _new_message = cast(
 )
 
 
-class ColumnMessages(Sequence[StoredMessage]):
-    """An immutable snapshot: ``keys[i]``, ``uids[i]`` and ``sizes[i]`` make message i."""
+def made_messages(
+    keys: Iterable[str], uids: Iterable[str], sizes: Iterable[int]
+) -> Iterator[StoredMessage]:
+    """The messages of three columns, made one by one as the iterator is read."""
+    return map(_new_message, itertools.repeat(StoredMessage), zip(keys, uids, sizes, strict=True))
+
+
+class SnapshotColumns(Sequence[StoredMessage]):
+    """An immutable snapshot kept as columns, each message made when asked for: the base of
+    ``ColumnMessages`` and of a small maildrop's ``PackedMessages``. Equal to any snapshot,
+    list or tuple of the same messages."""
+
+    __slots__ = ()
+
+    def keys(self) -> Sequence[str]:
+        raise NotImplementedError
+
+    def uids(self) -> Sequence[str]:
+        """The UIDLs in order (never change them)."""
+        raise NotImplementedError
+
+    def sizes(self) -> Sequence[int]:
+        """The sizes in order (never change them)."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[StoredMessage]:
+        return made_messages(self.keys(), self.uids(), self.sizes())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SnapshotColumns):
+            return (
+                list(self.keys()) == list(other.keys())
+                and list(self.uids()) == list(other.uids())
+                and list(self.sizes()) == list(other.sizes())
+            )
+        if isinstance(other, list | tuple):
+            return len(self) == len(other) and list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists, which do not hash
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({list(self)!r})"
+
+
+class ColumnMessages(SnapshotColumns):
+    """``keys[i]``, ``uids[i]`` and ``sizes[i]`` make message i."""
 
     __slots__ = ("_keys", "_sizes", "_uids")
 
@@ -48,43 +94,14 @@ class ColumnMessages(Sequence[StoredMessage]):
 
     def __getitem__(self, index: int | slice) -> StoredMessage | list[StoredMessage]:
         if isinstance(index, slice):
-            return list(self._made(self._keys[index], self._uids[index], self._sizes[index]))
+            return list(made_messages(self._keys[index], self._uids[index], self._sizes[index]))
         return StoredMessage(self._keys[index], self._uids[index], self._sizes[index])
 
-    def __iter__(self) -> Iterator[StoredMessage]:
-        return self._made(self._keys, self._uids, self._sizes)
-
-    @staticmethod
-    def _made(
-        keys: Sequence[str], uids: Sequence[str], sizes: Sequence[int]
-    ) -> Iterator[StoredMessage]:
-        return map(
-            _new_message, itertools.repeat(StoredMessage), zip(keys, uids, sizes, strict=True)
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, ColumnMessages):
-            return (
-                self._keys == other._keys
-                and self._uids == other._uids
-                and self._sizes == other._sizes
-            )
-        if isinstance(other, list | tuple):
-            return len(self) == len(other) and list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]  # equal to lists, which do not hash
-
-    def __repr__(self) -> str:
-        return f"ColumnMessages({list(self)!r})"
-
-    def keys(self) -> list[str]:
-        return list(self._keys)
+    def keys(self) -> Sequence[str]:
+        return self._keys
 
     def uids(self) -> Sequence[str]:
-        """The UIDLs in order (the column itself: never change it)."""
         return self._uids
 
     def sizes(self) -> Sequence[int]:
-        """The sizes in order (the column itself: never change it)."""
         return self._sizes

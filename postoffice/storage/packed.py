@@ -21,9 +21,9 @@ from collections.abc import Iterator, Sequence
 from typing import overload
 
 from postoffice.storage.base import StoredMessage
+from postoffice.storage.column_messages import SnapshotColumns, made_messages
 
 _SEPARATOR = "\0"  # in neither a file name nor a UIDL (0x21-0x7E)
-_new_message = StoredMessage._make
 _OCTETS_A_MESSAGE = 24  # two 32-bit ends, two 64-bit sizes
 _TWO_ENDS = struct.Struct("<II")
 _THREE_ENDS = struct.Struct("<III")
@@ -36,7 +36,7 @@ def _numbers(count: int) -> struct.Struct:
     return struct.Struct(f"<{2 * count}I{2 * count}Q")
 
 
-class PackedMessages(Sequence[StoredMessage]):
+class PackedMessages(SnapshotColumns):
     """An immutable snapshot: ``keys[i]``, ``uids[i]`` and ``sizes[i]`` make message i.
 
     It also keeps the messages' sizes on disk, which the index needs and messages do not.
@@ -103,25 +103,8 @@ class PackedMessages(Sequence[StoredMessage]):
     def __iter__(self) -> Iterator[StoredMessage]:
         if not self._numbers:
             return iter(())
-        fields = self._text.split(_SEPARATOR)
-        sizes = self._size_column(1)
-        return map(_new_message, zip(fields[0::2], fields[1::2], sizes, strict=True))
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, PackedMessages):
-            count = len(self)
-            return (
-                self._text == other._text
-                and self._numbers[: 16 * count] == other._numbers[: 16 * count]
-            )
-        if isinstance(other, list | tuple):
-            return len(self) == len(other) and list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]  # equal to lists, which do not hash
-
-    def __repr__(self) -> str:
-        return f"PackedMessages({list(self)!r})"
+        fields = self._text.split(_SEPARATOR)  # once for both keys and UIDLs
+        return made_messages(fields[0::2], fields[1::2], self._size_column(1))
 
     def keys(self) -> list[str]:
         return self._text.split(_SEPARATOR)[0::2] if self._numbers else []

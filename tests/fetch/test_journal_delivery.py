@@ -278,6 +278,19 @@ def _recording_syncfs(
     return seen
 
 
+def _second_syncfs_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, MaildirDestination]:
+    """A prepared Maildir destination of nameless files whose second ``syncfs`` fails."""
+    maildir = tmp_path / "Maildir"
+    destination = MaildirDestination(maildir, "office")
+    destination.prepare()
+    if not destination.nameless:
+        pytest.skip("no O_TMPFILE (or syncfs) here")
+    _recording_syncfs(monkeypatch, maildir / "new", fail_at=2)
+    return maildir, destination
+
+
 def _group(destination: MaildirDestination, first: int, count: int) -> list[MessageSink]:
     sinks = [destination.begin(f"uid-{number}") for number in range(first, first + count)]
     for sink in sinks:
@@ -332,12 +345,7 @@ def test_names_whose_second_sync_failed_are_taken_back(
 ) -> None:
     """If the link counts cannot be made durable, nothing stays visible in new/: the
     messages are not delivered, and a later session cannot adopt them from there."""
-    maildir = tmp_path / "Maildir"
-    destination = MaildirDestination(maildir, "office")
-    destination.prepare()
-    if not destination.nameless:
-        pytest.skip("no O_TMPFILE (or syncfs) here")
-    _recording_syncfs(monkeypatch, maildir / "new", fail_at=2)
+    maildir, destination = _second_syncfs_fails(tmp_path, monkeypatch)
     names = destination.commit_group(_group(destination, 0, 3))
     assert all(isinstance(name, str) for name in names)
     with pytest.raises(OSError, match="Input/output"):
@@ -351,12 +359,7 @@ def test_a_failed_syncfs_takes_back_the_names_before_it_and_fails_its_group(
 ) -> None:
     """When the syncfs that was to make the first group's names durable fails, in the
     second group's commit, neither group stays visible and the commit raises."""
-    maildir = tmp_path / "Maildir"
-    destination = MaildirDestination(maildir, "office")
-    destination.prepare()
-    if not destination.nameless:
-        pytest.skip("no O_TMPFILE (or syncfs) here")
-    _recording_syncfs(monkeypatch, maildir / "new", fail_at=2)
+    maildir, destination = _second_syncfs_fails(tmp_path, monkeypatch)
     destination.commit_group(_group(destination, 0, 3))
     assert len(os.listdir(maildir / "new")) == 3
     with pytest.raises(OSError, match="Input/output"):

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from postoffice.fetch import delivery, transfer
+from postoffice.fetch.config import Account
 from postoffice.fetch.delivery import MaildirDestination, MessageSink, commit_each, message_key
 from postoffice.fetch.errors import FetchError
 from postoffice.fetch.journal import Delivery, Journal, journal_path
 from postoffice.fetch.runner import fetch_account
-from postoffice.fetch.session import Options, run_session
+from postoffice.fetch.session import Options, SessionResult, run_session
 
 from .fakeserver import FakePop3Server
 from .helpers import (
@@ -84,22 +85,28 @@ class CountingProgress:
         pass
 
 
+async def held_session(
+    account: Account, events: list[str], *, patience: float
+) -> tuple[SessionResult, GroupJournal, HeldDestination]:
+    """A session whose first group commit waits (up to ``patience``) until all five
+    messages have been received whole; the journal records its groups into ``events``."""
+    journal = GroupJournal(journal_path(account.state_dir, account.name), events)
+    destination = HeldDestination(account.maildir, account.name, patience=patience)
+    progress = CountingProgress(5, destination.release)
+    try:
+        result = await run_session(
+            account, journal=journal, destination=destination, options=Options(progress=progress)
+        )
+    finally:
+        journal.close()
+    return result, journal, destination
+
+
 async def test_messages_keep_arriving_while_a_group_commits(
     tmp_path: Path, server: FakePop3Server
 ) -> None:
     account = make_account(tmp_path, server, mode="delete")
-    journal = GroupJournal(journal_path(account.state_dir, account.name), [])
-    destination = HeldDestination(account.maildir, account.name, patience=10)
-    progress = CountingProgress(5, destination.release)
-    try:
-        result = await run_session(
-            account,
-            journal=journal,
-            destination=destination,
-            options=Options(progress=progress),
-        )
-    finally:
-        journal.close()
+    result, journal, destination = await held_session(account, [], patience=10)
     assert destination.released, "receiving stopped while the first group was committing"
     # The first message commits alone; the other four arrive meanwhile and form one group.
     assert journal.groups == [["uid-1"], ["uid-2", "uid-3", "uid-4", "uid-5"]]
@@ -123,15 +130,7 @@ async def test_a_group_is_journaled_only_after_a_syncfs_made_its_names_durable(
         real(fd)
 
     monkeypatch.setattr(delivery, "_syncfs", lambda: syncfs)
-    journal = GroupJournal(journal_path(account.state_dir, account.name), events)
-    destination = HeldDestination(account.maildir, account.name, patience=10)
-    progress = CountingProgress(5, destination.release)
-    try:
-        await run_session(
-            account, journal=journal, destination=destination, options=Options(progress=progress)
-        )
-    finally:
-        journal.close()
+    _, journal, _ = await held_session(account, events, patience=10)
     assert [event.split()[0] for event in events] == ["syncfs", "journal", "syncfs", "journal"]
     for synced, journaled in ((events[0], events[1]), (events[2], events[3])):
         for uidl in journaled.split()[1:]:
@@ -146,15 +145,7 @@ async def test_receiving_waits_for_the_disk_when_a_batch_is_pending(
 ) -> None:
     monkeypatch.setattr(transfer, "BATCH", 2)
     account = make_account(tmp_path, server, mode="keep")
-    journal = GroupJournal(journal_path(account.state_dir, account.name), [])
-    destination = HeldDestination(account.maildir, account.name, patience=0.5)
-    progress = CountingProgress(5, destination.release)
-    try:
-        await run_session(
-            account, journal=journal, destination=destination, options=Options(progress=progress)
-        )
-    finally:
-        journal.close()
+    _, journal, destination = await held_session(account, [], patience=0.5)
     assert destination.released is False, "more than BATCH messages were pending at once"
     assert max(len(group) for group in journal.groups) <= 2
     assert sorted(uidl for group in journal.groups for uidl in group) == [

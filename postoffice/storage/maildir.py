@@ -110,12 +110,13 @@ _NO_INDEX = Index(dirs=None, listed_ns=0, columns=([], [], [], []))
 class _CollectorPaused:
     """Pause the cyclic garbage collector while a snapshot is built.
 
-    Loading or listing 100,000 messages allocates several hundred thousand tuples; each
-    700 allocations would start a collection, some of them over every object in the
-    process, for no garbage (the tuples hold only strings and integers). This takes
-    about a third off a cold listing. Another thread pausing at the same time may turn
-    the collector back on early; that only costs time. A class, not a generator: a
-    login on a small maildrop pays for it too.
+    A listing can allocate a tuple or more per name (names not of the usual shape, new
+    names merged with known ones); each 700 allocations would start a collection, some of
+    them over every object in the process, for no garbage (the tuples hold only strings
+    and integers). It took about a third off a cold listing when every snapshot was a
+    list of tuples; snapshots are now columns (``column_messages.py``). Another thread
+    pausing at the same time may turn the collector back on early; that only costs time.
+    A class, not a generator: a login on a small maildrop pays for it too.
     """
 
     __slots__ = ("_was_enabled",)

@@ -86,6 +86,12 @@ class LineBuffer:
         """Octets received but not yet returned as lines."""
         return 0 if self._buffer is None else len(self._buffer)
 
+    @property
+    def empty(self) -> bool:
+        """Nothing buffered and no over-long line being dropped: the next octets start a
+        line."""
+        return self._buffer is None and not self._discarding
+
     def take_unread(self) -> bytes:
         """Everything buffered and not yet returned, emptying the buffer."""
         unread = b"" if self._buffer is None else bytes(self._buffer)

@@ -56,7 +56,7 @@ from postoffice.proto.events import (
 )
 from postoffice.proto.framing import MessageEncoder, TopFilter
 from postoffice.proto.replies import ResponseCode, err
-from postoffice.proto.server import LoginFailure, ServerConnection
+from postoffice.proto.server import QUICK_REPLY_OCTETS, LoginFailure, ServerConnection
 from postoffice.proto.states import State
 from postoffice.sasl import ChannelBinding, tls_server_end_point
 from postoffice.sasl.events import Challenge
@@ -276,7 +276,27 @@ class Pop3Session(asyncio.BufferedProtocol):
         return self.context.read_buffer
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self.context.read_buffer[:nbytes])
+        data = self.context.read_buffer[:nbytes]
+        if nbytes <= QUICK_REPLY_OCTETS and self._ready_for_more():
+            reply = self.connection.quick_reply(data)
+            if reply is not None:  # a lone NOOP: answered as _process would, more cheaply
+                self._send(reply)
+                self._waiting_since = self._loop.time()
+                if self._timer is None:
+                    self._arm_timer()
+                return
+        self.data_received(data)
+
+    def _ready_for_more(self) -> bool:
+        """Whether a command arriving now would be answered straight away: no handler
+        running, output flowing, no TLS handshake under way, the session not ending."""
+        return not (
+            self._busy
+            or self._finished
+            or self._eof
+            or self._inside_tls_handshake
+            or self._write_blocked_since is not None
+        )
 
     def data_received(self, data: bytes | memoryview) -> None:
         if self._inside_tls_handshake:

@@ -43,6 +43,8 @@ class Driver:
     events: list[object] = field(default_factory=list)
     snapshot: Callable[[list[Message]], Sequence[Message]] = list
     """What a login hands the machine, made from the messages."""
+    quick: bool = False
+    """Offer each piece fed to ``quick_reply`` first, as the server's sessions do."""
 
     def __post_init__(self) -> None:
         self.connection: ServerConnection[Message] = ServerConnection(self.settings)
@@ -50,6 +52,10 @@ class Driver:
     def feed(self, data: bytes) -> bytes:
         """Feed octets, run every event, return everything the server sent."""
         connection = self.connection
+        if self.quick:
+            reply = connection.quick_reply(data)
+            if reply is not None:
+                return reply
         connection.receive_data(data)
         out = [connection.data_to_send()]
         while True:

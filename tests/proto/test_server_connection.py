@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from postoffice.errors import LocalProtocolError
-from postoffice.proto.events import NEED_DATA, PasswordLogin
+from postoffice.proto.events import NEED_DATA, MessageRequest, PasswordLogin
 from postoffice.proto.server import ServerConnection, ServerSettings
 from postoffice.proto.states import State
 
@@ -328,6 +328,47 @@ def test_next_event_refuses_while_an_answer_is_pending() -> None:
         connection.next_event()
     connection.login_rejected()
     assert connection.next_event() is NEED_DATA
+
+
+def test_quick_reply_answers_only_a_lone_noop_when_nothing_else_waits() -> None:
+    connection: ServerConnection[Message] = ServerConnection()
+    connection.data_to_send()
+    assert connection.quick_reply(b"NOOP\r\n") is None  # AUTHORIZATION: NOOP is refused
+    connection.receive_data(b"USER alice\r\nPASS secret\r\n")
+    assert isinstance(connection.next_event(), PasswordLogin)
+    assert connection.quick_reply(b"NOOP\r\n") is None  # waiting for the password check
+    connection.login_accepted(three_messages())
+    assert connection.next_event() is NEED_DATA
+    assert connection.quick_reply(b"NOOP\r\n") is None  # the login reply is not taken yet
+    connection.data_to_send()
+    for line in (b"NOOP\r\n", b"noop\r\n", b"NOOP\n", memoryview(b"noop\n")):
+        assert connection.quick_reply(line) == b"+OK\r\n"
+    assert connection.counters.commands == 2 + 4
+    # Other spellings, other commands, more than one line: the usual path.
+    for other in (b"Noop\r\n", b"NOOP \r\n", b"NOOP", b"STAT\r\n", b"NOOP\r\nNOOP\r\n"):
+        assert connection.quick_reply(other) is None
+    connection.receive_data(b"NO")  # part of a line is buffered
+    assert connection.quick_reply(b"NOOP\r\n") is None
+    connection.receive_data(b"OP\r\nRETR 1\r\n")
+    assert isinstance(connection.next_event(), MessageRequest)
+    assert connection.quick_reply(b"NOOP\r\n") is None  # a message is being sent
+    assert connection.counters.commands == 2 + 4 + 2
+
+
+def test_quick_reply_waits_for_the_end_of_an_over_long_line() -> None:
+    connection: ServerConnection[Message] = ServerConnection()
+    connection.receive_data(b"USER alice\r\nPASS secret\r\n")
+    assert isinstance(connection.next_event(), PasswordLogin)
+    connection.login_accepted(three_messages())
+    assert connection.next_event() is NEED_DATA
+    connection.data_to_send()
+    connection.receive_data(b"x" * 1000)  # too long: dropped until its line ends
+    assert connection.next_event() is NEED_DATA
+    assert connection.quick_reply(b"NOOP\r\n") is None  # it ends the dropped line
+    connection.receive_data(b"NOOP\r\n")
+    assert connection.next_event() is NEED_DATA
+    assert connection.data_to_send() == b"-ERR line too long\r\n"
+    assert connection.quick_reply(b"NOOP\r\n") == b"+OK\r\n"
 
 
 def test_answer_methods_refuse_the_wrong_moment() -> None:

@@ -59,6 +59,27 @@ def test_every_reply_is_well_formed(data: bytes) -> None:
             assert all(32 <= octet < 127 for octet in line)
 
 
+@settings(max_examples=300)
+@given(
+    st.lists(
+        commands
+        | st.sampled_from([b"noop\n", b"Noop\r\n", b"NOOP", b"\r\n"])
+        | st.binary(max_size=8)
+    )
+)
+def test_quick_replies_change_nothing_but_the_cost(pieces: list[bytes]) -> None:
+    """Fed piece by piece (a lone NOOP line is a piece of its own, as it arrives from an
+    idle client), a machine that answers what it can with ``quick_reply`` sends the same
+    octets, counts the same commands and commits the same as one that never does."""
+    plain = Driver(messages=messages())
+    quick = Driver(messages=messages(), quick=True)
+    for piece in [b"", b"USER alice\r\nPASS secret\r\n", *pieces]:
+        assert quick.feed(piece) == plain.feed(piece)
+        assert quick.connection.counters == plain.connection.counters
+        assert quick.connection.state is plain.connection.state
+    assert quick.committed == plain.committed
+
+
 @given(streams)
 def test_nothing_is_deleted_without_quit(data: bytes) -> None:
     driver = Driver(messages=messages())

@@ -350,6 +350,35 @@ def test_login_timeout_applies_before_login_and_idle_timeout_after(
     client.close()
 
 
+def test_noop_keeps_a_session_open_past_the_idle_timeout(harness: ServerHarness) -> None:
+    """Each NOOP restarts the idle clock: sent alone (the quick path of the machine) or
+    pipelined, every 0.4 s for twice the (lowered) idle_timeout, the session stays; then
+    silent, it is dropped after the timeout."""
+    harness.add_user("alice", "secret")
+    # A login timer (login_timeout) that fires first, as the real limits always order them.
+    harness.start(limits={"login_timeout": 0.3})
+    assert harness.server is not None
+    context = harness.server.context
+    context.config = dataclasses.replace(
+        context.config, limits=dataclasses.replace(context.config.limits, idle_timeout=1.0)
+    )
+    client = Client(harness)
+    assert client.login("alice", "secret").startswith(b"+OK maildrop has 0")
+    for round_number in range(5):
+        time.sleep(0.4)
+        if round_number % 2:
+            client.send(b"NOOP\r\nnoop\r\n")
+            assert [client.line(), client.line()] == [b"+OK\r\n", b"+OK\r\n"]
+        else:
+            assert client.command(b"NOOP") == b"+OK\r\n"
+    started = time.perf_counter()
+    assert client.line() == b""
+    dropped = time.perf_counter() - started
+    print(f"kept open 2.0 s by NOOPs; silent, dropped after {ms(dropped)} (idle_timeout 1 s)")
+    assert 0.9 <= dropped < 3
+    client.close()
+
+
 TCP_STATES = {"01": "ESTABLISHED", "04": "FIN_WAIT1", "05": "FIN_WAIT2", "06": "TIME_WAIT"}
 
 

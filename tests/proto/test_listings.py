@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from hypothesis import given
+from collections.abc import Collection, Sequence
+
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from postoffice.proto import listings
 from postoffice.proto.listings import (
     parse_scan_listing,
     parse_uidl_listing,
@@ -51,3 +55,66 @@ def test_big_bodies_come_from_the_cache_only_for_the_same_content() -> None:
     # With deletions the body is formatted afresh and skips the deleted messages.
     body = scan_listing_body(sizes, {0, 11_999})
     assert body.startswith(b"2 ") and b"\r\n12000 " not in body
+
+
+def _plain_uid_body(uids: list[str]) -> bytes:
+    return "".join(f"{n + 1} {uid}\r\n" for n, uid in enumerate(uids)).encode("ascii")
+
+
+def _plain_scan_body(sizes: list[int]) -> bytes:
+    return b"".join(b"%d %d\r\n" % (n + 1, size) for n, size in enumerate(sizes))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["append", "change", "shrink", "same", "other"]),
+            st.integers(1, 30),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_big_bodies_grown_from_a_kept_body_equal_formatting_afresh(
+    steps: list[tuple[str, int]],
+) -> None:
+    """Whatever the bodies kept from earlier calls (here and in other tests), a maildrop that
+    gained messages at its end, lost some, had one changed, or is another altogether gets
+    exactly the body formatted line by line."""
+    base = 10_000
+    uids = [f"uid-{n}" for n in range(base)]
+    sizes = [1000 + n % 977 for n in range(base)]
+    for step, amount in steps:
+        if step == "append":
+            uids += [f"new-{len(uids) + k}" for k in range(amount)]
+            sizes += [2000 + len(sizes) + k for k in range(amount)]
+        elif step == "change":
+            uids[-amount] = f"changed-{amount}-{len(uids)}"
+            sizes[-amount] += 1
+        elif step == "shrink" and len(uids) - amount >= base:
+            del uids[-amount:], sizes[-amount:]
+        elif step == "other":
+            uids = [f"other-{amount}-{n}" for n in range(base + amount)]
+            sizes = [3000 + amount + n % 13 for n in range(base + amount)]
+        assert uid_listing_body(uids) == _plain_uid_body(uids)
+        assert scan_listing_body(sizes) == _plain_scan_body(sizes)
+
+
+def test_a_body_grown_from_a_kept_one_formats_only_the_new_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    formatted: list[int] = []
+    make = listings._UID_BODIES._make
+
+    def counting(values: Sequence[str], deleted: Collection[int], first: int) -> bytes:
+        formatted.append(len(values))
+        return make(values, deleted, first)
+
+    monkeypatch.setattr(listings._UID_BODIES, "_make", counting)
+    uids = [f"kept-{n}" for n in range(12_000)]
+    first = uid_listing_body(uids)
+    grown = uid_listing_body([*uids, "new-a", "new-b"])
+    assert grown == first + b"12001 new-a\r\n12002 new-b\r\n"
+    assert uid_listing_body(uids) is first  # still kept: not formatted again
+    assert formatted == [12_000, 2]

@@ -281,9 +281,7 @@ class Pop3Session(asyncio.BufferedProtocol):
             reply = self.connection.quick_reply(data)
             if reply is not None:  # a lone NOOP: answered as _process would, more cheaply
                 self._send(reply)
-                self._waiting_since = self._loop.time()
-                if self._timer is None:
-                    self._arm_timer()
+                self._await_commands()
                 return
         self.data_received(data)
 
@@ -359,10 +357,7 @@ class Pop3Session(asyncio.BufferedProtocol):
                         self._end_reason = "server shutdown"
                         self._finish()
                     else:
-                        self._waiting_since = self._loop.time()
-                        self._resume_reading()
-                        if self._timer is None:  # else it re-arms itself when it fires
-                            self._arm_timer()
+                        self._await_commands()
                     return
                 if isinstance(event, CloseConnection):
                     self._end_reason = event.reason
@@ -380,6 +375,13 @@ class Pop3Session(asyncio.BufferedProtocol):
                 self._arm_timer()
         except Exception as error:
             self._fail(error)
+
+    def _await_commands(self) -> None:
+        """Everything received is answered: read on, idle from now."""
+        self._waiting_since = self._loop.time()
+        self._resume_reading()
+        if self._timer is None:  # else it re-arms itself when it fires
+            self._arm_timer()
 
     async def _handle(self, event: Event[StoredMessage]) -> None:
         if isinstance(event, PasswordLogin):

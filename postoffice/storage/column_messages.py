@@ -50,6 +50,21 @@ class SnapshotColumns(Sequence[StoredMessage]):
         """The sizes in order (never change them)."""
         raise NotImplementedError
 
+    def _message(self, index: int) -> StoredMessage:
+        """Message ``index`` (negative counts from the end); ``IndexError`` past either end."""
+        raise NotImplementedError
+
+    @overload
+    def __getitem__(self, index: int) -> StoredMessage: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[StoredMessage]: ...
+
+    def __getitem__(self, index: int | slice) -> StoredMessage | list[StoredMessage]:
+        if isinstance(index, slice):
+            return list(made_messages(self.keys()[index], self.uids()[index], self.sizes()[index]))
+        return self._message(index)
+
     def __iter__(self) -> Iterator[StoredMessage]:
         return made_messages(self.keys(), self.uids(), self.sizes())
 
@@ -86,15 +101,7 @@ class ColumnMessages(SnapshotColumns):
     def __len__(self) -> int:
         return len(self._keys)
 
-    @overload
-    def __getitem__(self, index: int) -> StoredMessage: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[StoredMessage]: ...
-
-    def __getitem__(self, index: int | slice) -> StoredMessage | list[StoredMessage]:
-        if isinstance(index, slice):
-            return list(made_messages(self._keys[index], self._uids[index], self._sizes[index]))
+    def _message(self, index: int) -> StoredMessage:
         return StoredMessage(self._keys[index], self._uids[index], self._sizes[index])
 
     def keys(self) -> Sequence[str]:

@@ -18,7 +18,6 @@ import itertools
 import operator
 import struct
 from collections.abc import Iterator, Sequence
-from typing import overload
 
 from postoffice.storage.base import StoredMessage
 from postoffice.storage.column_messages import SnapshotColumns, made_messages
@@ -75,15 +74,7 @@ class PackedMessages(SnapshotColumns):
     def __len__(self) -> int:
         return len(self._numbers) // _OCTETS_A_MESSAGE
 
-    @overload
-    def __getitem__(self, index: int) -> StoredMessage: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[StoredMessage]: ...
-
-    def __getitem__(self, index: int | slice) -> StoredMessage | list[StoredMessage]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
+    def _message(self, index: int) -> StoredMessage:
         numbers = self._numbers
         count = len(numbers) // _OCTETS_A_MESSAGE
         if index < 0:

@@ -40,11 +40,19 @@ def test_uid_listing_body_lists_messages_not_deleted(uids: list[str], deleted: s
     assert parse_uidl_listing(body) == expected
 
 
+def _plain_uid_body(uids: list[str]) -> bytes:
+    return "".join(f"{n + 1} {uid}\r\n" for n, uid in enumerate(uids)).encode("ascii")
+
+
+def _plain_scan_body(sizes: list[int]) -> bytes:
+    return b"".join(b"%d %d\r\n" % (n + 1, size) for n, size in enumerate(sizes))
+
+
 def test_big_bodies_come_from_the_cache_only_for_the_same_content() -> None:
     sizes = [1000 + n % 977 for n in range(12_000)]
     uids = [f"uid-{n}" for n in range(12_000)]
-    expected_scan = b"".join(b"%d %d\r\n" % (n + 1, size) for n, size in enumerate(sizes))
-    expected_uids = "".join(f"{n + 1} {uid}\r\n" for n, uid in enumerate(uids)).encode()
+    expected_scan = _plain_scan_body(sizes)
+    expected_uids = _plain_uid_body(uids)
     for _ in range(2):  # formatted, then taken from the cache
         assert scan_listing_body(sizes) == expected_scan
         assert uid_listing_body(uids) == expected_uids
@@ -55,14 +63,6 @@ def test_big_bodies_come_from_the_cache_only_for_the_same_content() -> None:
     # With deletions the body is formatted afresh and skips the deleted messages.
     body = scan_listing_body(sizes, {0, 11_999})
     assert body.startswith(b"2 ") and b"\r\n12000 " not in body
-
-
-def _plain_uid_body(uids: list[str]) -> bytes:
-    return "".join(f"{n + 1} {uid}\r\n" for n, uid in enumerate(uids)).encode("ascii")
-
-
-def _plain_scan_body(sizes: list[int]) -> bytes:
-    return b"".join(b"%d %d\r\n" % (n + 1, size) for n, size in enumerate(sizes))
 
 
 @settings(max_examples=40, deadline=None)

@@ -1,6 +1,9 @@
 """``postoffice fetch`` beside ``mpop`` and ``fetchmail``, from one private loopback Dovecot.
 
-    .venv/bin/python -m bench.fetch_compare [--messages 2000] [--runs 3] [--tools ...]
+    .venv-bench/bin/python -m bench.fetch_compare [--messages 2000] [--runs 3] [--tools ...]
+
+(``make .venv-bench/bin/postoffice`` makes that virtualenv with the distribution's python3;
+the ``postoffice`` run is the one beside the interpreter that runs this script.)
 
 The figure issue 5 closes with: the time to fetch 2,000 messages of 1 KB and 2,000 of 50 KB
 (``bench.corpus.Messages``: plain text, and MIME with a base64 attachment) from Dovecot, for

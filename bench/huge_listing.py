@@ -4,7 +4,7 @@ Cold: the server process has never seen the maildrop and no index cache exists. 
 second login to the same server process (and the index cache written by the first).
 Prints the median of ``--runs`` runs of each. Not a test: run it by hand.
 
-    .venv/bin/python bench/huge_listing.py --messages 100000 --runs 3
+    .venv-bench/bin/python bench/huge_listing.py --messages 100000 --runs 3
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ MTA's parallel deliveries do. Every 250 means the message was fsynced and rename
 ``new/`` with ``new/`` fsynced, so the figure depends on the disk under ``--dir``.
 Prints each run and the median of ``--runs``. Not a test: run it by hand.
 
-    .venv/bin/python bench/lmtp_throughput.py --messages 2000 --runs 3
-    .venv/bin/python bench/lmtp_throughput.py --connections 4
+    .venv-bench/bin/python bench/lmtp_throughput.py --messages 2000 --runs 3
+    .venv-bench/bin/python bench/lmtp_throughput.py --connections 4
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``make bench``: every workload against postoffice and Dovecot, side by side, in one run.
 
-    .venv/bin/python -m bench.run [--quick] [--runs 3] [--only storm,bulk,...]
+    .venv-bench/bin/python -m bench.run [--quick] [--runs 3] [--only storm,bulk,...]
 
 Steps: install Dovecot if missing, compile the C load generator, build (or reuse) the corpus,
 calibrate the load generator against a do-nothing responder, prime every server on every
@@ -153,12 +153,6 @@ def machine() -> dict[str, Any]:
         ).stdout.strip()
     except OSError:
         commit = ""
-    try:
-        import uvloop  # noqa: F401
-
-        has_uvloop = True
-    except ImportError:
-        has_uvloop = False
     return {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "nproc": os.cpu_count(),
@@ -166,7 +160,8 @@ def machine() -> dict[str, Any]:
         "ram_gib": round(mem_kib / 2**20, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "uvloop_installed": has_uvloop,
+        # The build matters (bench/README, "The interpreter"): which one ran the servers.
+        "interpreter": os.path.realpath(sys.executable),
         "dovecot": dovecot.version(),
         "postoffice_commit": commit,
         "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
@@ -432,8 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(
         f"{info['date']}: {info['nproc']} cores ({info['cpu']}), {info['ram_gib']} GiB RAM, "
-        f"Linux {info['kernel']}, Python {info['python']} (uvloop installed: "
-        f"{'yes' if info['uvloop_installed'] else 'no'}), Dovecot {info['dovecot']}, "
+        f"Linux {info['kernel']}, Python {info['python']} ({info['interpreter']}), "
+        f"Dovecot {info['dovecot']}, "
         f"postoffice {info['postoffice_commit']}, load average {' '.join(info['loadavg_start'])}",
         flush=True,
     )

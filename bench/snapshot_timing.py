@@ -10,7 +10,7 @@ temp dir, so the corpus is never changed. Prints medians of ``--runs`` runs:
   (older than 2 s): lock + snapshot, read the 10, commit them as seen; in this process and
   as another process would (the in-process memory forgotten first).
 
-    .venv/bin/python -m bench.snapshot_timing [--corpus DIR] [--runs 5]
+    .venv-bench/bin/python -m bench.snapshot_timing [--corpus DIR] [--runs 5]
 
 Each measurement runs in a child process of its own, so a cold snapshot pays for a fresh
 heap as it does in a server worker.

@@ -21,10 +21,11 @@ test: $(BIN)/postoffice
 
 # Side-by-side with Dovecot (needs root; see bench/README.md). Never part of `make test`.
 # BENCH_ARGS=--quick for a smaller corpus, e.g. make bench BENCH_ARGS=--quick
-# A virtualenv of its own, made with the distribution's python3 when it is 3.11 or later:
-# an operator's server runs on that one, and how an interpreter was built (profile-guided
-# and link-time optimised or not) moves every figure by a fifth or more.
-BENCH_PYTHON ?= $(shell /usr/bin/python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo /usr/bin/python3 || echo $(PYTHON))
+# A virtualenv of its own, made with the distribution's python3 when that is 3.11 or later
+# and can make one (ensurepip: Debian's python3-venv): an operator's server runs on it, and
+# how an interpreter was built (profile-guided and link-time optimised or not) moves every
+# figure by a fifth or more.
+BENCH_PYTHON ?= $(shell /usr/bin/python3 -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo /usr/bin/python3 || echo $(PYTHON))
 BENCH_VENV := .venv-bench
 
 $(BENCH_VENV)/bin/postoffice: pyproject.toml

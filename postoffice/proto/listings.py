@@ -95,7 +95,7 @@ class _KeptBodies(Generic[_Value]):
         kept = self._kept
         body: bytes | None = None
         for index, (known, known_body) in enumerate(kept):
-            if len(known) == len(values) and known == values:
+            if known == values:  # tuples of different lengths differ at once
                 del kept[index]
                 body = known_body
                 break

@@ -377,7 +377,11 @@ class Pop3Session(asyncio.BufferedProtocol):
             self._fail(error)
 
     def _await_commands(self) -> None:
-        """Everything received is answered: read on, idle from now."""
+        """Everything received is answered: read on, idle from now. Not while the transport
+        pushes back on the answers: ``pause_writing`` paused reading and armed the send
+        deadline, and ``resume_writing`` goes on."""
+        if self._write_blocked_since is not None:
+            return
         self._waiting_since = self._loop.time()
         self._resume_reading()
         if self._timer is None:  # else it re-arms itself when it fires

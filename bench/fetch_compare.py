@@ -27,7 +27,9 @@ slow drift of the machine touches all of them alike; one untimed warm-up run per
 comes first. Printed: one line per tool and size with the median of ``--runs`` and its
 spread, messages and megabytes per second, the ratio to mpop (time / mpop's time: above 1
 is slower), and the CPU seconds each tool used (less sensitive to a busy machine than the
-wall-clock time). The load average at the start and the end is printed too.
+wall-clock time). The load average at the start and the end is printed too. Before the
+first run it waits (``--settle``, up to 7 minutes) until creating a file costs its usual
+CPU: see ``settle`` for the filesystem effect that otherwise slows every tool tenfold.
 
 The postoffice package is byte-compiled before the first run, as installing it does: where
 the environment forbids writing bytecode (``PYTHONDONTWRITEBYTECODE``), every start would
@@ -248,6 +250,47 @@ class Bench:
         return seconds, len(os.listdir(out))
 
 
+SETTLE_PROBE_FILES = 200
+SETTLED_US = 100.0
+"""A file created, written and closed in less CPU than this (microseconds) is normal here
+(25-60 us on a quiet filesystem); 250-550 us means recently freed inodes nearby."""
+
+
+def creation_cost_us(folder: Path) -> float:
+    """CPU microseconds to create, write (1 KB) and close one file in a new subfolder of
+    ``folder``, the median of ``SETTLE_PROBE_FILES``. The files stay: deleting them would
+    cause what this measures."""
+    probe = Path(tempfile.mkdtemp(prefix="settle-", dir=folder))
+    data = b"x" * 1000
+    costs = []
+    for number in range(SETTLE_PROBE_FILES):
+        started = time.thread_time()
+        fd = os.open(probe / f"m{number}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.write(fd, data)
+        os.close(fd)
+        costs.append(time.thread_time() - started)
+    return statistics.median(costs) * 1e6
+
+
+def settle(folder: Path, limit: float) -> None:
+    """Wait (up to ``limit`` seconds) until creating a file costs what it does on a quiet
+    filesystem. On ext4 without a journal, as here, creating a file skips every inode of
+    its block group freed in the last minutes (up to six while the inode table block is not
+    written back), one by one: right after a run that deleted tens of thousands of files
+    (this script's own end, or anyone's ``rm -r``), every tool's files cost ten times their
+    usual CPU (bench/README.md, the fetcher)."""
+    started = time.monotonic()
+    while True:
+        cost = creation_cost_us(folder)
+        waited = time.monotonic() - started
+        if cost <= SETTLED_US or waited >= limit:
+            state = "settled" if cost <= SETTLED_US else f"not settled after {waited:.0f}s"
+            print(f"creating a file: {cost:.0f} us of CPU ({state})", flush=True)
+            return
+        print(f"creating a file: {cost:.0f} us of CPU, waiting for freed inodes to age", flush=True)
+        time.sleep(min(20.0, max(1.0, limit - waited)))
+
+
 def count_maildir(maildir: Path) -> int:
     return sum(len(os.listdir(maildir / sub)) for sub in ("new", "cur") if (maildir / sub).is_dir())
 
@@ -317,6 +360,14 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600, help="seconds one run may take")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument(
+        "--settle",
+        type=float,
+        default=420,
+        metavar="SECONDS",
+        help="wait up to this long, before timing, for file creation to cost its usual "
+        "(see settle(); 0: do not wait)",
+    )
+    parser.add_argument(
         "--delete-between-runs",
         action="store_true",
         help="delete each run's local copies before the next run (as before 2026-11-27: "
@@ -348,6 +399,8 @@ def main() -> None:
         for label, size in SIZES.items():
             octets[label] = bench.make_sources(label, size)
         bench.server.start()
+        if args.settle > 0:
+            settle(root, args.settle)
         print(
             f"{version()} on 127.0.0.1:{bench.server.port}; {args.messages} messages per size; "
             f"{args.runs} runs; mail user {MAIL_USER}; scratch {root}; "

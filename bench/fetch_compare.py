@@ -253,7 +253,8 @@ class Bench:
 SETTLE_PROBE_FILES = 200
 SETTLED_US = 100.0
 """A file created, written and closed in less CPU than this (microseconds) is normal here
-(25-60 us on a quiet filesystem); 250-550 us means recently freed inodes nearby."""
+(25-60 us on a quiet filesystem); 200-960 us was measured with recently freed inodes
+nearby."""
 
 
 def creation_cost_us(folder: Path) -> float:

@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from postoffice.fetch.session import Plan, Progress, ServerMessage, SessionResult
     from postoffice.fetch.transport import Pop3Client
 
-__all__ = ["BATCH", "BATCH_OCTETS", "WINDOW", "Transfer"]
+__all__ = ["BATCH", "BATCH_OCTETS", "WINDOW", "WRITER_MESSAGES", "Transfer"]
 
 WINDOW = 128
 """Commands in flight when pipelining: with half of them still queued at a refill, the
@@ -80,6 +80,9 @@ BATCH = 256
 """At most this many messages pending (received whole, not yet durable) at once."""
 BATCH_OCTETS = 16 << 20
 """At most about this many octets pending at once."""
+WRITER_MESSAGES = 64
+"""A transfer of at least this many messages has a Maildir's files made by a helper
+process (``file_writer``); fewer are not worth starting one."""
 
 _Received = tuple["ServerMessage", "MessageSink", int, Fingerprint | None]
 """A message received whole: its sink (not yet committed), octets and fingerprint."""
@@ -157,6 +160,11 @@ class Transfer:
         self.todo.extend(("DELE", message) for message in plan.delete)
         self.todo.extend(("RETR", message) for message in plan.fetch)
         total = len(plan.fetch)
+        if total >= WRITER_MESSAGES:
+            try:
+                self.destination.start_writer(asyncio.get_running_loop())
+            except OSError as error:
+                self.log.warning("file writer not started (%s); files are made in a thread", error)
         if self.progress is not None:
             self.progress.start(self.account.name, total, sum(m.size for m in plan.fetch))
         try:
@@ -233,6 +241,9 @@ class Transfer:
         if self.sink is not None:
             self.sink.abort()  # never journaled: the next session fetches it again
             self.sink = None
+        wait = self.destination.stop_writer()
+        if wait is not None:
+            await asyncio.to_thread(wait)
 
     def _handle(self, event: ClientEvent, result: SessionResult, total: int) -> None:
         keyword, message = self.in_flight[0]
@@ -264,6 +275,7 @@ class Transfer:
     def _received_whole(self, message: ServerMessage, octets: int, total: int) -> None:
         sink, self.sink = self.sink, None
         assert sink is not None
+        sink.end()
         if octets != message.size:
             self.log.warning(
                 "message %s: LIST said %d octets, RETR sent %d; kept (the end marker arrived)",

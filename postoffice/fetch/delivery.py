@@ -29,6 +29,12 @@ again and those messages count as not delivered. Elsewhere (no
 ``O_TMPFILE``, no ``/proc`` to link through, no ``syncfs``) the file is ``tmp/NAME``,
 renamed in step 3.
 
+For a large transfer the session may hand steps 1-4 of a Maildir with nameless files to a
+helper process (``start_writer``; ``file_writer.py``): the messages are sent to it as they
+arrive, and ``commit_group`` and ``sync`` ask it for the same steps in the same order and
+wait for its answer. If it dies, the names it made but had not made durable are taken back
+here, as after a failed ``syncfs``.
+
 NAME is derived from (account, UIDL) alone (a digest), plus ``,S=`` and ``,W=`` size tags
 that postoffice's and Dovecot's Maildir readers use. So the same message always lands
 under the same name: a crash between 3 and 5 leaves ``new/NAME`` (or ``cur/NAME:2,...``
@@ -258,6 +264,9 @@ class MaildirDestination:
             for _, sink, _ in shipped:
                 sink.forget()
             raise
+        # That syncfs made the names of the commit before durable (they may be journaled
+        # now): only this commit's names are still to be made durable, or taken back.
+        self._written_unsynced = []
         for (index, sink, name), number in zip(shipped, errors, strict=True):
             sink.forget()
             if number:

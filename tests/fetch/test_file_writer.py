@@ -136,6 +136,37 @@ async def test_a_failed_sync_takes_back_the_last_names(tmp_path: Path) -> None:
     assert maildir_files(maildir) == {}
 
 
+async def test_a_failed_sync_takes_back_only_the_names_it_was_to_make_durable(
+    tmp_path: Path,
+) -> None:
+    """The names of the first group were made durable by the second group's syncfs (and
+    may be journaled): a later failure must not touch them."""
+    maildir = tmp_path / "Maildir"
+    destination = await started(maildir, fail_syncfs_at=3)
+    await commit(destination, [received(destination, "first", b"one\r\n")])
+    await commit(destination, [received(destination, "second", b"two\r\n")])
+    with pytest.raises(OSError):
+        await asyncio.to_thread(destination.sync)
+    await stopped(destination)
+    assert list(maildir_files(maildir).values()) == [b"one\n"]
+
+
+async def test_a_writer_that_dies_takes_back_only_the_names_not_yet_durable(
+    tmp_path: Path,
+) -> None:
+    maildir = tmp_path / "Maildir"
+    destination = await started(maildir)
+    await commit(destination, [received(destination, "first", b"one\r\n")])
+    await commit(destination, [received(destination, "second", b"two\r\n")])
+    writer = destination._writer
+    assert writer is not None
+    os.kill(writer.pid, signal.SIGKILL)
+    with pytest.raises(WriterStopped):
+        await asyncio.to_thread(destination.sync)
+    await stopped(destination)
+    assert list(maildir_files(maildir).values()) == [b"one\n"]
+
+
 async def test_files_written_before_a_failed_syncfs_fail_too(tmp_path: Path) -> None:
     """That syncfs reported the write-back error; the next one would not report it again,
     so a file written before it cannot be known durable."""

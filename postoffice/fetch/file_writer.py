@@ -40,6 +40,9 @@ __all__ = ["FileWriter", "WriterStopped"]
 _SCRIPT = str(Path(__file__).with_name("writer_process.py"))
 _PIPE_OCTETS = 1 << 20
 """The pipe's size asked for: about a megabyte of messages in flight to the helper."""
+UNSENT_OCTETS = 4 << 20
+"""Beyond this much waiting for the pipe, the loop waits for the helper to take it (a
+message far larger than the batches, arriving faster than the disk takes it)."""
 
 
 class WriterStopped(OSError):
@@ -68,8 +71,8 @@ class FileWriter:
     ) -> FileWriter:
         """Start the helper for the Maildir folders ``tmp`` and ``new``; called on the
         loop's thread. ``fail_syncfs_at``: for tests, that ``syncfs`` fails with EIO."""
-        if not sys.executable:
-            raise OSError(errno.ENOENT, "no interpreter to run the file writer with")
+        if not sys.executable or not os.path.isfile(_SCRIPT):
+            raise OSError(errno.ENOENT, "no interpreter or script to run the file writer with")
         records_read, records_write = os.pipe()
         answers_read, answers_write = os.pipe()
         try:
@@ -118,6 +121,8 @@ class FileWriter:
         if self._unsent:
             self._unsent += head
             self._unsent += payload
+            if len(self._unsent) > UNSENT_OCTETS:
+                self._drain_now()
             return
         data = head + payload if len(payload) < 4096 else None
         for piece in (data,) if data is not None else (head, payload):
@@ -133,7 +138,9 @@ class FileWriter:
                 return
             if written < len(piece):
                 self._unsent += memoryview(piece)[written:]
-        if self._unsent:
+        if len(self._unsent) > UNSENT_OCTETS:
+            self._drain_now()
+        elif self._unsent:
             self._loop.add_writer(self._records, self._flush)
 
     def _flush(self) -> None:

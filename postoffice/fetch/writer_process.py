@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 ``file_writer.FileWriter`` starts this file as a script (``python -I -S writer_process.py
 TMP NEW``) and talks to it over two pipes: records on its standard input, answers on its
-standard output. It imports nothing but the standard library's ``os``, ``struct``, ``errno`` and
-``ctypes``, so it is running a few milliseconds after it is started.
+standard output. It imports nothing but the standard library's ``os``, ``struct``, ``errno``,
+``signal`` and ``ctypes``, so it is running a few milliseconds after it is started.
 
 Its work is what ``delivery.MaildirDestination.commit_group`` does in a thread of the
 fetcher, in the same order, so that it runs beside the fetcher's event loop instead of
@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 import struct
 import sys
 
@@ -201,6 +202,8 @@ def serve(
 
 
 def main(argv: list[str]) -> int:
+    # Ctrl-C reaches the whole process group: the fetcher stops, then closes the input.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     tmp, new = argv[1], argv[2]
     fail_syncfs_at = int(argv[3]) if len(argv) > 3 else 0
     try:

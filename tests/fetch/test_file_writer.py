@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from postoffice.fetch import transfer
+from postoffice.fetch import file_writer, transfer
 from postoffice.fetch.delivery import SPILL_OCTETS, MaildirDestination, MessageSink
 from postoffice.fetch.errors import FetchError
 from postoffice.fetch.file_writer import WriterStopped
@@ -88,6 +88,25 @@ async def test_messages_are_named_with_their_content_and_tmp_is_left_empty(
     small = next(name for name in names if isinstance(name, str) and files[f"new/{name}"][:1])
     assert ",S=" in small and ",W=" in small
     assert tmp_is_empty(maildir)
+
+
+async def test_a_backlog_for_the_helper_is_bounded_and_nothing_is_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``UNSENT_OCTETS`` waiting, the loop waits for the helper to take it."""
+    monkeypatch.setattr(file_writer, "UNSENT_OCTETS", 4096)
+    maildir = tmp_path / "Maildir"
+    destination = await started(maildir)
+    pieces = [b"%07d " % number + b"z" * 90 + b"\r\n" for number in range(40_000)]
+    sinks = [received(destination, "huge", *pieces), received(destination, "next", b"x\r\n")]
+    writer = destination._writer
+    assert writer is not None and len(writer._unsent) <= 4096 + 2 * SPILL_OCTETS
+    await commit(destination, sinks)
+    await asyncio.to_thread(destination.sync)
+    await stopped(destination)
+    assert sorted(maildir_files(maildir).values()) == sorted(
+        [b"".join(pieces).replace(b"\r\n", b"\n"), b"x\n"]
+    )
 
 
 async def test_a_dropped_message_leaves_nothing(tmp_path: Path) -> None:

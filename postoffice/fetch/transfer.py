@@ -160,13 +160,13 @@ class Transfer:
         self.todo.extend(("DELE", message) for message in plan.delete)
         self.todo.extend(("RETR", message) for message in plan.fetch)
         total = len(plan.fetch)
+        if self.progress is not None:
+            self.progress.start(self.account.name, total, sum(m.size for m in plan.fetch))
         if total >= WRITER_MESSAGES:
             try:
                 self.destination.start_writer(asyncio.get_running_loop())
             except OSError as error:
                 self.log.warning("file writer not started (%s); files are made in a thread", error)
-        if self.progress is not None:
-            self.progress.start(self.account.name, total, sum(m.size for m in plan.fetch))
         try:
             # The first commands go out before waiting for the journal: the first replies
             # are received (not yet read) meanwhile.
@@ -220,30 +220,33 @@ class Transfer:
 
     async def _wind_down(self) -> None:
         """After an error: let a running group commit finish, drop what is not durable."""
-        busy, self.journal_busy = self.journal_busy, None
-        if busy is not None:
-            await asyncio.wait((busy,))
-            if not busy.cancelled():
-                busy.exception()  # already raised, or about to be: seen here
-        if self.committing is not None:
-            await asyncio.wait((self.committing,))
-            if not self.committing.cancelled():
-                self.committing.exception()  # already raised, or about to be: seen here
-            self.committing = None
-        # Names committed but not journaled (after an error): made durable, to be found by
-        # name next time, or taken back. Nothing left to do after a clean run.
-        self.unjournaled = []
-        with contextlib.suppress(OSError):
-            await asyncio.to_thread(self.destination.sync)
-        for _, sink, _, _ in self.pending:
-            sink.abort()
-        self.pending = []
-        if self.sink is not None:
-            self.sink.abort()  # never journaled: the next session fetches it again
-            self.sink = None
-        wait = self.destination.stop_writer()
-        if wait is not None:
-            await asyncio.to_thread(wait)
+        try:
+            busy, self.journal_busy = self.journal_busy, None
+            if busy is not None:
+                await asyncio.wait((busy,))
+                if not busy.cancelled():
+                    busy.exception()  # already raised, or about to be: seen here
+            if self.committing is not None:
+                await asyncio.wait((self.committing,))
+                if not self.committing.cancelled():
+                    self.committing.exception()  # already raised, or about to be: seen here
+                self.committing = None
+            # Names committed but not journaled (after an error): made durable, to be found
+            # by name next time, or taken back. Nothing left to do after a clean run.
+            self.unjournaled = []
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(self.destination.sync)
+            for _, sink, _, _ in self.pending:
+                sink.abort()
+            self.pending = []
+            if self.sink is not None:
+                self.sink.abort()  # never journaled: the next session fetches it again
+                self.sink = None
+        finally:
+            # The file writer, if any, ends here whatever happened (its unnamed files go).
+            wait = self.destination.stop_writer()
+            if wait is not None:
+                await asyncio.to_thread(wait)
 
     def _handle(self, event: ClientEvent, result: SessionResult, total: int) -> None:
         keyword, message = self.in_flight[0]

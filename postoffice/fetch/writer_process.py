@@ -49,29 +49,46 @@ _PROC_FD = "/proc/self/fd/"
 
 
 class _Input:
-    """Records from a descriptor."""
+    """Records from a descriptor, read in large pieces; a large payload is read straight
+    into its own buffer (one copy from the pipe, none after)."""
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
         self._buffer = bytearray()
         self._start = 0
 
-    def take(self, count: int) -> bytes | None:
+    def take(self, count: int) -> bytearray | None:
         """The next ``count`` octets, or None at the end of the input."""
-        while len(self._buffer) - self._start < count:
-            if self._start:
-                del self._buffer[: self._start]
-                self._start = 0
-            chunk = os.read(self._fd, max(_READ_OCTETS, count))
+        held = len(self._buffer) - self._start
+        if held >= count:
+            piece = self._buffer[self._start : self._start + count]
+            self._start += count
+            return piece
+        piece = bytearray(count)
+        piece[:held] = memoryview(self._buffer)[self._start :]
+        self._buffer = bytearray()
+        self._start = 0
+        view = memoryview(piece)
+        filled = held
+        while filled < count:
+            if count - filled >= _READ_OCTETS:
+                got = os.readv(self._fd, [view[filled:]])
+                if not got:
+                    return None
+                filled += got
+                continue
+            chunk = os.read(self._fd, _READ_OCTETS)  # this piece and what follows it
             if not chunk:
                 return None
-            self._buffer += chunk
-        piece = bytes(self._buffer[self._start : self._start + count])
-        self._start += count
+            used = min(len(chunk), count - filled)
+            view[filled : filled + used] = chunk[:used]
+            filled += used
+            if used < len(chunk):
+                self._buffer = bytearray(chunk[used:])
         return piece
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -91,7 +108,7 @@ class _Writer:
         self._syncs = 0
         self._fail_syncfs_at = fail_syncfs_at  # for tests: that syncfs reports EIO
 
-    def data(self, ticket: int, octets: bytes) -> None:
+    def data(self, ticket: int, octets: bytearray) -> None:
         if ticket in self.failed:
             return
         fd = self.files.get(ticket)
@@ -157,7 +174,7 @@ class _Writer:
         return 0, outcomes
 
 
-def _items(payload: bytes) -> list[tuple[int, str]]:
+def _items(payload: bytearray) -> list[tuple[int, str]]:
     items = []
     position = 0
     while position < len(payload):
@@ -185,7 +202,7 @@ def serve(
         if head is None:
             return 0
         kind, ticket, length = RECORD.unpack(head)
-        payload = source.take(length) if length else b""
+        payload = source.take(length) if length else bytearray()
         if payload is None:
             return 1  # cut short: the fetcher is gone
         if kind == b"D":

@@ -287,3 +287,29 @@ async def test_a_fault_in_the_writer_loses_nothing_and_the_next_run_completes(
     assert delivered_bodies(account.maildir) == expected_bodies(five_messages())
     assert server.messages == []
     assert tmp_is_empty(account.maildir)
+
+
+@pytest.mark.usefixtures("writer_for_all")
+async def test_without_a_writer_the_thread_makes_the_files_and_a_warning_says_so(
+    tmp_path: Path,
+    server: FakePop3Server,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def cannot_start(*arguments: object, **keywords: object) -> file_writer.FileWriter:
+        raise OSError(errno.EAGAIN, "no more processes")
+
+    monkeypatch.setattr(file_writer.FileWriter, "start", cannot_start)
+    account = make_account(tmp_path, server, mode="delete")
+    journal = Journal(journal_path(account.state_dir, account.name))
+    try:
+        result = await run_session(
+            account,
+            journal=journal,
+            destination=MaildirDestination(account.maildir, account.name),
+        )
+    finally:
+        journal.close()
+    assert result.fetched == 5
+    assert delivered_bodies(account.maildir) == expected_bodies(five_messages())
+    assert "file writer not started" in caplog.text

@@ -29,12 +29,6 @@ again and those messages count as not delivered. Elsewhere (no
 ``O_TMPFILE``, no ``/proc`` to link through, no ``syncfs``) the file is ``tmp/NAME``,
 renamed in step 3.
 
-For a large transfer the session may hand steps 1-4 of a Maildir with nameless files to a
-helper process (``start_writer``; ``file_writer.py``): the messages are sent to it as they
-arrive, and ``commit_group`` and ``sync`` ask it for the same steps in the same order and
-wait for its answer. If it dies, the names it made but had not made durable are taken back
-here, as after a failed ``syncfs``.
-
 NAME is derived from (account, UIDL) alone (a digest), plus ``,S=`` and ``,W=`` size tags
 that postoffice's and Dovecot's Maildir readers use. So the same message always lands
 under the same name: a crash between 3 and 5 leaves ``new/NAME`` (or ``cur/NAME:2,...``
@@ -47,7 +41,6 @@ readers.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import hashlib
 import os
@@ -57,17 +50,12 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from postoffice.durable import fsync_directory
 from postoffice.errors import PostofficeError
 from postoffice.storage.maildir_names import ensure_maildir
 from postoffice.storage.wire import WireSizeCounter
-
-if TYPE_CHECKING:
-    import asyncio
-
-    from postoffice.fetch.file_writer import FileWriter
 
 __all__ = ["Destination", "MaildirDestination", "MessageSink", "commit_each", "message_key"]
 
@@ -85,11 +73,6 @@ class MessageSink(Protocol):
     """One message being delivered."""
 
     def write(self, data: bytes) -> None: ...
-
-    def end(self) -> None:
-        """The whole message has been written (called on the event loop, before
-        ``commit``)."""
-        ...
 
     def commit(self) -> str:
         """Make the message's content durable and visible; return its local name. Blocking.
@@ -120,18 +103,6 @@ class Destination(Protocol):
         ...
 
     def begin(self, uidl: str) -> MessageSink: ...
-
-    def start_writer(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Make the files of the messages begun from now on in a helper process
-        (``file_writer``), if this store does that; on the event loop. Raises ``OSError``
-        if the helper could not be started (the files are then made in the caller's
-        threads, as before)."""
-        ...
-
-    def stop_writer(self) -> Callable[[], object] | None:
-        """End the helper (on the event loop, once nothing is committing): the blocking
-        wait for it, or None if there was none."""
-        ...
 
     def commit_group(self, sinks: Sequence[MessageSink]) -> list[str | Exception]:
         """``commit`` each of ``sinks`` (begun here), as fast as the store allows: the local
@@ -173,12 +144,6 @@ class MaildirDestination:
         durable: the next ``sync`` or ``commit_group`` makes them so."""
         self._unsynced_fd = -1
         """``tmp/``, opened before the messages of ``_unsynced`` were written."""
-        self._writer: FileWriter | None = None
-        self._tickets = 0
-        self._written_unsynced: list[str] = []
-        """Named in ``new/`` by the writer's last commit, not yet durable."""
-        self.fail_syncfs_at = 0
-        """For tests: that ``syncfs`` of the file writer fails (EIO)."""
 
     def prepare(self) -> None:
         ensure_maildir(self.path)
@@ -205,85 +170,12 @@ class MaildirDestination:
     def begin(self, uidl: str) -> MessageSink:
         # Plain strings, not Path: this runs for every message, on the event loop.
         key = message_key(self.account, uidl)
-        writer = self._writer
-        if writer is None:
-            return _MaildirMessage(str(self.path), key, nameless=self.nameless)
-        self._tickets += 1
-        return _MaildirMessage(str(self.path), key, nameless=True, writer=(writer, self._tickets))
-
-    def start_writer(self, loop: asyncio.AbstractEventLoop) -> None:
-        """With nameless files only (they need no cleaning up if the helper dies)."""
-        if self._writer is not None or not self.nameless:
-            return
-        from postoffice.fetch.file_writer import FileWriter
-
-        self._writer = FileWriter.start(
-            str(self.path / "tmp"), str(self.path / "new"), loop, fail_syncfs_at=self.fail_syncfs_at
-        )
-
-    def stop_writer(self) -> Callable[[], object] | None:
-        writer, self._writer = self._writer, None
-        if writer is None:
-            return None
-        writer.close()
-        # Names not made durable (the session ended on an error before its sync): taken
-        # back, so that only durable names are ever found by ``find_delivered``.
-        self._take_back_written()
-        return writer.wait
-
-    def _take_back_written(self) -> None:
-        names, self._written_unsynced = self._written_unsynced, []
-        for name in names:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path / "new" / name)
-
-    def _commit_by_writer(
-        self, writer: FileWriter, sinks: Sequence[MessageSink]
-    ) -> list[str | Exception]:
-        """``commit_group`` through the file writer: one ``syncfs`` (which makes the last
-        commit's names durable too), then the links, all in the helper."""
-        from postoffice.fetch.file_writer import WriterStopped
-
-        outcomes: list[str | Exception | None] = [None] * len(sinks)
-        shipped: list[tuple[int, _MaildirMessage, str]] = []
-        for index, sink in enumerate(sinks):
-            if isinstance(sink, _MaildirMessage) and sink.ticket:
-                sink.end()  # done on the event loop already, unless called directly
-                shipped.append((index, sink, sink.local_name()))
-            else:
-                outcomes[index] = commit_each([sink])[0]
-        try:
-            errors = writer.commit([(sink.ticket, name) for _, sink, name in shipped])
-        except WriterStopped:
-            self._take_back_written()  # the helper cannot do it now
-            for _, sink, _ in shipped:
-                sink.forget()
-            raise
-        except OSError:
-            self._written_unsynced = []  # the helper took them back
-            for _, sink, _ in shipped:
-                sink.forget()
-            raise
-        # That syncfs made the names of the commit before durable (they may be journaled
-        # now): only this commit's names are still to be made durable, or taken back.
-        self._written_unsynced = []
-        for (index, sink, name), number in zip(shipped, errors, strict=True):
-            sink.forget()
-            if number:
-                outcomes[index] = OSError(number, os.strerror(number))
-            else:
-                self._written_unsynced.append(name)
-                outcomes[index] = name
-        done = [outcome for outcome in outcomes if outcome is not None]
-        assert len(done) == len(sinks)
-        return done
+        return _MaildirMessage(str(self.path), key, nameless=self.nameless)
 
     def commit_group(self, sinks: Sequence[MessageSink]) -> list[str | Exception]:
         """Write every message into ``tmp/``, make them all durable at once (``_sync_all``;
         one ``syncfs`` that also makes the names of the group before durable), then name
         each in ``new/``; ``sync`` or the next group makes those names durable."""
-        if self._writer is not None:
-            return self._commit_by_writer(self._writer, sinks)
         outcomes: list[str | Exception | None] = [None] * len(sinks)
         written: list[tuple[int, _MaildirMessage, int]] = []
         # Opened before the writes: syncfs reports the write-back errors seen since then.
@@ -339,8 +231,6 @@ class MaildirDestination:
         return done
 
     def sync(self) -> None:
-        if self._written_unsynced:
-            self._sync_written()
         if not self._unsynced:
             return
         new = os.open(self.path / "new", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -349,23 +239,6 @@ class MaildirDestination:
             self._sync_names(new, whole_filesystem=self.nameless)
         finally:
             os.close(new)
-
-    def _sync_written(self) -> None:
-        from postoffice.fetch.file_writer import WriterStopped
-
-        writer = self._writer
-        if writer is None:
-            self._take_back_written()
-            raise OSError(errno.EPIPE, "the file writer stopped before its last sync")
-        try:
-            writer.sync()
-        except WriterStopped:
-            self._take_back_written()
-            raise
-        except OSError:
-            self._written_unsynced = []  # the helper took them back
-            raise
-        self._written_unsynced = []
 
     def _sync_names(self, new: int, *, whole_filesystem: bool) -> None:
         """Make the names in ``_unsynced`` durable, by a ``syncfs`` or an fsync of the
@@ -500,36 +373,18 @@ class _MaildirMessage:
         "_chunks",
         "_done",
         "_fd",
-        "_held",
         "_held_cr",
         "_key",
         "_maildir",
         "_name",
         "_nameless",
-        "_shipped",
         "_size",
-        "_writer",
-        "ticket",
     )
 
-    def __init__(
-        self,
-        maildir: str,
-        key: str,
-        *,
-        nameless: bool = False,
-        writer: tuple[FileWriter, int] | None = None,
-    ) -> None:
-        """``writer``: the file writer that makes this message's file, and its ticket."""
+    def __init__(self, maildir: str, key: str, *, nameless: bool = False) -> None:
         self._maildir = maildir
         self._key = key
         self._nameless = nameless
-        self._writer: FileWriter | None = None
-        self.ticket = 0  # the writer's number for this message (0: no writer)
-        if writer is not None:
-            self._writer, self.ticket = writer
-        self._held = 0  # octets in _chunks, for a writer's message
-        self._shipped = False  # some of it sent to the writer
         self._name: str | None = None  # in new/, once published
         self._chunks: list[bytes] = []
         self._fd: int | None = None
@@ -582,43 +437,10 @@ class _MaildirMessage:
             _write_all(self._fd, data)
             return
         self._chunks.append(data)
-        if self._writer is not None:
-            self._held += len(data)
-            if self._held > SPILL_OCTETS:
-                self._ship()
-            return
         if self._size.octets > SPILL_OCTETS:
             self._fd = self._open()
             _write_all(self._fd, b"".join(self._chunks))
             self._chunks = []
-
-    def _ship(self) -> None:
-        assert self._writer is not None
-        self._writer.send_data(self.ticket, b"".join(self._chunks))
-        self._chunks = []
-        self._held = 0
-        self._shipped = True
-
-    def end(self) -> None:
-        """With a file writer, send it what is still held (at least once: an empty message
-        is a file too)."""
-        if self._writer is None or self._done:
-            return
-        if self._held_cr:
-            self._size.update(b"\r")
-            self._chunks.append(b"\r")
-            self._held_cr = False
-        if self._chunks or not self._shipped:
-            self._ship()
-
-    def local_name(self) -> str:
-        """Its name in ``new/``: the key and the size tags (once the message is whole)."""
-        return f"{self._key},S={self._size.octets},W={self._size.size}"
-
-    def forget(self) -> None:
-        """Its file is the writer's business now (named, or dropped): nothing to abort."""
-        self._done = True
-        self._chunks = []
 
     def write_out(self) -> int:
         """Step 1 of ``commit``: everything into ``tmp/``, not yet fsynced; the descriptor."""
@@ -636,7 +458,7 @@ class _MaildirMessage:
         """Step 3 of ``commit``, once the file is fsynced: its name in ``new/`` (the folder
         ``new``), by a link of the nameless file or a rename. ``finish`` follows."""
         assert self._fd is not None
-        name = self.local_name()
+        name = f"{self._key},S={self._size.octets},W={self._size.size}"
         if self._nameless:
             os.link(f"{_PROC_FD}{self._fd}", name, dst_dir_fd=new)
         else:
@@ -659,8 +481,6 @@ class _MaildirMessage:
         self._done = True
 
     def commit(self) -> str:
-        if self._writer is not None:
-            return self._commit_by_writer(self._writer)
         fd = self.write_out()
         os.fsync(fd)
         folder = os.path.join(self._maildir, "new")
@@ -679,28 +499,11 @@ class _MaildirMessage:
         self.finish()
         return name
 
-    def _commit_by_writer(self, writer: FileWriter) -> str:
-        """One message alone: named by the writer, then its name made durable."""
-        self.end()
-        name = self.local_name()
-        self._done = True
-        self._chunks = []
-        (number,) = writer.commit([(self.ticket, name)])
-        if number:
-            raise OSError(number, os.strerror(number))
-        writer.sync()  # on failure the writer takes the name back
-        self._name = name
-        return name
-
     def abort(self) -> None:
         if self._done:
             return
         self._done = True
         self._chunks = []
-        if self._writer is not None:
-            if self._shipped:
-                self._writer.drop(self.ticket)
-            return
         if self._fd is None:
             return  # nothing reached the filesystem
         os.close(self._fd)

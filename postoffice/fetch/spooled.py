@@ -36,16 +36,13 @@ import smtplib
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from postoffice.fetch.config import MtaAddress
 from postoffice.fetch.delivery import MessageSink, commit_each
 from postoffice.fetch.errors import DeliveryFailedError
-
-if TYPE_CHECKING:
-    import asyncio
 
 __all__ = ["ForwardDestination", "MboxDestination", "MdaDestination"]
 
@@ -73,9 +70,6 @@ class _Spool:
             data, self._held_cr = data[:-1], True
         self.file.write(data.replace(b"\r\n", b"\n"))
 
-    def end(self) -> None:
-        return None  # the file is finished by ``rewind``
-
     def rewind(self) -> BinaryIO:
         if self._held_cr:
             self.file.write(b"\r")
@@ -91,20 +85,10 @@ class _Spool:
     abort = finish
 
 
-class _InThisProcess:
-    """A destination whose deliveries are made by the fetcher itself (no file writer)."""
-
-    def start_writer(self, loop: asyncio.AbstractEventLoop) -> None:
-        return None
-
-    def stop_writer(self) -> Callable[[], object] | None:
-        return None
-
-
 # -- MDA ------------------------------------------------------------------------------------
 
 
-class MdaDestination(_InThisProcess):
+class MdaDestination:
     idempotent = False
 
     def __init__(self, command: str, *, account: str, workdir: Path) -> None:
@@ -162,7 +146,7 @@ class _MdaMessage(_Spool):
 # -- LMTP -----------------------------------------------------------------------------------
 
 
-class ForwardDestination(_InThisProcess):
+class ForwardDestination:
     """Hands each message to an LMTP or SMTP server."""
 
     idempotent = False
@@ -282,7 +266,7 @@ def _mboxrd(spool: BinaryIO) -> Iterator[bytes]:
         yield b"\n"
 
 
-class MboxDestination(_InThisProcess):
+class MboxDestination:
     idempotent = False
 
     def __init__(self, path: Path) -> None:

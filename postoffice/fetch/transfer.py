@@ -71,7 +71,7 @@ if TYPE_CHECKING:
     from postoffice.fetch.session import Plan, Progress, ServerMessage, SessionResult
     from postoffice.fetch.transport import Pop3Client
 
-__all__ = ["BATCH", "BATCH_OCTETS", "WINDOW", "WRITER_MESSAGES", "Transfer"]
+__all__ = ["BATCH", "BATCH_OCTETS", "WINDOW", "Transfer"]
 
 WINDOW = 128
 """Commands in flight when pipelining: with half of them still queued at a refill, the
@@ -80,9 +80,6 @@ BATCH = 256
 """At most this many messages pending (received whole, not yet durable) at once."""
 BATCH_OCTETS = 16 << 20
 """At most about this many octets pending at once."""
-WRITER_MESSAGES = 64
-"""A transfer of at least this many messages has a Maildir's files made by a helper
-process (``file_writer``); fewer are not worth starting one."""
 
 _Received = tuple["ServerMessage", "MessageSink", int, Fingerprint | None]
 """A message received whole: its sink (not yet committed), octets and fingerprint."""
@@ -162,11 +159,6 @@ class Transfer:
         total = len(plan.fetch)
         if self.progress is not None:
             self.progress.start(self.account.name, total, sum(m.size for m in plan.fetch))
-        if total >= WRITER_MESSAGES:
-            try:
-                self.destination.start_writer(asyncio.get_running_loop())
-            except OSError as error:
-                self.log.warning("file writer not started (%s); files are made in a thread", error)
         try:
             # The first commands go out before waiting for the journal: the first replies
             # are received (not yet read) meanwhile.
@@ -220,33 +212,27 @@ class Transfer:
 
     async def _wind_down(self) -> None:
         """After an error: let a running group commit finish, drop what is not durable."""
-        try:
-            busy, self.journal_busy = self.journal_busy, None
-            if busy is not None:
-                await asyncio.wait((busy,))
-                if not busy.cancelled():
-                    busy.exception()  # already raised, or about to be: seen here
-            if self.committing is not None:
-                await asyncio.wait((self.committing,))
-                if not self.committing.cancelled():
-                    self.committing.exception()  # already raised, or about to be: seen here
-                self.committing = None
-            # Names committed but not journaled (after an error): made durable, to be found
-            # by name next time, or taken back. Nothing left to do after a clean run.
-            self.unjournaled = []
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(self.destination.sync)
-            for _, sink, _, _ in self.pending:
-                sink.abort()
-            self.pending = []
-            if self.sink is not None:
-                self.sink.abort()  # never journaled: the next session fetches it again
-                self.sink = None
-        finally:
-            # The file writer, if any, ends here whatever happened (its unnamed files go).
-            wait = self.destination.stop_writer()
-            if wait is not None:
-                await asyncio.to_thread(wait)
+        busy, self.journal_busy = self.journal_busy, None
+        if busy is not None:
+            await asyncio.wait((busy,))
+            if not busy.cancelled():
+                busy.exception()  # already raised, or about to be: seen here
+        if self.committing is not None:
+            await asyncio.wait((self.committing,))
+            if not self.committing.cancelled():
+                self.committing.exception()  # already raised, or about to be: seen here
+            self.committing = None
+        # Names committed but not journaled (after an error): made durable, to be found by
+        # name next time, or taken back. Nothing left to do after a clean run.
+        self.unjournaled = []
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.destination.sync)
+        for _, sink, _, _ in self.pending:
+            sink.abort()
+        self.pending = []
+        if self.sink is not None:
+            self.sink.abort()  # never journaled: the next session fetches it again
+            self.sink = None
 
     def _handle(self, event: ClientEvent, result: SessionResult, total: int) -> None:
         keyword, message = self.in_flight[0]
@@ -278,7 +264,6 @@ class Transfer:
     def _received_whole(self, message: ServerMessage, octets: int, total: int) -> None:
         sink, self.sink = self.sink, None
         assert sink is not None
-        sink.end()
         if octets != message.size:
             self.log.warning(
                 "message %s: LIST said %d octets, RETR sent %d; kept (the end marker arrived)",

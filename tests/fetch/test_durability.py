@@ -31,14 +31,6 @@ from .helpers import (
 DROPS = (FetchConnectionError, RemoteProtocolError)
 
 
-@pytest.fixture(autouse=True, params=["in a thread", "by a file writer"])
-def files_made(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test runs twice: the Maildir's files made by the commit thread, and by a file
-    writer process (which a transfer starts for many messages only)."""
-    if request.param == "by a file writer":
-        monkeypatch.setattr(transfer, "WRITER_MESSAGES", 1)
-
-
 def assert_exactly_once(account: Account, server_messages: int = 5) -> None:
     bodies = delivered_bodies(account.maildir)
     assert bodies == expected_bodies(five_messages()), "lost or duplicated"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -180,12 +179,6 @@ class OrderedDestination:
         self.events.append(f"group of {len(sinks)}")
         return commit_each(sinks)
 
-    def start_writer(self, loop: asyncio.AbstractEventLoop) -> None:
-        pass
-
-    def stop_writer(self) -> Callable[[], object] | None:
-        return None
-
 
 class _OrderedSink:
     def __init__(self, destination: OrderedDestination, uidl: str) -> None:
@@ -195,9 +188,6 @@ class _OrderedSink:
 
     def write(self, data: bytes) -> None:
         self.data += data
-
-    def end(self) -> None:
-        pass
 
     def commit(self) -> str:
         self.destination.events.append(f"commit {self.uidl}")
@@ -246,9 +236,6 @@ class _FailingSink:
 
     def write(self, data: bytes) -> None:
         self.sink.write(data)
-
-    def end(self) -> None:
-        self.sink.end()
 
     def commit(self) -> str:
         raise OSError(28, "No space left on device")

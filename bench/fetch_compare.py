@@ -29,7 +29,8 @@ spread, messages and megabytes per second, the ratio to mpop (time / mpop's time
 is slower), and the CPU seconds each tool used (less sensitive to a busy machine than the
 wall-clock time). The load average at the start and the end is printed too. Before the
 first run it waits (``--settle``, up to 7 minutes) until creating a file costs its usual
-CPU: see ``settle`` for the filesystem effect that otherwise slows every tool tenfold.
+CPU: see ``settle`` for the filesystem effect that otherwise makes creating a file up to
+ten times dearer (and every tool's run about twice as long, bench/README.md).
 
 The postoffice package is byte-compiled before the first run, as installing it does: where
 the environment forbids writing bytecode (``PYTHONDONTWRITEBYTECODE``), every start would

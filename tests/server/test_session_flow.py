@@ -73,10 +73,12 @@ def test_a_noop_reply_the_transport_pushes_back_on_leaves_reading_paused(
         session.connection_made(transport)
         _feed(session, b"USER alice\r\n")
         _feed(session, b"PASS secret\r\n")
-        for _ in range(100):  # the login may finish in a worker thread
+        for _ in range(500):  # the login may finish in a worker thread
             if b"maildrop" in transport.written:
                 break
             await asyncio.sleep(0.01)
+        else:
+            raise AssertionError(f"no login within 5 s: {bytes(transport.written)!r}")
         transport.push_back_at = len(transport.written) + 1  # the next reply crosses it
         _feed(session, noop)
         reading = transport.reading

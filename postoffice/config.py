@@ -108,6 +108,10 @@ class AuthConfig:
     failure_delay_max: float = 15.0
     trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     hash_threads: int = 4
+    cache_ttl: float = 3600.0
+    """Seconds a password verified against an expensive hash is remembered (0: never)."""
+    cache_entries: int = 100_000
+    """Users remembered at most, per server process."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -345,6 +349,8 @@ def load_config(
         failure_delay_max=auth_table.duration("failure_delay_max", 15.0),
         trusted_networks=tuple(networks),
         hash_threads=auth_table.integer("hash_threads", 4, minimum=1, maximum=256),
+        cache_ttl=auth_table.duration("cache_ttl", 3600.0),
+        cache_entries=auth_table.integer("cache_entries", 100_000, minimum=1),
     )
     auth_table.finish()
 

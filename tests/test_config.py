@@ -47,6 +47,8 @@ def test_embedded_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert config.limits.idle_timeout >= 600
     assert config.pop3.apop is False
     assert config.pop3.expire == "NEVER"
+    assert config.auth.cache_ttl == 3600
+    assert config.auth.cache_entries == 100_000
 
 
 def test_ipv6_and_port_zero(tmp_path: Path) -> None:
@@ -69,6 +71,8 @@ def test_ipv6_and_port_zero(tmp_path: Path) -> None:
         ('[mail]\nmaildir = "mail/{usr}"\n', "mail.maildir"),
         ('[mail]\nmaildir = "mail/shared"\n', "mail.maildir"),
         ('[auth]\ntrusted_networks = ["10.0.0.0/33"]\n', "auth.trusted_networks"),
+        ("[auth]\ncache_ttl = -1\n", "auth.cache_ttl"),
+        ("[auth]\ncache_entries = 0\n", "auth.cache_entries"),
         ("unknown_top = 1\n", "unknown_top"),
         ('log_level = "loud"\n', "log_level"),
     ],
@@ -98,3 +102,9 @@ def test_durations(value: object, seconds: float) -> None:
 @pytest.mark.parametrize(("value", "octets"), [(10, 10), ("50MB", 50_000_000), ("1MiB", 2**20)])
 def test_sizes(value: object, octets: int) -> None:
     assert parse_size(value, "k") == octets
+
+
+def test_the_password_cache_can_be_set_or_turned_off(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, '[auth]\ncache_ttl = "10m"\ncache_entries = 500\n'))
+    assert (config.auth.cache_ttl, config.auth.cache_entries) == (600, 500)
+    assert load_config(write(tmp_path, "[auth]\ncache_ttl = 0\n")).auth.cache_ttl == 0

@@ -9,10 +9,11 @@ database has none) so that the reply takes as long as for a typical user: timing
 tell an attacker which names exist.
 
 ``verify_now`` gives the same verdict without the trip to a thread when that is cheap: the
-database answers from memory (its file unchanged) and both the user's scheme and the
-typical scheme are plaintext or a single digest (microseconds). Otherwise it says
-``NOT_CURRENT`` and the caller uses ``verify``. This module logs user names only after they
-passed the allow-list, and never a password.
+database answers from memory (its file unchanged) and either both the user's scheme and the
+typical scheme are plaintext or a single digest (microseconds), or the password is the one
+verified for this user and stored hash a short while ago (``verified_cache.py``).
+Otherwise it says ``NOT_CURRENT`` and the caller uses ``verify``. This module logs user
+names only after they passed the allow-list, and never a password.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from postoffice.auth.schemes import (
     verify_password,
 )
 from postoffice.auth.usernames import validate_username
+from postoffice.auth.verified_cache import VerifiedPasswords
 from postoffice.errors import InvalidUsernameError, UnknownSchemeError
 from postoffice.secret import Secret
 
@@ -75,7 +77,10 @@ class Authenticator:
         *,
         max_concurrent_hashes: int = 4,
         executor: Executor | None = None,
+        verified: VerifiedPasswords | None = None,
     ) -> None:
+        """``verified``: where passwords checked against an expensive hash are remembered
+        (None: every login pays the full check)."""
         if max_concurrent_hashes < 1:
             raise ValueError("max_concurrent_hashes must be at least 1")
         self._database = database
@@ -85,6 +90,7 @@ class Authenticator:
         )
         # Checked once: isinstance against a runtime Protocol is slow on a hot path.
         self._cached = database if isinstance(database, CachedUserDatabase) else None
+        self._verified = verified
 
     async def verify(self, username: str, password: Secret) -> UserRecord | None:
         """The user's record if ``password`` is right, else None (same work either way)."""
@@ -98,7 +104,9 @@ class Authenticator:
         if database is None:
             return NOT_CURRENT
         typical = database.typical_hash
-        if typical is None or not is_cheap_scheme(typical):
+        cheap = typical is not None and is_cheap_scheme(typical)
+        verified = self._verified
+        if not cheap and (verified is None or not len(verified)):
             return NOT_CURRENT
         try:
             validate_username(username)
@@ -109,7 +117,9 @@ class Authenticator:
             if isinstance(found, NotCurrent):
                 return NOT_CURRENT
             record = found
-        if record is not None and not is_cheap_scheme(record.password_hash):
+        if record is not None and verified is not None and verified.knows(record, password):
+            return record
+        if not cheap or (record is not None and not is_cheap_scheme(record.password_hash)):
             return NOT_CURRENT
         return self._check(record, password)
 
@@ -147,13 +157,20 @@ class Authenticator:
         if record is None:
             _burn(self._cached, password)
             return None
+        verified = self._verified
+        if verified is not None and verified.knows(record, password):
+            return record
         try:
             ok = verify_password(record.password_hash, password)
         except UnknownSchemeError as exc:
             _log.warning("user %s cannot log in: %s", record.name, exc)
             _burn(self._cached, password)
             return None
-        return record if ok else None
+        if not ok:
+            return None
+        if verified is not None and not is_cheap_scheme(record.password_hash):
+            verified.remember(record, password)
+        return record
 
     def _verify_apop(self, username: str, timestamp: str, digest: str) -> UserRecord | None:
         record = self._lookup(username)

@@ -26,6 +26,7 @@ from postoffice.auth.base import UserDatabase
 from postoffice.auth.passwd_file import PasswdFile
 from postoffice.auth.schemes import dummy_hash
 from postoffice.auth.throttle import FailureThrottle
+from postoffice.auth.verified_cache import VerifiedPasswords
 from postoffice.config import Config
 from postoffice.delivery import lmtp
 from postoffice.errors import AuthError, ConfigError
@@ -74,7 +75,15 @@ class Pop3Server:
             tls = ListenerContexts(settings, hostname=socket.gethostname())
         self.context = ServerContext(
             config=config,
-            authenticator=Authenticator(database, max_concurrent_hashes=config.auth.hash_threads),
+            authenticator=Authenticator(
+                database,
+                max_concurrent_hashes=config.auth.hash_threads,
+                verified=(
+                    VerifiedPasswords(config.auth.cache_ttl, config.auth.cache_entries)
+                    if config.auth.cache_ttl > 0
+                    else None
+                ),
+            ),
             throttle=FailureThrottle(
                 base_delay=config.auth.failure_delay,
                 max_delay=config.auth.failure_delay_max,

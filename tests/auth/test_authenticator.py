@@ -20,6 +20,7 @@ from postoffice.auth.authenticator import Authenticator, apop_digest
 from postoffice.auth.base import NOT_CURRENT, UserRecord
 from postoffice.auth.passwd_file import PasswdFile
 from postoffice.auth.schemes import DUMMY_HASH, hash_password
+from postoffice.auth.verified_cache import VerifiedPasswords
 from postoffice.errors import PasswdFileError
 from postoffice.secret import Secret
 
@@ -315,3 +316,56 @@ def test_unknown_names_are_checked_against_the_typical_hash(
     finally:
         authenticator.close()
     assert checked_hashes == [ALICE_HASH]
+
+
+def test_a_verified_expensive_password_is_not_hashed_again(
+    tmp_path: Path, checked_hashes: list[str]
+) -> None:
+    database = _passwd_file(tmp_path, [f"c:{ALICE_HASH}", f"d:{ALICE_HASH}"])
+    authenticator = Authenticator(database, verified=VerifiedPasswords(3600, 100))
+    try:
+        assert authenticator.verify_now("c", Secret("alice pässword")) is NOT_CURRENT
+        assert asyncio.run(authenticator.verify("c", Secret("alice pässword"))) is not None
+        assert checked_hashes == [ALICE_HASH]
+        # On the event loop, without a thread or a hash.
+        record = authenticator.verify_now("c", Secret("alice pässword"))
+        assert isinstance(record, UserRecord) and record.name == "c"
+        assert asyncio.run(authenticator.verify("c", Secret("alice pässword"))) is not None
+        assert checked_hashes == [ALICE_HASH]
+        # A wrong password, another user, an unknown name: the full check, as before.
+        assert authenticator.verify_now("c", Secret("wrong")) is NOT_CURRENT
+        assert asyncio.run(authenticator.verify("c", Secret("wrong"))) is None
+        assert authenticator.verify_now("d", Secret("alice pässword")) is NOT_CURRENT
+        assert authenticator.verify_now("nobody", Secret("alice pässword")) is NOT_CURRENT
+        assert asyncio.run(authenticator.verify("nobody", Secret("x"))) is None
+        assert checked_hashes == [ALICE_HASH] * 3
+    finally:
+        authenticator.close()
+
+
+def test_a_changed_password_is_checked_again_at_once(
+    tmp_path: Path, checked_hashes: list[str]
+) -> None:
+    database = _passwd_file(tmp_path, [f"c:{ALICE_HASH}"])
+    authenticator = Authenticator(database, verified=VerifiedPasswords(3600, 100))
+    try:
+        assert asyncio.run(authenticator.verify("c", Secret("alice pässword"))) is not None
+        new_hash = hash_password(Secret("new"), rounds=1, memory_kib=1024)
+        (tmp_path / "passwd").write_text(f"c:{new_hash}\n")
+        assert authenticator.verify_now("c", Secret("alice pässword")) is NOT_CURRENT
+        assert asyncio.run(authenticator.verify("c", Secret("alice pässword"))) is None
+        assert asyncio.run(authenticator.verify("c", Secret("new"))) is not None
+        assert checked_hashes == [ALICE_HASH, new_hash, new_hash]
+    finally:
+        authenticator.close()
+
+
+def test_cheap_schemes_are_not_remembered(tmp_path: Path) -> None:
+    database = _passwd_file(tmp_path, ["a:{PLAIN}one", f"c:{ALICE_HASH}"])
+    verified = VerifiedPasswords(3600, 100)
+    authenticator = Authenticator(database, verified=verified)
+    try:
+        assert asyncio.run(authenticator.verify("a", Secret("one"))) is not None
+        assert len(verified) == 0
+    finally:
+        authenticator.close()

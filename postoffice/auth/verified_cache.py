@@ -23,6 +23,10 @@ What keeps it safe:
 Dovecot's authentication cache does the same with a SHA1 of the password
 (``auth_cache_ttl``); here the digest is keyed, so a copy of the cache alone is of no use
 for guessing.
+
+Worker processes share the key (the cache is made before they are forked) and tell each
+other of what they verify (``on_remember``, carried by ``server/index_news.py``), so a
+user's next login finds the entry whichever worker the kernel hands it to.
 """
 
 from __future__ import annotations
@@ -36,13 +40,16 @@ from collections.abc import Callable
 from postoffice.auth.base import UserRecord
 from postoffice.secret import Secret
 
-__all__ = ["VerifiedPasswords"]
+__all__ = ["DIGEST_OCTETS", "VerifiedPasswords"]
+
+DIGEST_OCTETS = 32
+"""An HMAC-SHA256."""
 
 
 class VerifiedPasswords:
     """Users whose password was verified against an expensive hash in the last ``ttl`` s."""
 
-    __slots__ = ("_clock", "_entries", "_key", "_lock", "max_entries", "ttl")
+    __slots__ = ("_clock", "_entries", "_key", "_lock", "max_entries", "on_remember", "ttl")
 
     def __init__(
         self,
@@ -61,6 +68,9 @@ class VerifiedPasswords:
         # the order of the last verification, so the first entry is the oldest.
         self._entries: dict[tuple[str, str], tuple[bytes, float]] = {}
         self._lock = threading.Lock()  # remembered in the hashing threads, read on the loop
+        self.on_remember: Callable[[str, str, bytes, float], None] | None = None
+        """Called with (name, stored hash, digest, expiry) after each ``remember`` (from the
+        thread that verified), to tell other processes that share the key."""
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -85,12 +95,24 @@ class VerifiedPasswords:
 
     def remember(self, record: UserRecord, password: Secret) -> None:
         """``password`` was just verified for ``record`` against its stored hash."""
-        key = (record.name, record.password_hash)
-        entry = (self._digest(password), self._clock() + self.ttl)
+        digest, expires = self._digest(password), self._clock() + self.ttl
+        self._store(record.name, record.password_hash, digest, expires)
+        tell = self.on_remember
+        if tell is not None:
+            tell(record.name, record.password_hash, digest, expires)
+
+    def learn(self, name: str, stored_hash: str, digest: bytes, expires: float) -> None:
+        """What another process sharing the key verified (``on_remember`` there). The
+        expiry is on the same clock: ``time.monotonic`` is the system's, not a process's."""
+        if len(digest) == DIGEST_OCTETS and expires > self._clock():
+            self._store(name, stored_hash, digest, min(expires, self._clock() + self.ttl))
+
+    def _store(self, name: str, stored_hash: str, digest: bytes, expires: float) -> None:
+        key = (name, stored_hash)
         with self._lock:
             entries = self._entries
             entries.pop(key, None)  # re-inserted last: the newest
-            entries[key] = entry
+            entries[key] = (digest, expires)
             while len(entries) > self.max_entries:
                 del entries[next(iter(entries))]
 

@@ -62,6 +62,9 @@ class Pop3Server:
     """LMTP (host, port) pairs, or Unix socket paths."""
     index_news: IndexNews | None = None
     """This worker's end of the news between worker processes, or None (one process)."""
+    verified: VerifiedPasswords | None = None
+    """The verified-password cache, made by a parent process for all its workers, or None:
+    made here (when ``auth.cache_ttl`` is not 0)."""
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
@@ -79,9 +82,7 @@ class Pop3Server:
                 database,
                 max_concurrent_hashes=config.auth.hash_threads,
                 verified=(
-                    VerifiedPasswords(config.auth.cache_ttl, config.auth.cache_entries)
-                    if config.auth.cache_ttl > 0
-                    else None
+                    self.verified if self.verified is not None else make_verified_cache(config)
                 ),
             ),
             throttle=FailureThrottle(
@@ -184,6 +185,12 @@ def read_user_database(database: UserDatabase) -> None:
     """Read the database now (an unreadable file is reported by the logins, as before)."""
     with contextlib.suppress(AuthError):
         database.lookup("postoffice-startup")
+
+
+def make_verified_cache(config: Config) -> VerifiedPasswords | None:
+    """The cache of verified passwords ``auth.cache_ttl`` asks for, or None (turned off)."""
+    auth = config.auth
+    return VerifiedPasswords(auth.cache_ttl, auth.cache_entries) if auth.cache_ttl > 0 else None
 
 
 def bind_pop3_listeners(config: Config) -> list[tuple[socket.socket, bool]]:

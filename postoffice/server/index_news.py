@@ -13,6 +13,10 @@ has served that maildrop), so that N workers do not each read every small file.
 Reading is all they do: no lock, no listing, no write, and so no news back. The memory
 is checked against the file and the directories at every login as before, so news that
 arrives late or out of order costs time, never correctness.
+
+The same channel carries the passwords a worker verified against an expensive hash
+(``auth/verified_cache.py``): the user's name, stored hash, the keyed digest and its
+expiry, so the others skip the hash too. News lost costs the next login there one hash.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ import contextlib
 import logging
 import os
 import socket
+import struct
 from pathlib import Path
 
+from postoffice.auth.verified_cache import DIGEST_OCTETS, VerifiedPasswords
 from postoffice.storage import maildir_index
 from postoffice.storage.maildir import MaildirMaildrop
 
@@ -32,7 +38,9 @@ log = logging.getLogger(__name__)
 THREAD_FROM_OCTETS = 512 * 1024
 """An index file larger than this (about 5,000 messages) is read in a thread, not on the
 event loop, so the sessions of this worker are not held up by it."""
-_NEWS_OCTETS = 65536  # a datagram: a scheme name and a path
+_NEWS_OCTETS = 65536  # a datagram: a scheme name and a path, or a verified password
+_VERIFIED = b"\x01"  # first octet of verified-password news (never starts a scheme name)
+_EXPIRY = struct.Struct("!d")
 
 
 def channels(workers: int) -> list[tuple[socket.socket, socket.socket]]:
@@ -57,10 +65,13 @@ class IndexNews:
         others: list[socket.socket],
         *,
         uidl_format: str,
+        verified: VerifiedPasswords | None = None,
     ) -> None:
+        """``verified``: the cache this worker shares (its key) with the others, or None."""
         self._inbox = inbox
         self._others = others
         self._uidl_format = uidl_format
+        self._verified = verified
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading: set[tuple[str, str]] = set()  # (path, scheme) being read in a thread
 
@@ -68,9 +79,13 @@ class IndexNews:
         self._loop = loop
         loop.add_reader(self._inbox.fileno(), self._receive)
         maildir_index.on_index_written(self.announce)
+        if self._verified is not None:
+            self._verified.on_remember = self.announce_verified
 
     def close(self) -> None:
         maildir_index.on_index_written(None)
+        if self._verified is not None:
+            self._verified.on_remember = None
         if self._loop is not None:
             self._loop.remove_reader(self._inbox.fileno())
             self._loop = None
@@ -78,7 +93,14 @@ class IndexNews:
     def announce(self, maildir: Path, scheme: str) -> None:
         """Tell the other workers (any thread may call this; a full inbox loses the news,
         which only costs the next login there the reading of the file)."""
-        news = scheme.encode("utf-8", "surrogateescape") + b"\0" + os.fsencode(maildir)
+        self._send(scheme.encode("utf-8", "surrogateescape") + b"\0" + os.fsencode(maildir))
+
+    def announce_verified(self, name: str, stored_hash: str, digest: bytes, expires: float) -> None:
+        """Tell the other workers of a password verified here (from a hashing thread)."""
+        text = (name + "\0" + stored_hash).encode("utf-8", "surrogateescape")
+        self._send(_VERIFIED + digest + _EXPIRY.pack(expires) + text)
+
+    def _send(self, news: bytes) -> None:
         for other in self._others:
             with contextlib.suppress(OSError):
                 other.send(news)
@@ -92,10 +114,26 @@ class IndexNews:
             except OSError as error:
                 log.warning("index news: %s", error)
                 return
+            if news[:1] == _VERIFIED:
+                self._learn(news)
+                continue
             scheme_raw, separator, path_raw = news.partition(b"\0")
             if not separator or not path_raw:
                 continue
             self._read(os.fsdecode(path_raw), scheme_raw.decode("utf-8", "surrogateescape"))
+
+    def _learn(self, news: bytes) -> None:
+        verified = self._verified
+        head = 1 + DIGEST_OCTETS + _EXPIRY.size
+        if verified is None or len(news) <= head:
+            return
+        digest = news[1 : 1 + DIGEST_OCTETS]
+        (expires,) = _EXPIRY.unpack_from(news, 1 + DIGEST_OCTETS)
+        name, separator, stored_hash = (
+            news[head:].decode("utf-8", "surrogateescape").partition("\0")
+        )
+        if separator and name and stored_hash:
+            verified.learn(name, stored_hash, digest, expires)
 
     def _read(self, path: str, scheme: str) -> None:
         maildrop = MaildirMaildrop(Path(path), uidl_format=self._uidl_format)

@@ -30,6 +30,7 @@ import time
 
 from postoffice.auth.passwd_file import PasswdFile
 from postoffice.auth.schemes import dummy_hash
+from postoffice.auth.verified_cache import VerifiedPasswords
 from postoffice.config import Config
 from postoffice.delivery import lmtp
 from postoffice.server import index_news
@@ -37,6 +38,7 @@ from postoffice.server.app import (
     Pop3Server,
     bind_pop3_listeners,
     drop_privileges,
+    make_verified_cache,
     open_user_database,
     read_user_database,
 )
@@ -79,6 +81,8 @@ def run(config: Config, workers: int) -> int:
     dummy_hash()  # made once for all workers (it costs a quarter of a second)
     # Made before any worker, kept by the parent: a restarted worker reads the same inbox.
     news = index_news.channels(workers) if workers > 1 else []
+    # One cache, one key for all workers: what one verifies, the others are told of.
+    verified = make_verified_cache(config)
     children: dict[int, int] = {}  # pid -> worker number
     stopping = False
 
@@ -91,7 +95,7 @@ def run(config: Config, workers: int) -> int:
         if pid == 0:
             status = 1
             try:
-                status = _child(config, bound, lmtp_sockets, tls, users, number, news)
+                status = _child(config, bound, lmtp_sockets, tls, users, number, news, verified)
             finally:
                 logging.shutdown()
                 os._exit(status)
@@ -145,6 +149,7 @@ def _child(
     users: PasswdFile,
     number: int,
     news: list[tuple[socket.socket, socket.socket]],
+    verified: VerifiedPasswords | None,
 ) -> int:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -163,6 +168,7 @@ def _child(
             news[number][0],
             [address for other, (_, address) in enumerate(news) if other != number],
             uidl_format=config.mail.uidl_format,
+            verified=verified,
         )
 
     async def main() -> None:
@@ -173,6 +179,7 @@ def _child(
             tls_loaded=tls,
             users=users,
             index_news=news_end,
+            verified=verified,
         )
         await server.start()
         loop.add_signal_handler(signal.SIGTERM, server.request_stop)

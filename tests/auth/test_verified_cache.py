@@ -89,3 +89,29 @@ def test_clear_forgets_everything() -> None:
 def test_a_cache_needs_a_ttl_and_room(ttl: float, entries: int) -> None:
     with pytest.raises(ValueError, match="positive ttl"):
         VerifiedPasswords(ttl, entries)
+
+
+def test_what_is_remembered_is_told_and_what_is_told_is_learnt() -> None:
+    clock = Clock()
+    told: list[tuple[str, str, bytes, float]] = []
+    here = VerifiedPasswords(60, 10, clock=clock)
+    here.on_remember = lambda *news: told.append(news)
+    here.remember(ALICE, Secret("right"))
+    [(name, stored, digest, expires)] = told
+    assert (name, stored, expires) == ("alice", ALICE.password_hash, clock.now + 60)
+    there = VerifiedPasswords(60, 10, clock=clock)
+    there._key = here._key  # as after a fork
+    there.learn(name, stored, digest, expires)
+    assert there.knows(ALICE, Secret("right"))
+    assert not there.knows(ALICE, Secret("wrong"))
+
+
+def test_news_expired_malformed_or_too_long_lived_is_bounded() -> None:
+    clock = Clock()
+    cache = VerifiedPasswords(60, 10, clock=clock)
+    digest = b"\0" * 32
+    cache.learn("alice", ALICE.password_hash, digest, clock.now)  # already expired
+    cache.learn("alice", ALICE.password_hash, b"short", clock.now + 30)
+    assert len(cache) == 0
+    cache.learn("alice", ALICE.password_hash, digest, clock.now + 10_000)
+    assert cache._entries[("alice", ALICE.password_hash)][1] == clock.now + 60

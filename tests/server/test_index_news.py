@@ -12,6 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from postoffice.auth.base import UserRecord
+from postoffice.auth.verified_cache import VerifiedPasswords
+from postoffice.secret import Secret
 from postoffice.server import index_news
 from postoffice.server.index_news import IndexNews
 from postoffice.storage import maildir, maildir_index
@@ -162,3 +165,37 @@ def test_remember_index_file_without_a_file(tmp_path: Path) -> None:
     path = tmp_path / "Maildir"
     ensure_maildir(path)
     assert MaildirMaildrop(path).remember_index_file() is False
+
+
+async def test_a_password_verified_by_one_worker_is_known_by_the_other() -> None:
+    """What one worker verified against an expensive hash, the other is told of: the
+    same key (made before the fork), so the digest matches there too."""
+    channels = index_news.channels(2)
+    caches = [VerifiedPasswords(60, 10), VerifiedPasswords(60, 10)]
+    caches[1]._key = caches[0]._key  # both inherited one object in the real server
+    ends = [
+        IndexNews(
+            channels[number][0],
+            [channels[1 - number][1]],
+            uidl_format="postoffice",
+            verified=caches[number],
+        )
+        for number in (0, 1)
+    ]
+    record = UserRecord(name="carol", password_hash="{ARGON2ID}$argon2id$v=19$m=8,t=1,p=1$s$h")
+    try:
+        for end in ends:
+            end.start(asyncio.get_running_loop())
+        caches[0].remember(record, Secret("right"))
+        await _eventually(lambda: caches[1].knows(record, Secret("right")))
+        assert not caches[1].knows(record, Secret("wrong"))
+        ends[0]._others[0].send(b"\x01too short")  # ignored, and the inbox still works
+        caches[0].remember(UserRecord(name="dan", password_hash=record.password_hash), Secret("x"))
+        await _eventually(lambda: len(caches[1]) == 2)
+    finally:
+        for end in ends:
+            end.close()
+        for sockets in channels:
+            for sock in sockets:
+                sock.close()
+    assert caches[0].on_remember is None  # close() unhooks

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from postoffice.auth import passwd_file
+from postoffice.auth.schemes import hash_password
 from postoffice.delivery.maildir import deliver_to_maildir
+from postoffice.secret import Secret
 
 POSTOFFICE = [sys.executable, "-m", "postoffice"]
 
@@ -213,5 +215,53 @@ def test_workers_read_the_users_themselves_and_report_once(tmp_path: Path) -> No
             pop.user("bob")
             assert pop.pass_("bob-secret").startswith(b"+OK")
             pop.quit()
+    finally:
+        server.stop()
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system time of ``pid`` and its children that are still running."""
+    total = 0
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
+    for each in [pid, *map(int, children.stdout.split())]:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_password_verified_by_one_worker_spares_the_hash_in_the_others(
+    tmp_path: Path,
+) -> None:
+    """Two workers: after the first login with an Argon2id password, eight more (spread
+    over both workers by the kernel) cost far less CPU together than one hash. Each worker
+    alone would hash again the first time a login lands on it."""
+    passwd = tmp_path / "var" / "passwd"
+    passwd.parent.mkdir()
+    encoded = hash_password(Secret("right"), "ARGON2ID", memory_kib=65536, rounds=3)
+    passwd_file.add_user(passwd, "carol", encoded)
+    server = ServerProcess(tmp_path, "[process]\nworkers = 2\n")
+
+    def login_carol() -> None:
+        pop = poplib.POP3("127.0.0.1", server.port, timeout=30)
+        pop.user("carol")
+        assert pop.pass_("right").startswith(b"+OK")
+        pop.quit()
+
+    try:
+        server.start()
+        deadline = time.monotonic() + 20
+        while "started 2 worker processes" not in server.log.read_text():
+            assert time.monotonic() < deadline, server.log.read_text()
+            time.sleep(0.02)
+        assert server.process is not None
+        before = _cpu_seconds(server.process.pid)
+        login_carol()
+        one_hash = _cpu_seconds(server.process.pid) - before
+        before = _cpu_seconds(server.process.pid)
+        for _ in range(8):
+            login_carol()
+        eight_logins = _cpu_seconds(server.process.pid) - before
+        assert one_hash >= 0.05, one_hash  # a real Argon2id check, or the test shows nothing
+        assert eight_logins < one_hash / 2, (one_hash, eight_logins)
     finally:
         server.stop()

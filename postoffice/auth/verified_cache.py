@@ -7,8 +7,8 @@ POP3 clients log in for every poll. With the default Argon2id parameters (64 MiB
 passes) a check costs a good part of a second of CPU on a small machine, so a few hundred
 polling users keep a core busy with the same checks. After a check against an expensive
 scheme succeeds, the cache keeps an HMAC-SHA256 of the password under a key made at random
-by this process (never written anywhere), for ``ttl`` seconds. A later login whose password
-gives the same HMAC is accepted without the expensive check.
+when the cache is made (never written anywhere), for ``ttl`` seconds. A later login whose
+password gives the same HMAC is accepted without the expensive check.
 
 What keeps it safe:
 

@@ -187,6 +187,13 @@ def check_config(config_path: Path | None) -> None:
         click.echo(f"  {len(passwd_file.list_users(config.auth.passwd_file))} users")
     else:
         click.echo("  (file does not exist yet)")
+    if config.auth.cache_ttl > 0:
+        click.echo(
+            f"  passwords verified against slow hashes remembered for "
+            f"{config.auth.cache_ttl:.0f}s (auth.cache_ttl)"
+        )
+    else:
+        click.echo("  every login checks its password in full (auth.cache_ttl = 0)")
     click.echo(f"maildir: {config.mail.maildir} (UIDLs: {config.mail.uidl_format})")
     click.echo(f"APOP: {'on' if config.pop3.apop else 'off'}")
     click.echo(f"EXPIRE: {config.pop3.expire}")

@@ -152,6 +152,12 @@ def test_check_config_validates(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "POP3 listener: 127.0.0.1:1110" in result.stdout
+    assert "remembered for 3600s (auth.cache_ttl)" in result.stdout
+    good.write_text('[pop3]\nlisten = ["127.0.0.1:1110"]\n[auth]\ncache_ttl = 0\n')
+    result = subprocess.run(
+        [*POSTOFFICE, "check-config", "--config", str(good)], capture_output=True, text=True
+    )
+    assert "every login checks its password in full" in result.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text("[pop3]\nlisten = [1110]\n")
     result = subprocess.run(

@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
-from postoffice.auth import passwd_file
+from postoffice.auth import authenticator as authenticator_module
+from postoffice.auth import passwd_file, schemes
 from postoffice.config import load_config
 from postoffice.delivery.maildir import deliver_to_maildir
+from postoffice.secret import Secret
 from postoffice.server.app import Pop3Server
 
 BASE_CONFIG: dict[str, Any] = {
@@ -141,3 +143,17 @@ def pop3_server(harness: ServerHarness) -> ServerHarness:
     harness.add_user("bob", "hunter2")
     harness.start()
     return harness
+
+
+@pytest.fixture
+def checked_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every stored hash the authenticator verifies against."""
+    seen: list[str] = []
+    real = schemes.verify_password
+
+    def recording(stored: str, candidate: Secret) -> bool:
+        seen.append(stored)
+        return real(stored, candidate)
+
+    monkeypatch.setattr(authenticator_module, "verify_password", recording)
+    return seen

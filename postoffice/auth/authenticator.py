@@ -117,9 +117,12 @@ class Authenticator:
             if isinstance(found, NotCurrent):
                 return NOT_CURRENT
             record = found
-        if record is not None and verified is not None and verified.knows(record, password):
-            return record
-        if not cheap or (record is not None and not is_cheap_scheme(record.password_hash)):
+        if record is not None and not is_cheap_scheme(record.password_hash):
+            # Only expensive schemes are ever remembered: a cheap one is checked below.
+            if verified is not None and verified.knows(record, password):
+                return record
+            return NOT_CURRENT
+        if not cheap:
             return NOT_CURRENT
         return self._check(record, password)
 
@@ -151,13 +154,22 @@ class Authenticator:
         return self._database.lookup(username)
 
     def _verify(self, username: str, password: Secret) -> UserRecord | None:
-        return self._check(self._lookup(username), password)
+        return self._check(self._lookup(username), password, verified=self._verified)
 
-    def _check(self, record: UserRecord | None, password: Secret) -> UserRecord | None:
+    def _check(
+        self,
+        record: UserRecord | None,
+        password: Secret,
+        *,
+        verified: VerifiedPasswords | None = None,
+    ) -> UserRecord | None:
+        """The verdict; ``verified``: the cache to consult and fill (``verify_now`` passes
+        none: it asked the cache already, or the scheme is cheap)."""
         if record is None:
             _burn(self._cached, password)
             return None
-        verified = self._verified
+        if verified is not None and is_cheap_scheme(record.password_hash):
+            verified = None  # never remembered: checking costs less than the cache
         if verified is not None and verified.knows(record, password):
             return record
         try:
@@ -168,7 +180,7 @@ class Authenticator:
             return None
         if not ok:
             return None
-        if verified is not None and not is_cheap_scheme(record.password_hash):
+        if verified is not None:
             verified.remember(record, password)
         return record
 

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from postoffice.auth import authenticator as authenticator_module
-from postoffice.auth import schemes
 from postoffice.auth.authenticator import Authenticator, apop_digest
 from postoffice.auth.base import NOT_CURRENT, UserRecord
 from postoffice.auth.passwd_file import PasswdFile
@@ -63,20 +61,6 @@ def auth(database: FakeDatabase) -> Iterator[Authenticator]:
     authenticator = Authenticator(database, max_concurrent_hashes=2)
     yield authenticator
     authenticator.close()
-
-
-@pytest.fixture
-def checked_hashes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Records every stored hash the authenticator verifies against."""
-    seen: list[str] = []
-    real = schemes.verify_password
-
-    def recording(stored: str, candidate: Secret) -> bool:
-        seen.append(stored)
-        return real(stored, candidate)
-
-    monkeypatch.setattr(authenticator_module, "verify_password", recording)
-    return seen
 
 
 async def test_right_password_returns_the_record(auth: Authenticator) -> None:

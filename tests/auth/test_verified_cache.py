@@ -78,13 +78,6 @@ def test_the_key_is_per_cache_so_a_digest_means_nothing_elsewhere() -> None:
     assert first._entries != second._entries
 
 
-def test_clear_forgets_everything() -> None:
-    cache = VerifiedPasswords(60, 10)
-    cache.remember(ALICE, Secret("right"))
-    cache.clear()
-    assert not cache.knows(ALICE, Secret("right"))
-
-
 @pytest.mark.parametrize(("ttl", "entries"), [(0, 10), (-1, 10), (60, 0)])
 def test_a_cache_needs_a_ttl_and_room(ttl: float, entries: int) -> None:
     with pytest.raises(ValueError, match="positive ttl"):

@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from postoffice.auth import authenticator as authenticator_module
-from postoffice.auth import passwd_file, schemes
+from postoffice.auth import passwd_file
 from postoffice.auth.schemes import hash_password
 from postoffice.secret import Secret
 from tests.conftest import ServerHarness
@@ -270,18 +269,11 @@ def test_passwords_and_auth_payloads_never_reach_the_log(
 
 @pytest.mark.parametrize(("cache_ttl", "hashes"), [("1h", 1), (0, 3)])
 def test_polling_logins_skip_the_expensive_hash_while_remembered(
-    harness: ServerHarness, monkeypatch: pytest.MonkeyPatch, cache_ttl: object, hashes: int
+    harness: ServerHarness, checked_hashes: list[str], cache_ttl: object, hashes: int
 ) -> None:
     """A client polling with an Argon2id password pays the hash once per ``auth.cache_ttl``;
     a wrong password is always checked in full, and ``cache_ttl = 0`` turns it off."""
-    checked: list[str] = []
-    real = schemes.verify_password
-
-    def counting(stored: str, candidate: Secret) -> bool:
-        checked.append(stored)
-        return real(stored, candidate)
-
-    monkeypatch.setattr(authenticator_module, "verify_password", counting)
+    checked = checked_hashes  # the server runs in this process
     harness.passwd.parent.mkdir(parents=True, exist_ok=True)
     encoded = hash_password(Secret("right"), "ARGON2ID", memory_kib=8192, rounds=1)
     passwd_file.add_user(harness.passwd, "carol", encoded)

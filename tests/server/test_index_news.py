@@ -5,6 +5,7 @@ costs on the worker that wrote it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -46,24 +47,35 @@ async def _eventually(condition: Callable[[], bool]) -> None:
     raise AssertionError("condition not met in 3 s")
 
 
-@pytest.fixture
-def pair() -> Iterator[list[IndexNews]]:
-    """Two workers' ends, as ``workers.run`` makes them."""
+@contextlib.contextmanager
+def _two_workers(
+    caches: tuple[VerifiedPasswords | None, VerifiedPasswords | None] = (None, None),
+) -> Iterator[list[IndexNews]]:
+    """Two workers' ends, as ``workers.run`` makes them, closed afterwards."""
     channels = index_news.channels(2)
     ends = [
         IndexNews(
             channels[number][0],
             [channels[1 - number][1]],
             uidl_format="postoffice",
+            verified=caches[number],
         )
         for number in (0, 1)
     ]
-    yield ends
-    for end in ends:
-        end.close()
-    for sockets in channels:
-        for sock in sockets:
-            sock.close()
+    try:
+        yield ends
+    finally:
+        for end in ends:
+            end.close()
+        for sockets in channels:
+            for sock in sockets:
+                sock.close()
+
+
+@pytest.fixture
+def pair() -> Iterator[list[IndexNews]]:
+    with _two_workers() as ends:
+        yield ends
 
 
 async def test_a_worker_that_served_the_maildrop_rereads_a_small_index_it_is_told_of(
@@ -170,20 +182,10 @@ def test_remember_index_file_without_a_file(tmp_path: Path) -> None:
 async def test_a_password_verified_by_one_worker_is_known_by_the_other() -> None:
     """What one worker verified against an expensive hash, the other is told of: the
     same key (made before the fork), so the digest matches there too."""
-    channels = index_news.channels(2)
-    caches = [VerifiedPasswords(60, 10), VerifiedPasswords(60, 10)]
+    caches = (VerifiedPasswords(60, 10), VerifiedPasswords(60, 10))
     caches[1]._key = caches[0]._key  # both inherited one object in the real server
-    ends = [
-        IndexNews(
-            channels[number][0],
-            [channels[1 - number][1]],
-            uidl_format="postoffice",
-            verified=caches[number],
-        )
-        for number in (0, 1)
-    ]
     record = UserRecord(name="carol", password_hash="{ARGON2ID}$argon2id$v=19$m=8,t=1,p=1$s$h")
-    try:
+    with _two_workers(caches) as ends:
         for end in ends:
             end.start(asyncio.get_running_loop())
         caches[0].remember(record, Secret("right"))
@@ -192,10 +194,4 @@ async def test_a_password_verified_by_one_worker_is_known_by_the_other() -> None
         ends[0]._others[0].send(b"\x01too short")  # ignored, and the inbox still works
         caches[0].remember(UserRecord(name="dan", password_hash=record.password_hash), Secret("x"))
         await _eventually(lambda: len(caches[1]) == 2)
-    finally:
-        for end in ends:
-            end.close()
-        for sockets in channels:
-            for sock in sockets:
-                sock.close()
     assert caches[0].on_remember is None  # close() unhooks

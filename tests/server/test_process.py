@@ -55,6 +55,12 @@ class ServerProcess:
             time.sleep(0.02)
         raise AssertionError("server did not start: " + self.log.read_text())
 
+    def wait_for_workers(self, count: int) -> None:
+        deadline = time.monotonic() + 20
+        while f"started {count} worker processes" not in self.log.read_text():
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.02)  # polling the log of another process
+
     def tls_port(self) -> int:
         match = re.search(r"POP3S listening on 127\.0\.0\.1:(\d+)", self.log.read_text())
         assert match, self.log.read_text()
@@ -80,10 +86,11 @@ def maildir(root: Path) -> Path:
     return root / "var" / "mail" / "alice" / "Maildir"
 
 
-def login(port: int) -> poplib.POP3:
-    pop = poplib.POP3("127.0.0.1", port, timeout=10)
-    pop.user("alice")
-    pop.pass_("secret")
+def login(port: int, user: str = "alice", password: str | None = None) -> poplib.POP3:
+    """A logged-in session; alice's password is the fixture's."""
+    pop = poplib.POP3("127.0.0.1", port, timeout=30)
+    pop.user(user)
+    assert pop.pass_("secret" if password is None else password).startswith(b"+OK")
     return pop
 
 
@@ -204,10 +211,7 @@ def test_workers_read_the_users_themselves_and_report_once(tmp_path: Path) -> No
     server = ServerProcess(tmp_path, "[process]\nworkers = 2\n")
     try:
         server.start()
-        deadline = time.monotonic() + 20
-        while "started 2 worker processes" not in server.log.read_text():
-            assert time.monotonic() < deadline, server.log.read_text()
-            time.sleep(0.02)  # polling the log of another process
+        server.wait_for_workers(2)
         for _ in range(8):  # new connections, spread over the workers by the kernel
             pop = login(server.port)
             assert pop.stat() == (0, 0)
@@ -217,10 +221,7 @@ def test_workers_read_the_users_themselves_and_report_once(tmp_path: Path) -> No
         assert log.count("weak schemes") == 1, log
         passwd_file.add_user(passwd, "bob", "{PLAIN}bob-secret")
         for _ in range(8):
-            pop = poplib.POP3("127.0.0.1", server.port, timeout=10)
-            pop.user("bob")
-            assert pop.pass_("bob-secret").startswith(b"+OK")
-            pop.quit()
+            login(server.port, "bob", "bob-secret").quit()
     finally:
         server.stop()
 
@@ -246,26 +247,16 @@ def test_a_password_verified_by_one_worker_spares_the_hash_in_the_others(
     encoded = hash_password(Secret("right"), "ARGON2ID", memory_kib=65536, rounds=3)
     passwd_file.add_user(passwd, "carol", encoded)
     server = ServerProcess(tmp_path, "[process]\nworkers = 2\n")
-
-    def login_carol() -> None:
-        pop = poplib.POP3("127.0.0.1", server.port, timeout=30)
-        pop.user("carol")
-        assert pop.pass_("right").startswith(b"+OK")
-        pop.quit()
-
     try:
         server.start()
-        deadline = time.monotonic() + 20
-        while "started 2 worker processes" not in server.log.read_text():
-            assert time.monotonic() < deadline, server.log.read_text()
-            time.sleep(0.02)
+        server.wait_for_workers(2)
         assert server.process is not None
         before = _cpu_seconds(server.process.pid)
-        login_carol()
+        login(server.port, "carol", "right").quit()
         one_hash = _cpu_seconds(server.process.pid) - before
         before = _cpu_seconds(server.process.pid)
         for _ in range(8):
-            login_carol()
+            login(server.port, "carol", "right").quit()
         eight_logins = _cpu_seconds(server.process.pid) - before
         assert one_hash >= 0.05, one_hash  # a real Argon2id check, or the test shows nothing
         assert eight_logins < one_hash / 2, (one_hash, eight_logins)

@@ -207,10 +207,8 @@ static void note_error(presult_t *res, const char *what, const char *line, size_
 }
 
 static void conn_close(conn_t *c) {
-    if (c->fd >= 0) {
-        epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
-        close(c->fd);
-    }
+    /* No EPOLL_CTL_DEL: closing the only descriptor of a socket takes it out of the set. */
+    if (c->fd >= 0) close(c->fd);
     c->fd = -1;
     c->len = 0;
 }
@@ -227,7 +225,10 @@ static int conn_open(conn_t *c) {
         c->fd = -1;
         return -1;
     }
-    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    /* Readable only: the greeting shows the connection is up, and a failed connect
+     * reports EPOLLERR; waiting for EPOLLOUT first would cost an event, a getsockopt
+     * and an EPOLL_CTL_MOD per connection. */
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.ptr = c};
     epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
     return 0;
 }
@@ -242,25 +243,24 @@ static int conn_send(conn_t *c, const char *fmt, ...) {
     return w == n ? 0 : -1; /* a few bytes into an empty socket buffer: all or error */
 }
 
-/* Finishes a connect; 0 when connected, -1 on error. */
-static int conn_connected(conn_t *c) {
-    int err = 0;
-    socklen_t len = sizeof err;
-    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-    if (err) return -1;
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-    epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+/* The first event of a connection; 0 when connected, -1 when the connect failed. */
+static int conn_connected(conn_t *c, uint32_t events) {
+    if (events & EPOLLERR) return -1;
     c->state = S_GREET;
     return 0;
 }
 
-/* Reads what is there. Returns 1 on EOF, -1 on error, 0 otherwise. */
-static int conn_read(conn_t *c) {
+/* Reads what is there. Returns 1 on EOF, -1 on error, 0 otherwise. A read shorter than
+ * the room left took everything queued, so no second recv is made to see EAGAIN, unless
+ * the peer has closed (EPOLLRDHUP), when reading on finds the end. */
+static int conn_read(conn_t *c, uint32_t events) {
     for (;;) {
         if (c->len >= (int)sizeof c->buf) return -1;
-        ssize_t r = recv(c->fd, c->buf + c->len, sizeof c->buf - (size_t)c->len, 0);
+        size_t room = sizeof c->buf - (size_t)c->len;
+        ssize_t r = recv(c->fd, c->buf + c->len, room, 0);
         if (r > 0) {
             c->len += (int)r;
+            if ((size_t)r < room && !(events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR))) return 0;
             continue;
         }
         if (r == 0) return 1;
@@ -333,13 +333,13 @@ static void storm_fail(storm_t *st, conn_t *c, const char *what, const char *lin
 
 static void storm_event(storm_t *st, conn_t *c, uint32_t events) {
     if (c->state == S_CONNECT) {
-        if (conn_connected(c) < 0) {
+        if (conn_connected(c, events) < 0) {
             storm_fail(st, c, "connect", "refused", 7);
             return;
         }
         if (!(events & EPOLLIN)) return;
     }
-    int rc = conn_read(c);
+    int rc = conn_read(c, events);
     char line[512];
     int n;
     while ((n = conn_line(c, line, sizeof line)) >= 0) {
@@ -550,7 +550,7 @@ static void noop_round(conn_t *conns, int n, double pace, presult_t *res, long *
         int k = epoll_wait(epfd, evs, 512, timeout);
         for (int e = 0; e < k; e++) {
             conn_t *c = evs[e].data.ptr;
-            int rc = conn_read(c);
+            int rc = conn_read(c, evs[e].events);
             int m;
             while ((m = conn_line(c, line, sizeof line)) >= 0) {
                 if (c->state != S_NOOP) continue;
@@ -642,7 +642,7 @@ static int mode_idle(int argc, char **argv) {
             conn_t *c = evs[i].data.ptr;
             int bad = 0, eof = 0;
             if (c->state == S_CONNECT) {
-                if (conn_connected(c) < 0) {
+                if (conn_connected(c, evs[i].events) < 0) {
                     bad = 1;
                     snprintf(line, sizeof line, "connect refused");
                 } else if (!(evs[i].events & EPOLLIN)) {
@@ -650,7 +650,7 @@ static int mode_idle(int argc, char **argv) {
                 }
             }
             if (!bad) {
-                int rc = conn_read(c);
+                int rc = conn_read(c, evs[i].events);
                 int m;
                 while (!bad && (m = conn_line(c, line, sizeof line)) >= 0) {
                     int ok = strncmp(line, "+OK", 3) == 0;
@@ -726,7 +726,7 @@ static int mode_idle(int argc, char **argv) {
         int k = epoll_wait(epfd, evs, 512, 100);
         for (int e = 0; e < k; e++) {
             conn_t *c = evs[e].data.ptr;
-            int rc = conn_read(c);
+            int rc = conn_read(c, evs[e].events);
             c->len = 0;
             if (rc != 0) {
                 conn_close(c);

@@ -129,9 +129,15 @@ class Pop3Server:
             (self.tls_addresses if implicit_tls else self.addresses).append(pair)
         await self._serve_lmtp()
         if self.index_news is not None:
-            self.index_news.start(loop)
+            self.index_news.start(loop, hold_accepting=self._hold_accepting)
         for server in self.servers:
             await server.start_serving()
+
+    def _hold_accepting(self, held: bool) -> None:
+        """Stop or go on accepting POP3 connections (``IndexNews``; LMTP goes on)."""
+        for server in self.servers:
+            if isinstance(server, SocketListener):
+                server.hold(held)
 
     async def _serve_lmtp(self) -> None:
         """LMTP (``delivery/lmtp.py``) on its sockets; it serves and stops with the rest."""

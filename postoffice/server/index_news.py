@@ -10,6 +10,10 @@ straight away, so the next login finds it remembered wherever it lands: a large 
 (in a thread), and a small one only by a worker that remembers an earlier version (it
 has served that maildrop), so that N workers do not each read every small file.
 
+While a worker reads a large file it stops accepting connections (at most
+``HOLD_ACCEPTING_SECONDS``): a login that would land there now, as a client that logs in
+again right after QUIT does, goes to a worker that has the snapshot in memory already.
+
 Reading is all they do: no lock, no listing, no write, and so no news back. The memory
 is checked against the file and the directories at every login as before, so news that
 arrives late or out of order costs time, never correctness.
@@ -27,6 +31,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 from postoffice.auth.verified_cache import DIGEST_OCTETS, VerifiedPasswords
@@ -38,6 +43,8 @@ log = logging.getLogger(__name__)
 THREAD_FROM_OCTETS = 512 * 1024
 """An index file larger than this (about 5,000 messages) is read in a thread, not on the
 event loop, so the sessions of this worker are not held up by it."""
+HOLD_ACCEPTING_SECONDS = 0.5
+"""The longest a worker stops accepting while it reads index files it was told of."""
 _NEWS_OCTETS = 65536  # a datagram: a scheme name and a path, or a verified password
 _VERIFIED = b"\x01"  # first octet of verified-password news (never starts a scheme name)
 _EXPIRY = struct.Struct("!d")
@@ -74,15 +81,26 @@ class IndexNews:
         self._verified = verified
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading: set[tuple[str, str]] = set()  # (path, scheme) being read in a thread
+        self._hold_accepting: Callable[[bool], None] | None = None
+        self._hold_ends: asyncio.TimerHandle | None = None
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    def start(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        hold_accepting: Callable[[bool], None] | None = None,
+    ) -> None:
+        """``hold_accepting(True)`` stops this worker accepting connections while it reads
+        a large index file, ``(False)`` goes on (module docstring)."""
         self._loop = loop
+        self._hold_accepting = hold_accepting
         loop.add_reader(self._inbox.fileno(), self._receive)
         maildir_index.on_index_written(self.announce)
         if self._verified is not None:
             self._verified.on_remember = self.announce_verified
 
     def close(self) -> None:
+        self._accept_again()
         maildir_index.on_index_written(None)
         if self._verified is not None:
             self._verified.on_remember = None
@@ -152,9 +170,25 @@ class IndexNews:
         key = (path, scheme)
         if key in self._reading or self._loop is None:
             return
+        if not self._reading and self._hold_accepting is not None:
+            self._hold_accepting(True)
+            self._hold_ends = self._loop.call_later(HOLD_ACCEPTING_SECONDS, self._accept_again)
         self._reading.add(key)
         future = self._loop.run_in_executor(None, self._remember, maildrop)
-        future.add_done_callback(lambda _future: self._reading.discard(key))
+        future.add_done_callback(lambda _future: self._read_done(key))
+
+    def _read_done(self, key: tuple[str, str]) -> None:
+        self._reading.discard(key)
+        if not self._reading:
+            self._accept_again()
+
+    def _accept_again(self) -> None:
+        if self._hold_ends is None:
+            return  # not holding (or the deadline already ended the hold)
+        self._hold_ends.cancel()
+        self._hold_ends = None
+        if self._hold_accepting is not None:
+            self._hold_accepting(False)
 
     @staticmethod
     def _remember(maildrop: MaildirMaildrop) -> None:

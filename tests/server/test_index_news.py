@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -115,6 +116,39 @@ async def test_a_large_index_is_read_in_a_thread_by_any_worker(
     pair[0].announce(path, "postoffice")  # read again: news is never skipped for good
     await _eventually(lambda: maildir_index.recall(path, "postoffice", _dirs(path)) is not None)
     assert MaildirMaildrop(path).snapshot() == listed
+
+
+async def test_a_worker_reading_a_large_index_holds_accepting_meanwhile(
+    tmp_path: Path, pair: list[IndexNews], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So a login that would land there at once goes to the worker that has the snapshot
+    (a client logging in again right after QUIT)."""
+    monkeypatch.setattr(index_news, "THREAD_FROM_OCTETS", 0)  # every file counts as large
+    path = _maildrop_with_index(tmp_path)
+    maildir_index.forget_all()
+    holds: list[bool] = []
+    pair[1].start(asyncio.get_running_loop(), hold_accepting=holds.append)
+    pair[0].announce(path, "postoffice")
+    await _eventually(lambda: maildir_index.recall(path, "postoffice", _dirs(path)) is not None)
+    await _eventually(lambda: holds == [True, False])
+
+
+async def test_accepting_resumes_after_the_deadline_even_if_a_read_hangs(
+    tmp_path: Path, pair: list[IndexNews], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_news, "THREAD_FROM_OCTETS", 0)
+    monkeypatch.setattr(index_news, "HOLD_ACCEPTING_SECONDS", 0.05)
+    release = threading.Event()
+    monkeypatch.setattr(IndexNews, "_remember", staticmethod(lambda _maildrop: release.wait(5)))
+    path = _maildrop_with_index(tmp_path)
+    holds: list[bool] = []
+    pair[1].start(asyncio.get_running_loop(), hold_accepting=holds.append)
+    pair[0].announce(path, "postoffice")
+    await _eventually(lambda: holds == [True, False])  # the read still hangs
+    assert pair[1]._reading
+    release.set()
+    await _eventually(lambda: not pair[1]._reading)
+    assert holds == [True, False]  # the read's end does not release twice
 
 
 async def test_a_small_index_of_a_maildrop_never_served_here_is_left_alone(

@@ -334,6 +334,36 @@ async def test_serve_forever_accepts_until_cancelled() -> None:
     client.close()
 
 
+async def test_a_held_listener_leaves_connections_waiting_until_released() -> None:
+    loop = asyncio.get_running_loop()
+    listening = socket.create_server(("127.0.0.1", 0))
+    made, factory = _recorders()
+    listener = SocketListener(loop, listening, factory)
+    listener.hold(True)  # before serving: start_serving must not accept either
+    await listener.start_serving()
+    first = socket.create_connection(listening.getsockname())
+    await asyncio.sleep(0.2)
+    assert made == []  # waiting in the listen queue
+    listener.hold(False)
+    await _eventually(lambda: len(made) == 1)
+    listener.hold(True)
+    listener.hold(True)  # twice: still one pause, undone by one release
+    second = socket.create_connection(listening.getsockname())
+    await asyncio.sleep(0.2)
+    assert len(made) == 1
+    listener.hold(False)
+    await _eventually(lambda: len(made) == 2)
+    listener.hold(True)
+    listener.close()  # closes while held: nothing left registered with the loop
+    listener.hold(False)
+    assert not listener.is_serving()
+    for recorder in made:
+        assert recorder.transport is not None
+        recorder.transport.close()
+    first.close()
+    second.close()
+
+
 class _OutOfDescriptorsOnce(socket.socket):
     """A listening socket whose first accept fails as when the process has no descriptor
     left (EMFILE), which a test cannot otherwise cause without starving itself."""

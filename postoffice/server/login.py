@@ -210,4 +210,5 @@ def _lock_and_list_now(maildrop: MaildirMaildrop, config: Config) -> Sequence[St
         if now - last < delay * (1 - LOGIN_DELAY_ALLOWANCE):
             raise _LoginTooSoon
         marker.touch()  # its mtime is this login's time
-    return maildrop.snapshot()
+    # A large listing's index is written after the login is answered (the session).
+    return maildrop.snapshot(defer_index_write=True)

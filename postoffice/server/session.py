@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import io
 import logging
 import os
@@ -129,6 +130,7 @@ class Pop3Session(asyncio.BufferedProtocol):
         "_end_reason",
         "_eof",
         "_finished",
+        "_index_write",
         "_inside_tls_handshake",
         "_loop",
         "_number",
@@ -182,6 +184,9 @@ class Pop3Session(asyncio.BufferedProtocol):
         self._user_admitted = False
         self._busy = False  # an event's handler is still running; read no further commands
         self._task: asyncio.Task[None] | None = None
+        # The index write a large first listing left for after the login's reply
+        # (storage/maildir.py, "Deferred index write"); UPDATE and the unlock wait for it.
+        self._index_write: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
         self._started = self._waiting_since = self._loop.time()
@@ -603,7 +608,10 @@ class Pop3Session(asyncio.BufferedProtocol):
         if self._finished:  # the connection ended while the maildrop was being opened
             limits.release_user(outcome.name, self.peer_ip)
             if isinstance(opened, OpenedMaildrop):
-                opened.maildrop.unlock()
+                if opened.maildrop.index_write_deferred:  # writes the index, then unlocks
+                    self._loop.run_in_executor(None, opened.maildrop.unlock)
+                else:
+                    opened.maildrop.unlock()
             return
         if not isinstance(opened, OpenedMaildrop):
             limits.release_user(outcome.name, self.peer_ip)
@@ -616,6 +624,10 @@ class Pop3Session(asyncio.BufferedProtocol):
         if log.isEnabledFor(logging.DEBUG):  # skips making the adapter on every login
             self.log.debug("login %r, %d messages", outcome.name, len(opened.messages))
         connection.login_accepted(opened.messages, username=outcome.name)
+        if opened.maildrop.index_write_deferred:
+            self._index_write = self._loop.run_in_executor(
+                None, opened.maildrop.write_deferred_index
+            )
 
     # -- messages and UPDATE -----------------------------------------------------------
 
@@ -737,6 +749,7 @@ class Pop3Session(asyncio.BufferedProtocol):
     async def _update(self, request: UpdateRequest[StoredMessage]) -> None:
         maildrop = self.maildrop
         assert maildrop is not None
+        await self._index_written()
         try:
             if request.deleted or request.retrieved:
                 result = await asyncio.to_thread(
@@ -751,6 +764,17 @@ class Pop3Session(asyncio.BufferedProtocol):
         if result.not_removed:
             self.log.error("UPDATE could not remove %d messages", result.not_removed)
         self.connection.update_done(removed_all=result.not_removed == 0, remaining=result.remaining)
+
+    async def _index_written(self) -> None:
+        """Wait for the index write the login left, if it is still under way."""
+        write = self._index_write
+        if write is None:
+            return
+        try:
+            await asyncio.shield(write)
+        except Exception as error:  # write_index logs its own failures; this is not one
+            self.log.error("writing the maildrop index failed: %s", error)
+        self._index_write = None
 
     # -- output and flow control -----------------------------------------------------
 
@@ -819,7 +843,12 @@ class Pop3Session(asyncio.BufferedProtocol):
         if task is not None and task is not asyncio.current_task():
             task.cancel()  # evicted, timed out or aborted while a handler waits
         if self.maildrop is not None:
-            self.maildrop.unlock()
+            write = self._index_write
+            if write is not None and not write.done():
+                # The lock covers the index write: the next session finds the file.
+                write.add_done_callback(functools.partial(_unlock_when_written, self.maildrop))
+            else:
+                self.maildrop.unlock()
             self.maildrop = None
         if self._user_admitted and self.user is not None:
             self.context.limits.release_user(self.user, self.peer_ip)
@@ -849,6 +878,12 @@ class Pop3Session(asyncio.BufferedProtocol):
         self.context.sessions.discard(self)  # last: watchers see the end line first
         if self._closed_waiter is not None and not self._closed_waiter.done():
             self._closed_waiter.set_result(None)
+
+
+def _unlock_when_written(maildrop: Maildrop, write: asyncio.Future[None]) -> None:
+    if not write.cancelled() and write.exception() is not None:
+        log.error("writing the index of %s failed: %s", maildrop, write.exception())
+    maildrop.unlock()
 
 
 def _open_and_read(maildrop: Maildrop, message: StoredMessage) -> tuple[BinaryIO, bytes, bool]:

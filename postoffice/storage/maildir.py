@@ -43,6 +43,14 @@ neither the index file nor the directories changed, and lists against its copy o
 index (or what its last listing against that file found) rather than reading the file
 again while the file is the one it came from.
 
+*Deferred index write.* Writing the index of a large listing (~30 ms for 100,000 messages)
+need not delay the login that listed: ``snapshot(defer_index_write=True)`` leaves it to
+``write_deferred_index``, which the server runs in a thread once the login is answered.
+Everything that changes the index or gives up the lock (``correct_size``, ``commit``,
+``unlock``) finishes that write first, so the lock still covers it and the next session,
+in any process, finds the file. A pinned index is never deferred: its UIDLs could not be
+listed again the same way, so it is durable before any is handed out.
+
 A file that exists but cannot be read makes ``snapshot`` fail with ``StorageError`` rather
 than silently hide mail; a file that vanishes while we list is skipped.
 """
@@ -56,6 +64,7 @@ import gc
 import logging
 import operator
 import os
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -100,6 +109,9 @@ _RECENT = 64
 # A listing that read at most this many names (none counted by reading the file) and
 # added no pinned UIDL leaves the index file as it was (module docstring).
 _FEW_READ = 64
+DEFER_INDEX_MESSAGES = 10_000
+"""A listing of this many messages or more may leave its index to ``write_deferred_index``
+(module docstring); below, writing it takes a few milliseconds at most."""
 
 
 _KEY = operator.attrgetter("key")
@@ -159,6 +171,8 @@ class MaildirMaildrop:
         "_by_key",
         "_corrected",
         "_create",
+        "_deferred_index",
+        "_deferred_lock",
         "_dir",
         "_flag_updates",
         "_index",
@@ -198,6 +212,8 @@ class MaildirMaildrop:
         self._index = _NO_INDEX
         self._moved: dict[str, str] | None = None  # snapshot key -> where found since
         self._corrected = False  # correct_size was called: commit must keep that in the index
+        self._deferred_index: Index | None = None  # listed, to be written (module docstring)
+        self._deferred_lock: threading.Lock | None = None  # made only when a write is deferred
 
     def __repr__(self) -> str:
         return f"MaildirMaildrop({self._dir!r})"
@@ -256,7 +272,10 @@ class MaildirMaildrop:
         self._lock_fd = fd
 
     def unlock(self) -> None:
-        """Release the lock if held (closing the descriptor releases the flock)."""
+        """Release the lock if held (closing the descriptor releases the flock), after a
+        deferred index write."""
+        if self._deferred_lock is not None:
+            self.write_deferred_index()
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)
@@ -269,8 +288,13 @@ class MaildirMaildrop:
 
     # snapshot --------------------------------------------------------------------------
 
-    def snapshot(self) -> Sequence[StoredMessage]:
-        """The complete messages in ``new/`` and ``cur/``, oldest first, with UIDL and size."""
+    def snapshot(self, *, defer_index_write: bool = False) -> Sequence[StoredMessage]:
+        """The complete messages in ``new/`` and ``cur/``, oldest first, with UIDL and size.
+
+        ``defer_index_write``: a large listing's index is left for ``write_deferred_index``
+        (module docstring); ``index_write_deferred`` says whether it was."""
+        if self._deferred_lock is not None:
+            self.write_deferred_index()
         listed_ns = time.time_ns()  # before the stat: see the module docstring
         try:
             try:
@@ -283,7 +307,9 @@ class MaildirMaildrop:
                 self._index, messages = recalled[0], recalled[1]
             else:
                 with _CollectorPaused():
-                    messages = self._from_index_or_listing(dirs, listed_ns, recalled)
+                    messages = self._from_index_or_listing(
+                        dirs, listed_ns, recalled, defer_index_write
+                    )
         except OSError as exc:
             if isinstance(exc, StorageError):
                 raise
@@ -299,6 +325,7 @@ class MaildirMaildrop:
         dirs: DirState,
         listed_ns: int,
         remembered: tuple[Index, Sequence[StoredMessage], FileId, bool] | None,
+        defer_index_write: bool = False,
     ) -> Sequence[StoredMessage]:
         """From the index file if trusted, else by listing against what is known.
 
@@ -333,6 +360,15 @@ class MaildirMaildrop:
                 # What this listing added to the file it started from, any process
                 # re-derives from the few names it read: leave the file as it is.
                 file_id = loaded[1]
+            elif (
+                defer_index_write
+                and self._save_index
+                and not pinned
+                and len(listing.columns[0]) >= DEFER_INDEX_MESSAGES
+            ):
+                self._deferred_index = self._index
+                self._deferred_lock = threading.Lock()
+                file_id = None
             else:
                 file_id = self._write_index()
         if file_id is None:
@@ -352,6 +388,28 @@ class MaildirMaildrop:
             index, file_id = loaded
             remember(self._dir, self._scheme.id, file_id, index)
         return True
+
+    @property
+    def index_write_deferred(self) -> bool:
+        """Whether the last snapshot left its index for ``write_deferred_index``."""
+        return self._deferred_index is not None
+
+    def write_deferred_index(self) -> None:
+        """Write the index the last snapshot deferred, and remember it as a finished
+        listing would (for ``recall`` by later sessions of this process). Safe to call from
+        another thread while the session goes on reading (the index is not changed), and
+        more than once: a second call waits for the first, then finds nothing to do."""
+        lock = self._deferred_lock
+        if lock is None:
+            return
+        with lock:
+            index, self._deferred_index = self._deferred_index, None
+            if index is None:
+                return
+            with _CollectorPaused():
+                file_id = write_index(self._path, index, self._scheme.id)
+                if file_id is not None:
+                    remember(self._dir, self._scheme.id, file_id, index)
 
     def _load_index(self) -> tuple[Index, FileId] | None:
         return load_index(f"{self._dir}/{INDEX_NAME}", self._scheme.id)
@@ -425,6 +483,8 @@ class MaildirMaildrop:
         logger.warning(
             "size of %s was %d, RETR sent %d; index corrected", message.key, message.size, size
         )
+        if self._deferred_lock is not None:
+            self.write_deferred_index()  # first: it must not overwrite the correction
         self._index = self._index.copy()  # it may be the remembered one, shared
         entry = self._index.entries.get(message.key)
         self._corrected = True
@@ -445,6 +505,8 @@ class MaildirMaildrop:
         QUIT. A Seen rename alone is not fsynced: if a crash loses it, the message is back
         in new/ without the flag, with the same UIDL.
         """
+        if self._deferred_lock is not None:
+            self.write_deferred_index()  # the snapshot's index, before any change to it
         if not deleted and not (retrieved and self._flag_updates):
             return CommitResult(removed=0, not_removed=0, remaining=len(self._snapshot))
         self._check_member([*deleted, *retrieved])

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from postoffice.errors import MaildropInUseError, StorageError
+from postoffice.storage import maildir as maildir_module
 from postoffice.storage import maildir_index
 from postoffice.storage.base import StoredMessage
 from postoffice.storage.column_messages import ColumnMessages
@@ -698,3 +699,96 @@ def test_the_collector_is_paused_while_a_snapshot_is_built_and_restored_after() 
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# -- the deferred index write -------------------------------------------------------------
+
+
+@pytest.fixture
+def defer_from_three(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listings of 3 messages or more count as large enough to defer their index."""
+    monkeypatch.setattr(maildir_module, "DEFER_INDEX_MESSAGES", 3)
+
+
+def fill(md: Path, count: int) -> None:
+    for i in range(count):
+        put(md, f"cur/{1000 + i}.M1P1.host,S=5,W=6:2,S", b"body\n")
+
+
+def locked_and_listed(md: Path) -> tuple[MaildirMaildrop, Sequence[StoredMessage]]:
+    maildrop = MaildirMaildrop(md)
+    maildrop.lock()
+    return maildrop, maildrop.snapshot(defer_index_write=True)
+
+
+def test_a_large_listing_leaves_its_index_to_write_deferred_index(
+    md: Path, defer_from_three: None
+) -> None:
+    fill(md, 5)
+    maildrop, listed = locked_and_listed(md)
+    assert len(listed) == 5
+    assert maildrop.index_write_deferred
+    assert not (md / INDEX_NAME).exists()
+    assert not maildir_index.remembers(md, maildrop.scheme_id)
+    maildrop.write_deferred_index()
+    assert not maildrop.index_write_deferred
+    index = load_index(md)
+    assert index is not None
+    assert list(index.messages()) == list(listed)
+    assert maildir_index.remembers(md, maildrop.scheme_id)  # for the next login here
+    maildrop.write_deferred_index()  # nothing left: the file stays as it is
+    assert load_index(md) is not None
+    maildrop.unlock()
+
+
+def test_a_small_listing_writes_its_index_at_once(md: Path) -> None:
+    fill(md, 5)
+    maildrop, _ = locked_and_listed(md)
+    assert not maildrop.index_write_deferred
+    assert load_index(md) is not None
+    maildrop.unlock()
+
+
+def test_a_pinned_index_is_never_deferred(md: Path, defer_from_three: None) -> None:
+    """Its UIDLs could not be listed again the same way: durable before any is served."""
+    fill(md, 5)
+    put(md, "new/1001.M1P1.host,S=5,W=6,X=1", b"body\n")  # its natural UIDL is taken
+    maildrop, _ = locked_and_listed(md)
+    assert not maildrop.index_write_deferred
+    index = load_index(md)
+    assert index is not None
+    assert index.pinned
+    maildrop.unlock()
+
+
+@pytest.mark.parametrize("step", ["unlock", "commit", "snapshot"])
+def test_changing_the_index_or_unlocking_writes_a_deferred_index_first(
+    md: Path, defer_from_three: None, step: str
+) -> None:
+    fill(md, 5)
+    maildrop, _ = locked_and_listed(md)
+    if step == "unlock":
+        maildrop.unlock()
+    elif step == "commit":
+        maildrop.commit(deleted=(), retrieved=())
+    else:
+        maildrop.snapshot()
+    assert not maildrop.index_write_deferred
+    assert load_index(md) is not None
+    maildrop.unlock()
+
+
+def test_a_corrected_size_is_not_overwritten_by_the_deferred_index(
+    md: Path, defer_from_three: None
+) -> None:
+    fill(md, 4)
+    put(md, "cur/2000.M1P1.host,S=5,W=9:2,S", b"body\n")  # a believable tag that lies
+    maildrop, listed = locked_and_listed(md)
+    message = listed[-1]
+    assert message.size == 9
+    maildrop.correct_size(message, 6)
+    assert not maildrop.index_write_deferred
+    index = load_index(md)
+    assert index is not None
+    assert index.entries[message.key][1] == 6
+    maildrop.unlock()

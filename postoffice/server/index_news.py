@@ -13,6 +13,9 @@ has served that maildrop), so that N workers do not each read every small file.
 While a worker reads a large file it stops accepting connections (at most
 ``HOLD_ACCEPTING_SECONDS``): a login that would land there now, as a client that logs in
 again right after QUIT does, goes to a worker that has the snapshot in memory already.
+Every worker but the writer hears the news, so they would all pause together; a worker
+holds at most once every ``HOLD_INTERVAL_SECONDS``, which bounds what a burst of large
+first logins (after a restart) costs in accepting.
 
 Reading is all they do: no lock, no listing, no write, and so no news back. The memory
 is checked against the file and the directories at every login as before, so news that
@@ -45,6 +48,8 @@ THREAD_FROM_OCTETS = 512 * 1024
 event loop, so the sessions of this worker are not held up by it."""
 HOLD_ACCEPTING_SECONDS = 0.5
 """The longest a worker stops accepting while it reads index files it was told of."""
+HOLD_INTERVAL_SECONDS = 5.0
+"""A worker stops accepting for such a read at most once in this time."""
 _NEWS_OCTETS = 65536  # a datagram: a scheme name and a path, or a verified password
 _VERIFIED = b"\x01"  # first octet of verified-password news (never starts a scheme name)
 _EXPIRY = struct.Struct("!d")
@@ -83,6 +88,7 @@ class IndexNews:
         self._reading: set[tuple[str, str]] = set()  # (path, scheme) being read in a thread
         self._hold_accepting: Callable[[bool], None] | None = None
         self._hold_ends: asyncio.TimerHandle | None = None
+        self._held_at = -HOLD_INTERVAL_SECONDS  # loop time of the last hold
 
     def start(
         self,
@@ -170,7 +176,13 @@ class IndexNews:
         key = (path, scheme)
         if key in self._reading or self._loop is None:
             return
-        if not self._reading and self._hold_accepting is not None:
+        now = self._loop.time()
+        if (
+            not self._reading
+            and self._hold_accepting is not None
+            and now - self._held_at >= HOLD_INTERVAL_SECONDS
+        ):
+            self._held_at = now
             self._hold_accepting(True)
             self._hold_ends = self._loop.call_later(HOLD_ACCEPTING_SECONDS, self._accept_again)
         self._reading.add(key)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 import io
 import logging
 import os
@@ -605,13 +604,14 @@ class Pop3Session(asyncio.BufferedProtocol):
             connection.login_rejected(LoginFailure.IN_USE)
             return
         opened = await self.authorizer.open_maildrop(outcome)
+        if isinstance(opened, OpenedMaildrop) and opened.maildrop.index_write_deferred:
+            self._index_write = self._loop.run_in_executor(
+                None, opened.maildrop.write_deferred_index
+            )
         if self._finished:  # the connection ended while the maildrop was being opened
             limits.release_user(outcome.name, self.peer_ip)
             if isinstance(opened, OpenedMaildrop):
-                if opened.maildrop.index_write_deferred:  # writes the index, then unlocks
-                    self._loop.run_in_executor(None, opened.maildrop.unlock)
-                else:
-                    opened.maildrop.unlock()
+                self._unlock(opened.maildrop)
             return
         if not isinstance(opened, OpenedMaildrop):
             limits.release_user(outcome.name, self.peer_ip)
@@ -624,10 +624,6 @@ class Pop3Session(asyncio.BufferedProtocol):
         if log.isEnabledFor(logging.DEBUG):  # skips making the adapter on every login
             self.log.debug("login %r, %d messages", outcome.name, len(opened.messages))
         connection.login_accepted(opened.messages, username=outcome.name)
-        if opened.maildrop.index_write_deferred:
-            self._index_write = self._loop.run_in_executor(
-                None, opened.maildrop.write_deferred_index
-            )
 
     # -- messages and UPDATE -----------------------------------------------------------
 
@@ -765,6 +761,16 @@ class Pop3Session(asyncio.BufferedProtocol):
             self.log.error("UPDATE could not remove %d messages", result.not_removed)
         self.connection.update_done(removed_all=result.not_removed == 0, remaining=result.remaining)
 
+    def _unlock(self, maildrop: Maildrop) -> None:
+        """Unlock now, or, while the login's index write is under way, in a thread once it
+        is done (``unlock`` waits for it): the lock covers the write, so the next session
+        finds the file, and the event loop does not wait."""
+        write = self._index_write
+        if write is not None and not write.done():
+            self._loop.run_in_executor(None, maildrop.unlock)
+        else:
+            maildrop.unlock()
+
     async def _index_written(self) -> None:
         """Wait for the index write the login left, if it is still under way."""
         write = self._index_write
@@ -843,12 +849,7 @@ class Pop3Session(asyncio.BufferedProtocol):
         if task is not None and task is not asyncio.current_task():
             task.cancel()  # evicted, timed out or aborted while a handler waits
         if self.maildrop is not None:
-            write = self._index_write
-            if write is not None and not write.done():
-                # The lock covers the index write: the next session finds the file.
-                write.add_done_callback(functools.partial(_unlock_when_written, self.maildrop))
-            else:
-                self.maildrop.unlock()
+            self._unlock(self.maildrop)
             self.maildrop = None
         if self._user_admitted and self.user is not None:
             self.context.limits.release_user(self.user, self.peer_ip)
@@ -878,12 +879,6 @@ class Pop3Session(asyncio.BufferedProtocol):
         self.context.sessions.discard(self)  # last: watchers see the end line first
         if self._closed_waiter is not None and not self._closed_waiter.done():
             self._closed_waiter.set_result(None)
-
-
-def _unlock_when_written(maildrop: Maildrop, write: asyncio.Future[None]) -> None:
-    if not write.cancelled() and write.exception() is not None:
-        log.error("writing the index of %s failed: %s", maildrop, write.exception())
-    maildrop.unlock()
 
 
 def _open_and_read(maildrop: Maildrop, message: StoredMessage) -> tuple[BinaryIO, bytes, bool]:

@@ -494,6 +494,7 @@ class SocketListener(asyncio.AbstractServer):
         self._batch = batch
         self._serving = False  # accepting, unless held or paused after a failure
         self._held = False  # ``hold``: another part of the process asked for a pause
+        self._watched = False  # the socket is registered with the loop (``_watch``)
         self._retry: asyncio.TimerHandle | None = None
         # Plain ints: socket.accept() converts both to enums on every call.
         self._family, self._kind, self._proto = int(sock.family), int(sock.type), sock.proto
@@ -519,21 +520,25 @@ class SocketListener(asyncio.AbstractServer):
         if self._serving or self._sock is None:
             return
         self._serving = True
-        if not self._held:
-            self._loop.add_reader(self._sock.fileno(), self._accept)
+        self._watch()
 
     def hold(self, held: bool) -> None:
         """Stop (True) or go on (False) accepting connections, leaving them to the other
         worker processes meanwhile (waiting in the listen queue if there is none)."""
-        if held == self._held:
-            return
         self._held = held
-        if self._sock is None or not self._serving:
+        self._watch()
+
+    def _watch(self) -> None:
+        """Register the socket with the loop, or not, as serving, holding and closing say."""
+        wanted = self._sock is not None and self._serving and not self._held
+        if wanted == self._watched:
             return
-        if held:
-            self._loop.remove_reader(self._sock.fileno())
-        else:
+        assert self._sock is not None
+        if wanted:
             self._loop.add_reader(self._sock.fileno(), self._accept)
+        else:
+            self._loop.remove_reader(self._sock.fileno())
+        self._watched = wanted
 
     def close(self) -> None:
         """Stop accepting and close the listening socket; connections carry on (their
@@ -544,9 +549,8 @@ class SocketListener(asyncio.AbstractServer):
         if self._sock is None:
             return
         self._poller.close()
-        if self._serving and not self._held:
-            self._loop.remove_reader(self._sock.fileno())
         self._serving = False
+        self._watch()
         self._sock.close()
         self._sock = None
 
@@ -612,14 +616,12 @@ class SocketListener(asyncio.AbstractServer):
         """Out of descriptors or memory, or worse: pause rather than spin on the socket."""
         log.error("accept failed (%s); accepting again in %.0f s", error, ACCEPT_RETRY_SECONDS)
         if self._sock is not None and self._serving:
-            if not self._held:
-                self._loop.remove_reader(self._sock.fileno())
             self._serving = False
+            self._watch()
             self._retry = self._loop.call_later(ACCEPT_RETRY_SECONDS, self._resume)
 
     def _resume(self) -> None:
         self._retry = None
         if self._sock is not None and not self._serving:
             self._serving = True
-            if not self._held:
-                self._loop.add_reader(self._sock.fileno(), self._accept)
+            self._watch()

@@ -274,8 +274,7 @@ class MaildirMaildrop:
     def unlock(self) -> None:
         """Release the lock if held (closing the descriptor releases the flock), after a
         deferred index write."""
-        if self._deferred_lock is not None:
-            self.write_deferred_index()
+        self.write_deferred_index()
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)
@@ -293,8 +292,7 @@ class MaildirMaildrop:
 
         ``defer_index_write``: a large listing's index is left for ``write_deferred_index``
         (module docstring); ``index_write_deferred`` says whether it was."""
-        if self._deferred_lock is not None:
-            self.write_deferred_index()
+        self.write_deferred_index()
         listed_ns = time.time_ns()  # before the stat: see the module docstring
         try:
             try:
@@ -400,14 +398,14 @@ class MaildirMaildrop:
         another thread while the session goes on reading (the index is not changed), and
         more than once: a second call waits for the first, then finds nothing to do."""
         lock = self._deferred_lock
-        if lock is None:
+        if lock is None:  # nothing was ever deferred: the usual case, at every unlock
             return
         with lock:
             index, self._deferred_index = self._deferred_index, None
             if index is None:
                 return
             with _CollectorPaused():
-                file_id = write_index(self._path, index, self._scheme.id)
+                file_id = self._write_index(index)
                 if file_id is not None:
                     remember(self._dir, self._scheme.id, file_id, index)
 
@@ -419,10 +417,11 @@ class MaildirMaildrop:
         cur = os.stat(f"{self._dir}/{CUR}")
         return (new.st_ino, new.st_mtime_ns, cur.st_ino, cur.st_mtime_ns)
 
-    def _write_index(self) -> FileId | None:
+    def _write_index(self, index: Index | None = None) -> FileId | None:
+        """Write ``index`` (default: this snapshot's) unless this maildrop never saves one."""
         if not self._save_index:
             return None
-        return write_index(self._path, self._index, self._scheme.id)
+        return write_index(self._path, self._index if index is None else index, self._scheme.id)
 
     # reading ---------------------------------------------------------------------------
 
@@ -483,8 +482,7 @@ class MaildirMaildrop:
         logger.warning(
             "size of %s was %d, RETR sent %d; index corrected", message.key, message.size, size
         )
-        if self._deferred_lock is not None:
-            self.write_deferred_index()  # first: it must not overwrite the correction
+        self.write_deferred_index()  # first: it must not overwrite the correction
         self._index = self._index.copy()  # it may be the remembered one, shared
         entry = self._index.entries.get(message.key)
         self._corrected = True
@@ -505,8 +503,7 @@ class MaildirMaildrop:
         QUIT. A Seen rename alone is not fsynced: if a crash loses it, the message is back
         in new/ without the flag, with the same UIDL.
         """
-        if self._deferred_lock is not None:
-            self.write_deferred_index()  # the snapshot's index, before any change to it
+        self.write_deferred_index()  # the snapshot's index, before any change to it
         if not deleted and not (retrieved and self._flag_updates):
             return CommitResult(removed=0, not_removed=0, remaining=len(self._snapshot))
         self._check_member([*deleted, *retrieved])

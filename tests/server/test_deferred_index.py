@@ -8,28 +8,31 @@ import select
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from postoffice.storage import maildir as maildir_module
-from postoffice.storage.maildir import INDEX_NAME, MaildirMaildrop
+from postoffice.storage import maildir_index
+from postoffice.storage.maildir import INDEX_NAME
+from postoffice.storage.maildir_index import FileId
 from tests.conftest import ServerHarness
 from tests.server.test_loopback import MESSAGE, wait_until
 
 
 @pytest.fixture
 def held_index_write(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
-    """Listings of 3 messages or more defer their index, and each deferred write waits
-    for the event returned."""
+    """Listings of 3 messages or more defer their index, and writing an index waits for
+    the event returned."""
     monkeypatch.setattr(maildir_module, "DEFER_INDEX_MESSAGES", 3)
     release = threading.Event()
-    write = MaildirMaildrop.write_deferred_index
+    write = maildir_index.write_index
 
-    def held(self: MaildirMaildrop) -> None:
+    def held(*args: Any, **kwargs: Any) -> FileId | None:
         release.wait(10)
-        write(self)
+        return write(*args, **kwargs)
 
-    monkeypatch.setattr(MaildirMaildrop, "write_deferred_index", held)
+    monkeypatch.setattr(maildir_module, "write_index", held)
     yield release
     release.set()
 

@@ -8,7 +8,9 @@ Durability order for one message (the session drives it; this module does steps 
    streamed into its file in ``tmp/`` once it is larger than ``SPILL_OCTETS``;
 2. after the terminating dot: write the file (if not yet written) and ``fsync`` it
    (``commit``; ``commit_group`` writes many messages, then makes them durable at once:
-   one ``syncfs`` on Linux, else fsyncs from parallel threads that share journal commits);
+   one ``syncfs`` on Linux, else fsyncs from parallel threads that share journal commits;
+   fsyncs too while other programs have much data waiting to be written, which a
+   ``syncfs`` would wait for);
 3. give it its name in ``new/`` (``commit``);
 4. ``fsync`` the ``new/`` folder, so the name itself survives a power cut (``sync``;
    one call may cover several messages committed before it; the next ``commit_group``
@@ -64,6 +66,14 @@ SPILL_OCTETS = 256 * 1024
 """A message held in memory beyond this many octets is streamed into ``tmp/`` instead."""
 FSYNC_THREADS = 16
 """Threads that fsync the messages of one group commit at once."""
+OTHERS_DIRTY_OCTETS = 64 << 20
+"""Data of other programs waiting to be written back (``/proc/meminfo``) above which a
+group is made durable by fsyncs of its own files instead of a ``syncfs``, which would
+wait for all of it (a gigabyte of someone else's writes cost a 2,000-message fetch about
+a second here)."""
+_METADATA_OCTETS = 8192
+"""Allowance per message for the pages its file and name dirty besides its content."""
+_MEMINFO = "/proc/meminfo"
 _PROC_FD = "/proc/self/fd/"
 """Where a nameless file is found by its descriptor, to link it (``linkat`` needs a
 privilege to link a descriptor directly)."""
@@ -175,9 +185,19 @@ class MaildirDestination:
     def commit_group(self, sinks: Sequence[MessageSink]) -> list[str | Exception]:
         """Write every message into ``tmp/``, make them all durable at once (``_sync_all``;
         one ``syncfs`` that also makes the names of the group before durable), then name
-        each in ``new/``; ``sync`` or the next group makes those names durable."""
+        each in ``new/``; ``sync`` or the next group makes those names durable.
+
+        While other programs have much data waiting to be written (``_others_dirty``), a
+        ``syncfs`` would wait for all of it: the group's own files are fsynced instead,
+        made in ``tmp/`` with names, renamed, and ``new/`` fsynced before returning."""
         outcomes: list[str | Exception | None] = [None] * len(sinks)
         written: list[tuple[int, _MaildirMessage, int]] = []
+        own = sum(
+            sink.stored_octets + _METADATA_OCTETS
+            for sink in sinks
+            if isinstance(sink, _MaildirMessage)
+        )
+        whole = _syncfs() is not None and not _others_dirty(own)
         # Opened before the writes: syncfs reports the write-back errors seen since then.
         tmp = os.open(self.path / "tmp", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         new = os.open(self.path / "new", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -186,6 +206,8 @@ class MaildirDestination:
                 if not isinstance(sink, _MaildirMessage):
                     outcomes[index] = commit_each([sink])[0]
                     continue
+                if not whole:
+                    sink.use_a_name()  # renamed after one fsync, not linked between two
                 try:
                     written.append((index, sink, sink.write_out()))
                 except OSError as write_error:
@@ -193,33 +215,38 @@ class MaildirDestination:
                     outcomes[index] = write_error
             fds = [fd for _, _, fd in written]
             try:
-                if self._unsynced and _syncfs() is not None:
+                if self._unsynced and whole:
                     # One syncfs for both: its descriptor was opened before these writes too.
                     self._sync_names(new, whole_filesystem=True)
                     errors: list[OSError | None] = [None] * len(fds)
                 else:
-                    self._sync_names(new, whole_filesystem=False)  # renamed: fsync new/
-                    errors = _sync_all(tmp, fds)
+                    # Renamed files: an fsync of new/. Nameless ones need their link counts
+                    # written too, which only a syncfs can do once their descriptors are
+                    # closed: paid once, when groups turn from syncfs to fsyncs.
+                    self._sync_names(new, whole_filesystem=self.nameless)
+                    errors = _sync_all(tmp, fds) if whole else _fsync_each(fds)
             except OSError:
                 for _, message, _ in written:
                     message.abort()
                 raise
-            named: list[_MaildirMessage] = []
+            named: list[tuple[int, _MaildirMessage]] = []
             for (index, message, _), sync_error in zip(written, errors, strict=True):
                 problem: OSError | None = sync_error
                 if problem is None:
                     try:
                         outcomes[index] = message.publish(new)
-                        named.append(message)
+                        named.append((index, message))
                         continue
                     except OSError as name_error:
                         problem = name_error
                 message.abort()
                 outcomes[index] = problem
-            for message in named:
+            if not whole:
+                named = _names_made_durable(new, named, outcomes)
+            for _, message in named:
                 message.finish()
-            if named:
-                self._unsynced = named
+            if named and whole:
+                self._unsynced = [message for _, message in named]
                 # Kept for their syncfs: it reports the write-back errors since their writes.
                 self._unsynced_fd, tmp = tmp, -1
         finally:
@@ -282,7 +309,7 @@ def _sync_all(folder: int, fds: list[int]) -> list[OSError | None]:
     a single write-back pass and journal commit for the whole group, far cheaper than an
     fsync per file. Elsewhere, fsyncs from parallel threads, so that they share commits."""
     if len(fds) <= 1:
-        return [_fsync(fd) for fd in fds]
+        return _fsync_each(fds)
     syncfs = _syncfs()
     if syncfs is not None:
         try:
@@ -290,7 +317,68 @@ def _sync_all(folder: int, fds: list[int]) -> list[OSError | None]:
         except OSError as error:
             return [error] * len(fds)
         return [None] * len(fds)
+    return _fsync_each(fds)
+
+
+def _fsync_each(fds: list[int]) -> list[OSError | None]:
+    """An fsync of each of ``fds``, from parallel threads when there are several."""
+    if len(fds) <= 1:
+        return [_fsync(fd) for fd in fds]
     return list(_fsync_pool().map(_fsync, fds))
+
+
+def _names_made_durable(
+    new: int,
+    named: list[tuple[int, _MaildirMessage]],
+    outcomes: list[str | Exception | None],
+) -> list[tuple[int, _MaildirMessage]]:
+    """Make the names just given to ``named`` (index, message) durable now, by fsyncs: of
+    each nameless file again (its link count), then of ``new``. A message whose name could
+    not be made durable is taken back and its outcome becomes the error; the rest are
+    returned."""
+    nameless = [(index, message) for index, message in named if message.nameless]
+    errors = _fsync_each([message.descriptor for _, message in nameless])
+    failed = {index for (index, _), error in zip(nameless, errors, strict=True) if error}
+    for (index, message), error in zip(nameless, errors, strict=True):
+        if error is not None:
+            message.unpublish(new)
+            outcomes[index] = error
+    kept = [(index, message) for index, message in named if index not in failed]
+    if kept:
+        error = _fsync(new)
+        if error is not None:
+            for index, message in kept:
+                message.unpublish(new)
+                outcomes[index] = error
+            return []
+    return kept
+
+
+def _others_dirty(own: int) -> bool:
+    """Whether more than ``OTHERS_DIRTY_OCTETS`` wait to be written back, system-wide,
+    besides about ``own`` octets of ours (False where that cannot be read)."""
+    waiting = _dirty_octets()
+    return waiting is not None and waiting - own > OTHERS_DIRTY_OCTETS
+
+
+def _dirty_octets() -> int | None:
+    """Dirty and Writeback of ``/proc/meminfo`` together, in octets; None where unknown."""
+    try:
+        with open(_MEMINFO, "rb") as file:
+            text = file.read()
+    except OSError:
+        return None
+    total = 0
+    for field in (b"\nDirty:", b"\nWriteback:"):
+        start = text.find(field)
+        end = text.find(b"kB", start)
+        if start < 0 or end < 0:
+            return None
+        try:
+            total += int(text[start + len(field) : end]) * 1024
+        except ValueError:
+            return None
+    return total
 
 
 @functools.cache
@@ -394,6 +482,29 @@ class _MaildirMessage:
         self._size = WireSizeCounter()  # of what is stored: the name's S= and W=
         self._held_cr = False
         self._done = False
+
+    @property
+    def stored_octets(self) -> int:
+        """Octets stored so far (CRLF made LF)."""
+        return self._size.octets
+
+    @property
+    def nameless(self) -> bool:
+        """Whether the file is (or will be) made without a name in ``tmp/``."""
+        return self._nameless
+
+    @property
+    def descriptor(self) -> int:
+        """The open file, once written out and until ``finish``."""
+        assert self._fd is not None
+        return self._fd
+
+    def use_a_name(self) -> None:
+        """Make the file in ``tmp/`` with a name (renamed into ``new/``), unless it is open
+        already: durable by one fsync before its rename, where a nameless one needs a second
+        for its link count."""
+        if self._fd is None:
+            self._nameless = False
 
     @property
     def _tmp(self) -> str:

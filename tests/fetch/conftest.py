@@ -6,8 +6,11 @@ import asyncio
 import gc
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+
+from postoffice.fetch import delivery
 
 from .fakeserver import FakePop3Server
 from .helpers import five_messages
@@ -50,6 +53,42 @@ def collector_restored() -> Iterator[None]:
     yield
     gc.set_threshold(*threshold)
     gc.unfreeze()
+
+
+def fake_meminfo(folder: Path, dirty_kib: int) -> Path:
+    """A ``/proc/meminfo`` whose Dirty and Writeback add up to ``dirty_kib``."""
+    path = folder / f"meminfo-{dirty_kib}"
+    path.write_text(
+        f"MemTotal:       24576000 kB\nDirty:          {dirty_kib} kB\n"
+        "Writeback:             0 kB\nWritebackTmp:          0 kB\n"
+    )
+    return path
+
+
+BUSY_DIRTY_KIB = 2 << 20
+"""2 GiB of other programs' data waiting to be written back."""
+
+
+@pytest.fixture(autouse=True)
+def quiet_page_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Maildir group commit uses one syncfs unless other programs have much data waiting
+    to be written (``delivery._others_dirty``): so that the tests do not depend on what
+    else the machine writes, they see a quiet page cache unless they ask for a busy one
+    (``busy_page_cache``)."""
+    monkeypatch.setattr(delivery, "_MEMINFO", str(fake_meminfo(tmp_path_factory.getbasetemp(), 0)))
+
+
+@pytest.fixture
+def busy_page_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Other programs' gigabytes wait to be written back: group commits fsync file by file.
+    Returns the fake ``/proc/meminfo`` (for a fetcher run in another process)."""
+    path = fake_meminfo(tmp_path_factory.getbasetemp(), BUSY_DIRTY_KIB)
+    monkeypatch.setattr(delivery, "_MEMINFO", str(path))
+    return path
 
 
 TRIAL_REPORTS: list[str] = []

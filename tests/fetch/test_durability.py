@@ -231,10 +231,18 @@ async def test_local_delivery_failure_aborts_and_keeps_the_server_copy(
     assert len(server.messages) == 5
 
 
+@pytest.mark.parametrize("page_cache", ["quiet", "busy"])
 async def test_many_faults_in_a_row_then_one_clean_run(
-    tmp_path: Path, server: FakePop3Server, trial_report: list[str]
+    tmp_path: Path,
+    server: FakePop3Server,
+    trial_report: list[str],
+    page_cache: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """Every fault, one after the other, then a clean run: lost = 0, duplicated = 0."""
+    """Every fault, one after the other, then a clean run: lost = 0, duplicated = 0; with
+    a quiet page cache (one syncfs a group) and a busy one (fsyncs file by file)."""
+    if page_cache == "busy":
+        request.getfixturevalue("busy_page_cache")
     account = make_account(tmp_path, server, mode="delete")
     trials = [
         Faults(drop_inside_retr=1),
@@ -254,7 +262,8 @@ async def test_many_faults_in_a_row_then_one_clean_run(
     lost = len(set(expected) - set(bodies))
     duplicated = len(bodies) - len(set(bodies))
     trial_report.append(
-        f"connection faults in a row, delete mode: trials={len(trials)} lost={lost} "
+        f"connection faults in a row, delete mode, {page_cache} page cache: "
+        f"trials={len(trials)} lost={lost} "
         f"duplicated={duplicated}"
     )
     assert (lost, duplicated) == (0, 0)

@@ -369,6 +369,187 @@ def test_a_failed_syncfs_takes_back_the_names_before_it_and_fails_its_group(
     destination.sync()  # nothing left to make durable
 
 
+def _recording_fsync(monkeypatch: pytest.MonkeyPatch, new: Path) -> list[tuple[str, list[str]]]:
+    """Replaces os.fsync by the real one that also notes, at each call, what was synced
+    (``new`` itself, or a file: its name in new/ if it has one, else "unnamed") and what
+    new/ then holds."""
+    real = os.fsync
+    seen: list[tuple[str, list[str]]] = []
+    new_inode = os.stat(new).st_ino
+
+    def fsync(fd: int) -> None:
+        names = sorted(os.listdir(new))
+        inode = os.fstat(fd).st_ino
+        if inode == new_inode:
+            what = "new/"
+        else:
+            named = [name for name in names if os.stat(new / name).st_ino == inode]
+            what = named[0] if named else "unnamed"
+        seen.append((what, names))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return seen
+
+
+def test_dirty_octets_are_read_from_meminfo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(
+        "MemTotal:       24576000 kB\nDirty:            1536 kB\n"
+        "Writeback:          512 kB\nWritebackTmp:     9999 kB\n"
+    )
+    monkeypatch.setattr(delivery, "_MEMINFO", str(meminfo))
+    assert delivery._dirty_octets() == 2048 * 1024
+    for text in ("MemTotal: 1 kB\nDirty: 5 kB\n", "MemTotal: 1 kB\nDirty: x kB\nWriteback: 0 kB\n"):
+        meminfo.write_text(text)
+        assert delivery._dirty_octets() is None
+    monkeypatch.setattr(delivery, "_MEMINFO", str(tmp_path / "absent"))
+    assert delivery._dirty_octets() is None
+    assert not delivery._others_dirty(0)  # unknown: syncfs as usual
+
+
+def test_dirty_octets_of_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    if not Path("/proc/meminfo").exists():
+        pytest.skip("no /proc/meminfo here")
+    monkeypatch.setattr(delivery, "_MEMINFO", "/proc/meminfo")
+    octets = delivery._dirty_octets()
+    assert octets is not None and octets >= 0
+
+
+def test_only_others_data_counts_against_syncfs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    meminfo = tmp_path / "meminfo"
+    dirty_kib = (delivery.OTHERS_DIRTY_OCTETS >> 10) + 1024
+    meminfo.write_text(f"MemTotal: 1 kB\nDirty: {dirty_kib} kB\nWriteback: 0 kB\n")
+    monkeypatch.setattr(delivery, "_MEMINFO", str(meminfo))
+    assert delivery._others_dirty(0)
+    assert not delivery._others_dirty(2 << 20)  # 2 MiB of it is our own group's
+
+
+def test_with_others_data_waiting_a_group_is_fsynced_file_by_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy_page_cache: Path, files: str
+) -> None:
+    """No syncfs: each file fsynced while it has no name in new/, then renamed, then new/
+    fsynced; nothing left for ``sync`` to do."""
+    maildir = tmp_path / "Maildir"
+    destination = MaildirDestination(maildir, "office")
+    destination.prepare()
+    syncfs_calls = _recording_syncfs(monkeypatch, maildir / "new")
+    seen = _recording_fsync(monkeypatch, maildir / "new")
+    names = destination.commit_group(_group(destination, 0, 5))
+    assert all(isinstance(name, str) for name in names)
+    assert seen[:5] == [("unnamed", [])] * 5
+    assert seen[5:] == [("new/", sorted(str(name) for name in names))]
+    destination.sync()
+    assert len(seen) == 6 and syncfs_calls == []
+    assert os.listdir(maildir / "tmp") == []
+    assert len(destination.find_delivered(f"uid-{number}" for number in range(5))) == 5
+
+
+def test_a_large_nameless_file_is_fsynced_again_after_its_link(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy_page_cache: Path
+) -> None:
+    """A message streamed into tmp/ while it arrived is nameless already: without syncfs
+    its link count is made durable by a second fsync, before new/ is."""
+    maildir = tmp_path / "Maildir"
+    destination = MaildirDestination(maildir, "office")
+    destination.prepare()
+    if not destination.nameless:
+        pytest.skip("no O_TMPFILE (or syncfs) here")
+    seen = _recording_fsync(monkeypatch, maildir / "new")
+    large = destination.begin("uid-large")
+    large.write(b"y" * (SPILL_OCTETS + 1))
+    small = _group(destination, 0, 1)
+    names = destination.commit_group([large, *small])
+    assert all(isinstance(name, str) for name in names)
+    large_name = str(names[0])
+    assert sorted(what for what, _ in seen[:2]) == ["unnamed", "unnamed"]
+    assert seen[2][0] == large_name  # its link count, once it has its name
+    assert seen[3] == ("new/", sorted(str(name) for name in names))
+    assert len(seen) == 4
+
+
+def test_turning_from_syncfs_to_fsyncs_syncs_the_names_before_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str
+) -> None:
+    maildir = tmp_path / "Maildir"
+    destination = MaildirDestination(maildir, "office")
+    destination.prepare()
+    syncfs_calls = _recording_syncfs(monkeypatch, maildir / "new")
+    first = sorted(str(name) for name in destination.commit_group(_group(destination, 0, 3)))
+    assert syncfs_calls == [[]]
+    busy = tmp_path / "busy"
+    busy.write_text(f"MemTotal: 1 kB\nDirty: {2 << 20} kB\nWriteback: 0 kB\n")
+    monkeypatch.setattr(delivery, "_MEMINFO", str(busy))
+    destination.commit_group(_group(destination, 3, 3))
+    destination.commit_group(_group(destination, 6, 3))
+    destination.sync()
+    if files == "nameless":  # the first group's link counts: one more syncfs, then none
+        assert syncfs_calls == [[], first]
+    else:  # renamed: an fsync of new/ is enough
+        assert syncfs_calls == [[]]
+    assert len(os.listdir(maildir / "new")) == 9
+
+
+def test_a_file_that_fails_its_fsync_is_not_delivered_and_the_rest_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy_page_cache: Path, files: str
+) -> None:
+    maildir = tmp_path / "Maildir"
+    destination = MaildirDestination(maildir, "office")
+    destination.prepare()
+    real = os.fsync
+    calls = 0
+
+    def fsync(fd: int) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(delivery, "_fsync_pool", _serial_pool)
+    outcomes = destination.commit_group(_group(destination, 0, 3))
+    assert [type(outcome) for outcome in outcomes] == [str, OSError, str]
+    assert sorted(os.listdir(maildir / "new")) == sorted(
+        str(o) for o in outcomes if isinstance(o, str)
+    )
+    assert os.listdir(maildir / "tmp") == []
+
+
+def test_a_failed_fsync_of_new_takes_the_group_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy_page_cache: Path, files: str
+) -> None:
+    maildir = tmp_path / "Maildir"
+    destination = MaildirDestination(maildir, "office")
+    destination.prepare()
+    real = os.fsync
+    new_inode = os.stat(maildir / "new").st_ino
+
+    def fsync(fd: int) -> None:
+        if os.fstat(fd).st_ino == new_inode:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    outcomes = destination.commit_group(_group(destination, 0, 3))
+    assert all(isinstance(outcome, OSError) for outcome in outcomes)
+    for sub in ("tmp", "new", "cur"):
+        assert os.listdir(maildir / sub) == []
+
+
+class _SerialPool:
+    def map(self, function: object, items: list[int]) -> list[object]:
+        return [function(item) for item in items]  # type: ignore[operator]
+
+
+def _serial_pool() -> _SerialPool:
+    return _SerialPool()
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.lists(

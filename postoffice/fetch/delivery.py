@@ -308,10 +308,8 @@ def _sync_all(folder: int, fds: list[int]) -> list[OSError | None]:
     One ``syncfs`` of the filesystem where Linux has one that reports write-back errors:
     a single write-back pass and journal commit for the whole group, far cheaper than an
     fsync per file. Elsewhere, fsyncs from parallel threads, so that they share commits."""
-    if len(fds) <= 1:
-        return _fsync_each(fds)
     syncfs = _syncfs()
-    if syncfs is not None:
+    if len(fds) > 1 and syncfs is not None:
         try:
             syncfs(folder)
         except OSError as error:
@@ -338,12 +336,13 @@ def _names_made_durable(
     returned."""
     nameless = [(index, message) for index, message in named if message.nameless]
     errors = _fsync_each([message.descriptor for _, message in nameless])
-    failed = {index for (index, _), error in zip(nameless, errors, strict=True) if error}
     for (index, message), error in zip(nameless, errors, strict=True):
         if error is not None:
             message.unpublish(new)
             outcomes[index] = error
-    kept = [(index, message) for index, message in named if index not in failed]
+    kept = [
+        (index, message) for index, message in named if not isinstance(outcomes[index], OSError)
+    ]
     if kept:
         error = _fsync(new)
         if error is not None:

@@ -20,6 +20,8 @@ from postoffice.fetch.fingerprint import Fingerprint
 from postoffice.fetch.journal import FORGET_AFTER, Journal, journal_path
 from postoffice.storage.wire import wire_size
 
+from .conftest import BUSY_DIRTY_KIB, fake_meminfo
+
 
 def test_journal_is_wal_with_full_sync(tmp_path: Path) -> None:
     path = journal_path(tmp_path / "state", "office")
@@ -140,8 +142,7 @@ def test_aborted_message_leaves_nothing(tmp_path: Path, files: str) -> None:
     sink = destination.begin("uid-1")
     sink.write(b"partial")
     sink.abort()
-    for sub in ("tmp", "new", "cur"):
-        assert os.listdir(tmp_path / "Maildir" / sub) == []
+    _assert_empty(tmp_path / "Maildir")
 
 
 def test_a_small_message_reaches_the_disk_only_when_committed(tmp_path: Path, files: str) -> None:
@@ -186,8 +187,7 @@ def test_an_aborted_large_message_leaves_nothing_in_tmp(tmp_path: Path, files: s
     sink.write(b"y" * (SPILL_OCTETS + 1))
     assert (os.listdir(tmp_path / "Maildir" / "tmp") != []) is (files == "named")
     sink.abort()
-    for sub in ("tmp", "new", "cur"):
-        assert os.listdir(tmp_path / "Maildir" / sub) == []
+    _assert_empty(tmp_path / "Maildir")
 
 
 def test_prepare_removes_only_our_leftovers(
@@ -205,9 +205,7 @@ def test_prepare_removes_only_our_leftovers(
 
 
 def test_find_delivered_sees_new_and_cur_with_flags(tmp_path: Path, files: str) -> None:
-    maildir = tmp_path / "Maildir"
-    destination = MaildirDestination(maildir, "office")
-    destination.prepare()
+    maildir, destination = _prepared(tmp_path)
     for uidl in ("u1", "u2"):
         sink = destination.begin(uidl)
         sink.write(b"m\r\n")
@@ -257,8 +255,7 @@ def test_a_failed_syncfs_fails_the_whole_group_and_leaves_nothing(
         sinks.append(sink)
     outcomes = destination.commit_group(sinks)
     assert all(isinstance(outcome, OSError) for outcome in outcomes)
-    for sub in ("tmp", "new", "cur"):
-        assert os.listdir(tmp_path / "Maildir" / sub) == []
+    _assert_empty(tmp_path / "Maildir")
 
 
 def _recording_syncfs(
@@ -280,15 +277,27 @@ def _recording_syncfs(
     return seen
 
 
+def _prepared(tmp_path: Path, *, nameless: bool = False) -> tuple[Path, MaildirDestination]:
+    """``tmp_path/Maildir`` and its prepared destination; ``nameless``: skip the test where
+    files in tmp/ cannot be nameless."""
+    maildir = tmp_path / "Maildir"
+    destination = MaildirDestination(maildir, "office")
+    destination.prepare()
+    if nameless and not destination.nameless:
+        pytest.skip("no O_TMPFILE (or syncfs) here")
+    return maildir, destination
+
+
+def _assert_empty(maildir: Path) -> None:
+    for sub in ("tmp", "new", "cur"):
+        assert os.listdir(maildir / sub) == []
+
+
 def _second_syncfs_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Path, MaildirDestination]:
     """A prepared Maildir destination of nameless files whose second ``syncfs`` fails."""
-    maildir = tmp_path / "Maildir"
-    destination = MaildirDestination(maildir, "office")
-    destination.prepare()
-    if not destination.nameless:
-        pytest.skip("no O_TMPFILE (or syncfs) here")
+    maildir, destination = _prepared(tmp_path, nameless=True)
     _recording_syncfs(monkeypatch, maildir / "new", fail_at=2)
     return maildir, destination
 
@@ -306,9 +315,7 @@ def test_nameless_files_are_durable_before_their_names_and_again_after(
 ) -> None:
     """Content first (no name in new/ yet), then the names, then (``sync``) the files once
     more for their link counts and names."""
-    maildir = tmp_path / "Maildir"
-    destination = MaildirDestination(maildir, "office")
-    destination.prepare()
+    maildir, destination = _prepared(tmp_path)
     seen = _recording_syncfs(monkeypatch, maildir / "new")
     names = destination.commit_group(_group(destination, 0, count))
     assert all(isinstance(name, str) for name in names)
@@ -328,9 +335,7 @@ def test_one_syncfs_makes_a_group_and_the_names_before_it_durable(
     """The second group's syncfs, made after the first group's names and before its own
     names, serves both: three syncfs for two groups, each file's content durable before
     its name."""
-    maildir = tmp_path / "Maildir"
-    destination = MaildirDestination(maildir, "office")
-    destination.prepare()
+    maildir, destination = _prepared(tmp_path)
     seen = _recording_syncfs(monkeypatch, maildir / "new")
     first = sorted(str(name) for name in destination.commit_group(_group(destination, 0, 3)))
     second = sorted(str(name) for name in destination.commit_group(_group(destination, 3, 4)))
@@ -352,8 +357,7 @@ def test_names_whose_second_sync_failed_are_taken_back(
     assert all(isinstance(name, str) for name in names)
     with pytest.raises(OSError, match="Input/output"):
         destination.sync()
-    for sub in ("tmp", "new", "cur"):
-        assert os.listdir(maildir / sub) == []
+    _assert_empty(maildir)
 
 
 def test_a_failed_syncfs_takes_back_the_names_before_it_and_fails_its_group(
@@ -366,8 +370,7 @@ def test_a_failed_syncfs_takes_back_the_names_before_it_and_fails_its_group(
     assert len(os.listdir(maildir / "new")) == 3
     with pytest.raises(OSError, match="Input/output"):
         destination.commit_group(_group(destination, 3, 2))
-    for sub in ("tmp", "new", "cur"):
-        assert os.listdir(maildir / sub) == []
+    _assert_empty(maildir)
     destination.sync()  # nothing left to make durable
 
 
@@ -423,9 +426,7 @@ def test_dirty_octets_of_this_machine(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_only_others_data_counts_against_syncfs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    meminfo = tmp_path / "meminfo"
-    dirty_kib = (delivery.OTHERS_DIRTY_OCTETS >> 10) + 1024
-    meminfo.write_text(f"MemTotal: 1 kB\nDirty: {dirty_kib} kB\nWriteback: 0 kB\n")
+    meminfo = fake_meminfo(tmp_path, (delivery.OTHERS_DIRTY_OCTETS >> 10) + 1024)
     monkeypatch.setattr(delivery, "_MEMINFO", str(meminfo))
     assert delivery._others_dirty(0)
     assert not delivery._others_dirty(2 << 20)  # 2 MiB of it is our own group's
@@ -436,9 +437,7 @@ def test_with_others_data_waiting_a_group_is_fsynced_file_by_file(
 ) -> None:
     """No syncfs: each file fsynced while it has no name in new/, then renamed, then new/
     fsynced; nothing left for ``sync`` to do."""
-    maildir = tmp_path / "Maildir"
-    destination = MaildirDestination(maildir, "office")
-    destination.prepare()
+    maildir, destination = _prepared(tmp_path)
     syncfs_calls = _recording_syncfs(monkeypatch, maildir / "new")
     seen = _recording_fsync(monkeypatch, maildir / "new")
     names = destination.commit_group(_group(destination, 0, 5))
@@ -456,11 +455,7 @@ def test_a_large_nameless_file_is_fsynced_again_after_its_link(
 ) -> None:
     """A message streamed into tmp/ while it arrived is nameless already: without syncfs
     its link count is made durable by a second fsync, before new/ is."""
-    maildir = tmp_path / "Maildir"
-    destination = MaildirDestination(maildir, "office")
-    destination.prepare()
-    if not destination.nameless:
-        pytest.skip("no O_TMPFILE (or syncfs) here")
+    maildir, destination = _prepared(tmp_path, nameless=True)
     seen = _recording_fsync(monkeypatch, maildir / "new")
     large = destination.begin("uid-large")
     large.write(b"y" * (SPILL_OCTETS + 1))
@@ -477,15 +472,11 @@ def test_a_large_nameless_file_is_fsynced_again_after_its_link(
 def test_turning_from_syncfs_to_fsyncs_syncs_the_names_before_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: str
 ) -> None:
-    maildir = tmp_path / "Maildir"
-    destination = MaildirDestination(maildir, "office")
-    destination.prepare()
+    maildir, destination = _prepared(tmp_path)
     syncfs_calls = _recording_syncfs(monkeypatch, maildir / "new")
     first = sorted(str(name) for name in destination.commit_group(_group(destination, 0, 3)))
     assert syncfs_calls == [[]]
-    busy = tmp_path / "busy"
-    busy.write_text(f"MemTotal: 1 kB\nDirty: {2 << 20} kB\nWriteback: 0 kB\n")
-    monkeypatch.setattr(delivery, "_MEMINFO", str(busy))
+    monkeypatch.setattr(delivery, "_MEMINFO", str(fake_meminfo(tmp_path, BUSY_DIRTY_KIB)))
     destination.commit_group(_group(destination, 3, 3))
     destination.commit_group(_group(destination, 6, 3))
     destination.sync()
@@ -511,9 +502,7 @@ def _fsync_fails_when(monkeypatch: pytest.MonkeyPatch, fails: Callable[[int], bo
 def test_a_file_that_fails_its_fsync_is_not_delivered_and_the_rest_are(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy_page_cache: Path, files: str
 ) -> None:
-    maildir = tmp_path / "Maildir"
-    destination = MaildirDestination(maildir, "office")
-    destination.prepare()
+    maildir, destination = _prepared(tmp_path)
     failed: list[int] = []
     lock = threading.Lock()
 
@@ -536,15 +525,12 @@ def test_a_file_that_fails_its_fsync_is_not_delivered_and_the_rest_are(
 def test_a_failed_fsync_of_new_takes_the_group_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, busy_page_cache: Path, files: str
 ) -> None:
-    maildir = tmp_path / "Maildir"
-    destination = MaildirDestination(maildir, "office")
-    destination.prepare()
+    maildir, destination = _prepared(tmp_path)
     new_inode = os.stat(maildir / "new").st_ino
     _fsync_fails_when(monkeypatch, lambda fd: os.fstat(fd).st_ino == new_inode)
     outcomes = destination.commit_group(_group(destination, 0, 3))
     assert all(isinstance(outcome, OSError) for outcome in outcomes)
-    for sub in ("tmp", "new", "cur"):
-        assert os.listdir(maildir / sub) == []
+    _assert_empty(maildir)
 
 
 @settings(max_examples=300, deadline=None)
